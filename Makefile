@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+# torch is pinned for the whole install so that no dependency swaps it for a multi-GB CUDA build.
+PIP_ENV := PIP_CONSTRAINT=$(CURDIR)/$(VENV)/constraints.txt
+
+.PHONY: install test demo benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py constraints.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	cat constraints.txt > $(VENV)/constraints.txt
+	echo "$(TORCH)" >> $(VENV)/constraints.txt
+	$(PIP_ENV) $(BIN)/pip install --quiet "$(TORCH)"
+	$(PIP_ENV) $(BIN)/pip install --quiet numpy cython wheel setuptools
+	# fairseq builds against the torch above, not a fresh one in an isolated build environment.
+	$(PIP_ENV) $(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fairseq_ecg.demo --out $(DEMO_DIR)
+
+benchmark: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_preparation.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,7 @@
+"""fairseq_ecg: lead-agnostic self-supervised ECG learning as a ``common.user_dir`` plugin.
+
+Importing the package registers its tasks, models and criterions with fairseq.
+"""
+from . import criterions, models, tasks  # noqa: F401  (registration)
+
+__version__ = "0.1.0"

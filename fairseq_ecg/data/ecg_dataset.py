@@ -1,0 +1,157 @@
+"""Segments of prepared ECG records, as fairseq datasets.
+
+One dataset serves every task: it cuts fixed-length segments out of the ``.npy`` waveforms of a
+manifest (memory-mapped, so a 5 s crop reads 5 s), keeps only the requested leads (the others are
+zeroed: a reduced-lead input is the 12-channel input with absent leads at zero), optionally
+normalises each lead, and collates ``[batch, leads, time]`` tensors with a padding mask.
+
+Three ways to cut a record into items:
+- ``crop``: one random segment per record and epoch (wav2vec 2.0 pretraining, fine-tuning);
+- ``pairs``: adjacent, non-overlapping segment pairs, as many as the record holds (CMSC); the
+  collated batch interleaves them, rows 2i and 2i+1 being the two halves of pair i;
+- ``consecutive``: every consecutive segment of the record (evaluation, aggregated per record).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from fairseq.data import FairseqDataset
+
+from ..leads import LeadSpec, lead_mask
+from ..manifest import Manifest, load_waveform
+
+logger = logging.getLogger(__name__)
+
+CUT_MODES = ("crop", "pairs", "consecutive")
+
+
+class EcgSegmentDataset(FairseqDataset):
+    def __init__(
+        self,
+        manifest: Manifest,
+        segment_samples: int,
+        cut: str = "crop",
+        leads: LeadSpec = None,
+        normalize: bool = True,
+        targets: Optional[Sequence] = None,
+        groups: Optional[Sequence[int]] = None,
+        shuffle: bool = True,
+        seed: int = 1,
+    ) -> None:
+        super().__init__()
+        if cut not in CUT_MODES:
+            raise ValueError(f"cut must be one of {CUT_MODES}, found {cut!r}")
+        self.manifest = manifest
+        self.segment_samples = int(segment_samples)
+        self.cut = cut
+        self.keep_leads = torch.from_numpy(lead_mask(leads).astype(np.float32)).unsqueeze(-1)
+        self.normalize = normalize
+        self.targets = targets
+        self.groups = np.asarray(groups if groups is not None else np.arange(len(manifest)), dtype=np.int64)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
+        self.items = self._make_items()
+
+    def _make_items(self) -> np.ndarray:
+        """(row, segment number) per item; rows too short for a pair are reported, not hidden."""
+        lengths = np.array([row.num_samples for row in self.manifest.rows], dtype=np.int64)
+        if self.cut == "crop":
+            counts = np.ones_like(lengths)
+        elif self.cut == "pairs":
+            counts = lengths // (2 * self.segment_samples)
+            short = int((counts == 0).sum())
+            if short:
+                logger.warning(
+                    f"{self.manifest.path}: {short} record(s) shorter than two segments "
+                    f"({2 * self.segment_samples} samples) give no CMSC pair and are not used"
+                )
+        else:
+            counts = np.maximum(lengths // self.segment_samples, 1)
+        rows = np.repeat(np.arange(len(lengths)), counts)
+        numbers = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
+        return np.stack([rows, numbers], axis=1).astype(np.int64) if len(rows) else np.zeros((0, 2), np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def _starts(self, index: int) -> list[int]:
+        row, number = (int(v) for v in self.items[index])
+        length = self.manifest.rows[row].num_samples
+        seg = self.segment_samples
+        if self.cut == "crop":
+            slack = max(length - seg, 0)
+            return [int(self._rng(index).integers(0, slack + 1)) if self.shuffle else slack // 2]
+        if self.cut == "pairs":
+            pairs = length // (2 * seg)
+            slack = length - pairs * 2 * seg
+            offset = int(self._rng(row).integers(0, slack + 1)) if self.shuffle else 0
+            start = offset + number * 2 * seg
+            return [start, start + seg]
+        return [number * seg]
+
+    def _segment(self, row: int, start: int) -> torch.Tensor:
+        wave = torch.from_numpy(load_waveform(self.manifest.file_of(row), start, self.segment_samples))
+        wave = wave * self.keep_leads
+        if self.normalize:
+            mean = wave.mean(dim=-1, keepdim=True)
+            std = wave.std(dim=-1, keepdim=True)
+            wave = torch.where(std > 1e-6, (wave - mean) / std.clamp(min=1e-6), torch.zeros_like(wave))
+        return wave
+
+    def __getitem__(self, index: int) -> dict:
+        row = int(self.items[index][0])
+        item = {
+            "id": index,
+            "row": row,
+            "segments": [self._segment(row, start) for start in self._starts(index)],
+            "group": int(self.groups[row]),
+        }
+        if self.targets is not None:
+            item["target"] = self.targets[row]
+        return item
+
+    def size(self, index: int) -> int:
+        return min(self.segment_samples, self.manifest.rows[int(self.items[index][0])].num_samples)
+
+    def num_tokens(self, index: int) -> int:
+        return self.size(index) * (2 if self.cut == "pairs" else 1)
+
+    def ordered_indices(self) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng((self.seed, self.epoch)).permutation(len(self))
+        return np.arange(len(self))
+
+    def collater(self, samples: list[dict]) -> dict:
+        if not samples:
+            return {}
+        segments = [seg for s in samples for seg in s["segments"]]
+        per_item = len(samples[0]["segments"])
+        longest = max(seg.shape[-1] for seg in segments)
+        source = segments[0].new_zeros(len(segments), segments[0].shape[0], longest)
+        padding_mask = torch.zeros(len(segments), longest, dtype=torch.bool)
+        for i, seg in enumerate(segments):
+            source[i, :, : seg.shape[-1]] = seg
+            padding_mask[i, seg.shape[-1]:] = True
+        net_input = {"source": source}
+        if padding_mask.any():
+            net_input["padding_mask"] = padding_mask
+        batch = {
+            "id": torch.LongTensor([s["id"] for s in samples for _ in range(per_item)]),
+            "net_input": net_input,
+            "group": torch.LongTensor([s["group"] for s in samples for _ in range(per_item)]),
+            "row": torch.LongTensor([s["row"] for s in samples for _ in range(per_item)]),
+        }
+        if "target" in samples[0]:
+            batch["target"] = torch.stack([torch.as_tensor(s["target"]) for s in samples])
+        return batch

@@ -1,0 +1,110 @@
+"""The PhysioNet/CinC Challenge 2021 label tables: scored classes, equivalent codes, weights.
+
+The tables ship inside the package (``fairseq_ecg/tables``, BSD-2-Clause, see LICENSE.txt there).
+A class is one column of ``weights.csv``; a column may hold equivalent codes joined by ``|``
+(e.g. ``713427006|59118001``, both scored as complete right bundle branch block).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+TABLES_DIR = Path(__file__).resolve().parent / "tables"
+WEIGHTS_CSV = TABLES_DIR / "weights.csv"
+SINUS_RHYTHM = "426783006"
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """An ordered set of classes, each a group of equivalent SNOMED CT codes."""
+
+    classes: tuple[tuple[str, ...], ...]
+    weights: Optional[np.ndarray] = None  # class x class reward matrix, when known
+    abbreviations: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        """Column names as ``weights.csv`` writes them (``a|b`` for equivalent codes)."""
+        return ["|".join(codes) for codes in self.classes]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def code_to_index(self) -> dict[str, int]:
+        return {code: i for i, codes in enumerate(self.classes) for code in codes}
+
+    def index_of(self, code: str) -> int:
+        return self.code_to_index[code]
+
+    def encode(self, codes: Iterable[str]) -> np.ndarray:
+        """Multi-hot vector for a record's codes; codes outside the set are ignored."""
+        lookup = self.code_to_index
+        target = np.zeros(len(self), dtype=np.float32)
+        for code in codes:
+            code = str(code).strip()
+            if code in lookup:
+                target[lookup[code]] = 1.0
+        return target
+
+    def canonical_codes(self, codes: Iterable[str]) -> list[str]:
+        """The representative (first) code of each scored class present in ``codes``."""
+        return [self.classes[i][0] for i in np.flatnonzero(self.encode(codes))]
+
+
+def read_weights_csv(path: Path | str = WEIGHTS_CSV) -> LabelSet:
+    """Read a Challenge ``weights.csv`` (first row and column: class codes, ``|`` for equivalents)."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row]
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read weights table ({error.strerror})") from None
+    if len(rows) < 2:
+        raise ValueError(f"{path}: a weights table needs a header row and one row per class")
+    header = [cell.strip() for cell in rows[0][1:]]
+    classes = tuple(tuple(code.strip() for code in cell.split("|")) for cell in header)
+    try:
+        weights = np.array([[float(x) for x in row[1:]] for row in rows[1:]], dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{path}: non-numeric weight ({error})") from None
+    if weights.shape != (len(classes), len(classes)):
+        raise ValueError(
+            f"{path}: weights must be {len(classes)}x{len(classes)} to match the header, "
+            f"found {weights.shape[0]}x{weights.shape[1] if weights.ndim == 2 else 0}"
+        )
+    return LabelSet(classes=classes, weights=weights)
+
+
+@lru_cache(maxsize=None)
+def scored_labels() -> LabelSet:
+    """The 26 scored classes of the 2021 Challenge, in the column order of ``weights.csv``."""
+    base = read_weights_csv(WEIGHTS_CSV)
+    abbreviations = {}
+    with open(TABLES_DIR / "weights_abbreviations.csv", newline="") as handle:
+        header = next(csv.reader(handle))[1:]
+    for codes, abbr in zip(base.classes, header):
+        abbreviations[codes] = abbr.strip()
+    return LabelSet(base.classes, base.weights, tuple(abbreviations[c] for c in base.classes))
+
+
+def scored_codes() -> list[str]:
+    """Every SNOMED CT code that is scored (equivalent codes listed separately)."""
+    return [code for codes in scored_labels().classes for code in codes]
+
+
+SCORED_CLASSES: list[str] = scored_labels().names
+
+
+def label_set_from_names(names: Sequence[str]) -> LabelSet:
+    """A label set declared by a manifest (``classes.tsv``): the Challenge weights are attached
+    when the names are exactly the scored classes."""
+    scored = scored_labels()
+    if list(names) == scored.names:
+        return scored
+    return LabelSet(tuple(tuple(n.split("|")) for n in names))

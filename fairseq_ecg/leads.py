@@ -1,0 +1,99 @@
+"""Lead names, their canonical order and the lead-subset presets.
+
+This module is the one owner of lead naming: every other part of the plugin (record reading,
+manifests, tasks, the experiments runner) asks it how a name or a preset maps to channel indices.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+NUM_LEADS = len(LEADS)
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "12": LEADS,
+    "6": ("I", "II", "III", "aVR", "aVL", "aVF"),
+    "4": ("I", "II", "III", "V2"),
+    "3": ("I", "II", "V2"),
+    "2": ("I", "II"),
+    "1": ("I",),
+}
+
+# Spellings seen in real archives besides the canonical ones (matched case-insensitively).
+_EXTRA_ALIASES = {"LI": "I", "LII": "II", "LIII": "III", "D1": "I", "D2": "II", "D3": "III"}
+_ALIASES: dict[str, str] = {name.upper(): name for name in LEADS}
+_ALIASES.update(_EXTRA_ALIASES)
+
+LeadSpec = Union[str, int, Sequence[str], None]
+
+
+class UnknownLeadError(ValueError):
+    """A lead name or preset that the plugin does not know."""
+
+
+def canonical_lead(name: str) -> str:
+    """Return the canonical spelling of a lead name (``avr`` -> ``aVR``)."""
+    key = str(name).strip().upper()
+    if key not in _ALIASES:
+        raise UnknownLeadError(
+            f"unknown lead name {name!r}; accepted: {', '.join(LEADS)} (any case)"
+        )
+    return _ALIASES[key]
+
+
+def lead_index(name: str) -> int:
+    """Channel index of a lead in the canonical 12-lead order."""
+    return LEADS.index(canonical_lead(name))
+
+
+def parse_leads(spec: LeadSpec) -> tuple[str, ...]:
+    """Turn a preset (``"6"``, ``6``), a list (``"[I,II,V2]"``, ``["I", "II"]``) or ``None``
+    (all twelve) into lead names in canonical order."""
+    if spec is None:
+        return LEADS
+    if isinstance(spec, int):
+        spec = str(spec)
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in PRESETS:
+            return PRESETS[text]
+        if text.lower() in ("all", ""):
+            return LEADS
+        names = [part for part in text.strip("[]()").replace(";", ",").split(",") if part.strip()]
+        if not names or (len(names) == 1 and names[0].strip().isdigit()):
+            raise UnknownLeadError(
+                f"unknown lead set {spec!r}; use a preset ({', '.join(PRESETS)}) "
+                f"or a list of leads such as [I,II,V2]"
+            )
+    else:
+        names = list(spec)
+    chosen = {canonical_lead(n) for n in names}
+    return tuple(name for name in LEADS if name in chosen)
+
+
+def lead_mask(spec: LeadSpec) -> np.ndarray:
+    """Boolean vector over the 12 canonical leads, True where the lead is kept."""
+    kept = set(parse_leads(spec))
+    return np.array([name in kept for name in LEADS], dtype=bool)
+
+
+def lead_set_name(spec: LeadSpec) -> str:
+    """Short name of a lead set: the preset key when it is one, else ``I+II+V2``."""
+    names = parse_leads(spec)
+    for key, preset in PRESETS.items():
+        if names == preset:
+            return key
+    return "+".join(names)
+
+
+def mask_to_string(mask: Iterable[bool]) -> str:
+    """Lead-presence mask as a 12-character string of 0/1 (the manifest column)."""
+    return "".join("1" if bool(v) else "0" for v in mask)
+
+
+def mask_from_string(text: str) -> np.ndarray:
+    if len(text) != NUM_LEADS or set(text) - {"0", "1"}:
+        raise ValueError(f"lead mask {text!r} must be {NUM_LEADS} characters of 0/1")
+    return np.array([c == "1" for c in text], dtype=bool)

@@ -1,0 +1,228 @@
+"""The manifest format: the one place that reads and writes it (documented in ``manifests/README.md``).
+
+A manifest follows fairseq's audio convention: the first line is the root folder, then one row per
+record, tab-separated::
+
+    relative_path  num_samples  lead_mask  patient  source_rate  record
+
+``relative_path`` points (from the root) to a float32 ``.npy`` array of shape (12, num_samples) in
+mV at the manifest's sampling rate, leads in canonical order; ``lead_mask`` is 12 characters of 0/1
+(0: the record lacks that lead and the channel is zeros); ``source_rate`` is the rate before
+resampling. Classification labels sit beside the manifest in ``SPLIT.lbl`` (one line per row,
+comma-separated class codes) with the class list in ``classes.tsv`` (one class per line, in column
+order; equivalent codes joined by ``|``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .leads import NUM_LEADS, mask_from_string, mask_to_string
+
+COLUMNS = ("relative_path", "num_samples", "lead_mask", "patient", "source_rate", "record")
+LABEL_SUFFIX = ".lbl"
+CLASSES_FILE = "classes.tsv"
+WAVE_SUFFIX = ".npy"
+
+
+class ManifestError(ValueError):
+    """A manifest (or its label file) that cannot be used as it is; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    relative_path: str
+    num_samples: int
+    lead_mask: str = "1" * NUM_LEADS
+    patient: str = ""
+    source_rate: float = 0.0
+    record: str = ""
+
+    @property
+    def present_leads(self) -> np.ndarray:
+        return mask_from_string(self.lead_mask)
+
+    def to_line(self) -> str:
+        rate = f"{self.source_rate:g}"
+        return "\t".join(
+            [self.relative_path, str(self.num_samples), self.lead_mask, self.patient, rate, self.record]
+        )
+
+
+@dataclass
+class Manifest:
+    root: Path
+    rows: list[ManifestRow]
+    path: Optional[Path] = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def file_of(self, index: int) -> Path:
+        return self.root / self.rows[index].relative_path
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file through a temporary name and a rename, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
+    """Save an array as ``.npy`` through a temporary name and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(path: Path | str, root: Path | str, rows: Iterable[ManifestRow]) -> None:
+    lines = [str(Path(root).resolve())] + [row.to_line() for row in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _parse_row(fields: list[str], where: str) -> ManifestRow:
+    if len(fields) < 2:
+        raise ManifestError(f"{where}: expected 'relative_path<TAB>num_samples[...]', found {len(fields)} column(s); "
+                            "re-create the manifest with fairseq-ecg-manifest")
+    try:
+        num_samples = int(fields[1])
+    except ValueError:
+        raise ManifestError(f"{where}: num_samples {fields[1]!r} is not an integer") from None
+    if num_samples <= 0:
+        raise ManifestError(f"{where}: num_samples must be positive, found {num_samples}")
+    lead_mask = fields[2] if len(fields) > 2 and fields[2] else "1" * NUM_LEADS
+    try:
+        mask_from_string(lead_mask)
+    except ValueError as error:
+        raise ManifestError(f"{where}: {error}") from None
+    try:
+        rate = float(fields[4]) if len(fields) > 4 and fields[4] else 0.0
+    except ValueError:
+        raise ManifestError(f"{where}: source_rate {fields[4]!r} is not a number") from None
+    return ManifestRow(
+        relative_path=fields[0],
+        num_samples=num_samples,
+        lead_mask=lead_mask,
+        patient=fields[3] if len(fields) > 3 else "",
+        source_rate=rate,
+        record=fields[5] if len(fields) > 5 else Path(fields[0]).stem,
+    )
+
+
+def read_manifest(path: Path | str) -> Manifest:
+    """Read a manifest; any malformed line raises a ``ManifestError`` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; create it with fairseq-ecg-manifest SRC --dest DIR")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: cannot read manifest ({error})") from None
+    if not lines or not lines[0].strip():
+        raise ManifestError(f"{path}:1: the first line must be the root folder of the waveform files")
+    root = Path(lines[0].strip())
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    rows = [
+        _parse_row(line.split("\t"), f"{path}:{number}")
+        for number, line in enumerate(lines[1:], start=2)
+        if line.strip()
+    ]
+    return Manifest(root=root, rows=rows, path=path)
+
+
+def label_path(manifest_path: Path | str) -> Path:
+    manifest_path = Path(manifest_path)
+    return manifest_path.with_suffix(LABEL_SUFFIX)
+
+
+def write_labels(manifest_path: Path | str, labels: Sequence[Sequence[str]]) -> None:
+    atomic_write_text(label_path(manifest_path), "".join(",".join(codes) + "\n" for codes in labels))
+
+
+def read_labels(manifest: Manifest) -> list[list[str]]:
+    """Codes per row from ``SPLIT.lbl`` beside the manifest; the row counts must agree."""
+    path = label_path(manifest.path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: label file missing for manifest {manifest.path}; "
+                            "re-create the manifests with fairseq-ecg-manifest")
+    lines = path.read_text().splitlines()
+    if len(lines) != len(manifest.rows):
+        raise ManifestError(
+            f"{path}:{min(len(lines), len(manifest.rows)) + 1}: {len(lines)} label lines for "
+            f"{len(manifest.rows)} manifest rows in {manifest.path}; they must match one to one"
+        )
+    return [[code for code in line.strip().split(",") if code] for line in lines]
+
+
+def write_classes(directory: Path | str, names: Sequence[str]) -> None:
+    atomic_write_text(Path(directory) / CLASSES_FILE, "".join(f"{name}\n" for name in names))
+
+
+def read_classes(directory: Path | str) -> list[str]:
+    path = Path(directory) / CLASSES_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path}: class list missing; re-create the manifests with fairseq-ecg-manifest")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ManifestError(f"{path}: no classes listed")
+    return names
+
+
+def check_waveforms(manifest: Manifest) -> None:
+    """Cheap load-time check (array headers only) that every row's file exists with 12 channels
+    and at least the stated number of samples, so a bad row fails before training starts."""
+    for number, row in enumerate(manifest.rows, start=2):
+        file = manifest.root / row.relative_path
+        where = f"{manifest.path}:{number}"
+        try:
+            array = np.load(file, mmap_mode="r")
+        except FileNotFoundError:
+            raise ManifestError(f"{where}: waveform file {file} is missing; re-run fairseq-ecg-manifest "
+                                "or remove the row") from None
+        except (OSError, ValueError) as error:
+            raise ManifestError(f"{where}: waveform file {file} is unreadable or truncated ({error}); "
+                                "re-run fairseq-ecg-manifest") from None
+        if array.ndim != 2 or array.shape[0] != NUM_LEADS:
+            raise ManifestError(f"{where}: {file} has shape {tuple(array.shape)}, expected ({NUM_LEADS}, samples)")
+        if array.shape[1] != row.num_samples:
+            raise ManifestError(f"{where}: {file} holds {array.shape[1]} samples but the manifest says "
+                                f"{row.num_samples}; re-run fairseq-ecg-manifest")
+
+
+def load_waveform(path: Path | str, start: int = 0, length: Optional[int] = None) -> np.ndarray:
+    """Read (12, length) samples from ``start`` without loading the whole file (memory map)."""
+    array = np.load(path, mmap_mode="r")
+    stop = array.shape[1] if length is None else start + length
+    return np.array(array[:, start:stop], dtype=np.float32)
+
+
+__all__ = [
+    "COLUMNS", "Manifest", "ManifestError", "ManifestRow", "atomic_save_npy", "atomic_write_text",
+    "check_waveforms", "label_path", "load_waveform", "mask_to_string", "read_classes", "read_labels",
+    "read_manifest", "write_classes", "write_labels", "write_manifest",
+]

@@ -1,0 +1,121 @@
+"""``ecg_wav2vec2``: fairseq's wav2vec 2.0 on multi-lead input, with random lead masking.
+
+Only two things differ from ``Wav2Vec2Model``: the first convolution reads ``input_leads`` channels
+instead of one, and ``forward`` applies random lead masking (RLM) in training and also returns the
+global representation (time-average of the context network's output over unpadded frames) that
+CMSC and the downstream heads use.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fairseq.models import register_model
+from fairseq.models.wav2vec.wav2vec2 import (
+    ConvFeatureExtractionModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+)
+
+
+@dataclass
+class EcgWav2Vec2Config(Wav2Vec2Config):
+    input_leads: int = field(
+        default=12, metadata={"help": "input channels of the feature encoder (12 for the canonical order)"}
+    )
+    rlm_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "random lead masking: each lead of each training segment is zeroed with this "
+            "probability (0 = off, 0.5 = the paper); never applied in eval mode"
+        },
+    )
+
+
+class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
+    """fairseq's convolutional feature encoder with a multi-channel first layer ([B, leads, T])."""
+
+    def __init__(self, input_leads: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        first = self.conv_layers[0][0]
+        replacement = nn.Conv1d(
+            input_leads, first.out_channels, first.kernel_size, stride=first.stride,
+            bias=first.bias is not None,
+        )
+        nn.init.kaiming_normal_(replacement.weight)
+        self.conv_layers[0][0] = replacement
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"expected input of shape [batch, leads, time], found {tuple(x.shape)}")
+        for conv in self.conv_layers:
+            x = conv(x)
+        return x
+
+
+def random_lead_mask(source: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Keep-mask [batch, leads, 1] that zeroes each present lead with probability ``prob``.
+
+    A lead is "present" when it is not all zeros in the segment (absent leads stay zeros). When a
+    draw would silence every present lead of a segment, one present lead chosen at random is
+    kept instead, so no segment becomes all zeros (an all-zero input carries nothing to learn
+    from). The number of leads comes from ``source``.
+    """
+    present = source.detach().abs().amax(dim=-1) > 0  # [B, L]
+    draw = torch.rand(present.shape, device=source.device, generator=generator)
+    keep = (draw >= prob) & present
+    silenced = ~keep.any(dim=1) & present.any(dim=1)
+    if silenced.any():
+        scores = torch.rand(present.shape, device=source.device, generator=generator).masked_fill(~present, -1.0)
+        rescue = torch.zeros_like(keep).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+        keep = keep | (rescue & silenced.unsqueeze(1))
+    return keep.unsqueeze(-1)
+
+
+def masked_time_mean(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Average [B, T, D] over time, ignoring padded frames (``padding_mask`` True = padding)."""
+    if padding_mask is None or not padding_mask.any():
+        return x.mean(dim=1)
+    weights = (~padding_mask).unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+@register_model("ecg_wav2vec2", dataclass=EcgWav2Vec2Config)
+class EcgWav2Vec2Model(Wav2Vec2Model):
+    def __init__(self, cfg: EcgWav2Vec2Config) -> None:
+        super().__init__(cfg)
+        self.rlm_prob = cfg.rlm_prob
+        self.feature_extractor = MultiLeadFeatureEncoder(
+            input_leads=cfg.input_leads,
+            conv_layers=eval(cfg.conv_feature_layers),  # fairseq's own config convention
+            dropout=0.0,
+            mode=cfg.extractor_mode,
+            conv_bias=cfg.conv_bias,
+        )
+
+    @classmethod
+    def build_model(cls, cfg: EcgWav2Vec2Config, task=None) -> "EcgWav2Vec2Model":
+        return cls(cfg)
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> dict:
+        """``source`` [batch, leads, time]; returns fairseq's wav2vec 2.0 outputs plus ``global``
+        [batch, dim], the time-average of the context network's output over unpadded frames."""
+        if source.dim() != 3:
+            raise ValueError(f"expected source of shape [batch, leads, time], found {tuple(source.shape)}")
+        if self.training and self.rlm_prob > 0:
+            source = source * random_lead_mask(source, self.rlm_prob).to(source.dtype)
+        captured = {}
+        hook = self.encoder.register_forward_hook(lambda _m, _i, out: captured.__setitem__("context", out[0]))
+        try:
+            result = super().forward(source, padding_mask=padding_mask, **kwargs)
+        finally:
+            hook.remove()
+        result["global"] = masked_time_mean(captured["context"], result.get("padding_mask"))
+        return result
+
+    def extract_global(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> dict:
+        """Unmasked forward pass for downstream use: ``x`` [B, T', D] context, its frame
+        ``padding_mask`` and ``global`` [B, D]."""
+        return self.forward(source, padding_mask=padding_mask, mask=False, features_only=True)

@@ -1,0 +1,34 @@
+"""fairseq_ecg: lead-agnostic self-supervised ECG learning as a plugin for stock fairseq."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq_ecg",
+    version="0.1.0",
+    description="wav2vec 2.0 + CMSC + random lead masking for ECGs, as a fairseq user-dir plugin",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fairseq_ecg", "fairseq_ecg.*"]),
+    package_data={"fairseq_ecg": ["tables/*.csv", "tables/LICENSE.txt"]},
+    install_requires=[
+        # fairseq 0.12.2 cannot be imported on Python >= 3.11; the fork with the dataclass fix can.
+        # Never both in one environment: they install the same `fairseq` package.
+        "fairseq==0.12.2; python_version < '3.11'",
+        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
+        "torch>=1.13",
+        "numpy",
+        "scipy",
+        "soundfile",
+        "wfdb",
+        "scikit-learn",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={
+        "console_scripts": [
+            "fairseq-ecg-synth=fairseq_ecg.synth:main",
+            "fairseq-ecg-manifest=fairseq_ecg.preparation:main",
+        ]
+    },
+)
