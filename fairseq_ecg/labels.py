@@ -108,3 +108,50 @@ def label_set_from_names(names: Sequence[str]) -> LabelSet:
     if list(names) == scored.names:
         return scored
     return LabelSet(tuple(tuple(n.split("|")) for n in names))
+
+
+# PTB-XL writes SCP-ECG statements (``scp_codes``), not SNOMED CT codes. This table maps the
+# statements that have a SNOMED CT code in the Challenge tables (``tables/dx_mapping_*.csv``), so
+# a PTB-XL archive read directly gets the same labels as its Challenge 2021 copy. Statements
+# without a one-to-one code (NORM, the myocardial infarction and ischaemia sites, ...) are left
+# out on purpose: a wrong label is worse than a missing one.
+PTBXL_SCP_TO_SNOMED: dict[str, str] = {
+    # rhythm statements
+    "SR": "426783006",      # sinus rhythm
+    "AFIB": "164889003",    # atrial fibrillation
+    "AFLT": "164890007",    # atrial flutter
+    "STACH": "427084000",   # sinus tachycardia
+    "SBRAD": "426177001",   # sinus bradycardia
+    "SARRH": "427393009",   # sinus arrhythmia
+    "SVTAC": "426761007",   # supraventricular tachycardia
+    "PSVT": "67198005",     # paroxysmal supraventricular tachycardia
+    "PACE": "10370003",     # pacing rhythm
+    # conduction
+    "1AVB": "270492004",    # first degree AV block
+    "2AVB": "195042002",    # second degree AV block
+    "3AVB": "27885002",     # complete heart block
+    "CRBBB": "713427006",   # complete right bundle branch block
+    "CLBBB": "733534002",   # complete left bundle branch block
+    "IRBBB": "713426002",   # incomplete right bundle branch block
+    "ILBBB": "251120003",   # incomplete left bundle branch block
+    "IVCD": "698252002",    # nonspecific intraventricular conduction disorder
+    "LAFB": "445118002",    # left anterior fascicular block
+    "LPFB": "445211001",    # left posterior fascicular block
+    "WPW": "74390002",      # Wolff-Parkinson-White pattern
+    # beats and form
+    "PVC": "427172004",     # premature ventricular contractions
+    "PAC": "284470004",     # premature atrial contraction
+    "LPR": "164947007",     # prolonged PR interval
+    "LNGQT": "111975006",   # prolonged QT interval
+    "INVT": "59931005",     # T wave inversion
+    "TAB_": "164934002",    # T wave abnormal
+    "LVOLT": "251146004",   # low QRS voltages
+    "QWAVE": "164917005",   # Q wave abnormal
+    "ABQRS": "164951009",   # abnormal QRS
+    "STD_": "429622005",    # ST depression
+    "STE_": "164931005",    # ST elevation
+    # hypertrophy and atrial overload
+    "LVH": "164873001",     # left ventricular hypertrophy
+    "RVH": "89792004",      # right ventricular hypertrophy
+    "LAO/LAE": "67741000119109",  # left atrial enlargement
+}

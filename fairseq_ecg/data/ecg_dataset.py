@@ -36,7 +36,7 @@ class EcgSegmentDataset(FairseqDataset):
         segment_samples: int,
         cut: str = "crop",
         leads: LeadSpec = None,
-        normalize: bool = True,
+        normalize: bool = False,
         targets: Optional[Sequence] = None,
         groups: Optional[Sequence[int]] = None,
         shuffle: bool = True,

@@ -1,11 +1,12 @@
 """What every ECG task shares: where the manifests are, the segment length, the lead subset and
 normalisation. Not registered itself; the registered tasks subclass it."""
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf, open_dict
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
@@ -58,6 +59,29 @@ class EcgTask(FairseqTask):
             check_waveforms(manifest)
         logger.info(f"{manifest.path}: {len(manifest)} records")
         return manifest
+
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        """Build the model, and keep what it filled in at build time where fairseq saves it.
+
+        Downstream models fill settings left empty (``encoder_args`` from ``model_path``,
+        ``num_patients`` from the task) in the merged copy of ``cfg`` that fairseq hands them;
+        copying them back into ``cfg`` (as fairseq's audio_pretraining does for ``w2v_args``)
+        lets a saved checkpoint rebuild on its own. Rebuilt from a checkpoint, such a model takes
+        its architecture from ``encoder_args`` and its weights from the checkpoint, so the
+        pretraining file is not read again (it may be gone).
+        """
+        if from_checkpoint and cfg.get("encoder_args") is not None and cfg.get("model_path"):
+            cfg = copy.deepcopy(cfg)
+            with open_dict(cfg):
+                cfg.model_path = None
+        model = super().build_model(cfg, from_checkpoint)
+        built = getattr(model, "cfg", None)
+        if built is not None and OmegaConf.is_config(cfg):
+            with open_dict(cfg):
+                for key in list(cfg.keys()):
+                    if not OmegaConf.is_missing(cfg, key) and cfg[key] is None and getattr(built, key, None) is not None:
+                        cfg[key] = getattr(built, key)
+        return model
 
     def max_positions(self):
         return None

@@ -1,0 +1,77 @@
+"""Loading checkpoints safely: tensors and plain containers only, never arbitrary pickled code.
+
+A fairseq checkpoint is a pickle. Every place where the plugin reads one (``model.model_path``,
+``fairseq-ecg-embed``, the experiments runner) goes through ``load_checkpoint``, which uses
+``torch.load(weights_only=True)``; a file that needs more is refused unless the user opts in for a
+file they trust (``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1``).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+TRUST_ENV = "FAIRSEQ_ECG_TRUST_CHECKPOINTS"
+ENCODER_MODEL = "ecg_wav2vec2"
+DOWNSTREAM_MODELS = ("ecg_wav2vec2_classifier", "ecg_wav2vec2_identifier")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Read a fairseq checkpoint on the CPU, tensors and plain containers only."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    trusted = os.environ.get(TRUST_ENV, "") == "1"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        raise CheckpointError(
+            f"{path}: refused, the file needs more than tensors to load ({first}); "
+            f"if you trust its source, set {TRUST_ENV}=1"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({error})") from None
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("cfg"), dict):
+        raise CheckpointError(f"{path}: not a fairseq checkpoint written by fairseq-hydra-train")
+    return state
+
+
+def model_name(state: dict) -> str:
+    return str((state["cfg"].get("model") or {}).get("_name", ""))
+
+
+def encoder_state(state: dict, path: Path | str, allow_downstream: bool = False) -> tuple[dict, dict]:
+    """The ``ecg_wav2vec2`` config and weights held by a checkpoint.
+
+    A pretraining checkpoint holds them directly; a classifier or identifier holds them under
+    ``encoder.`` (accepted only with ``allow_downstream``, e.g. for embeddings).
+    """
+    name = model_name(state)
+    if name == ENCODER_MODEL:
+        return dict(state["cfg"]["model"]), state["model"]
+    if allow_downstream and name in DOWNSTREAM_MODELS:
+        encoder_cfg = state["cfg"]["model"].get("encoder_args")
+        weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+        return dict(encoder_cfg), weights
+    expected = ENCODER_MODEL if not allow_downstream else ", ".join((ENCODER_MODEL,) + DOWNSTREAM_MODELS)
+    raise CheckpointError(
+        f"{path}: a {name or 'unknown'} checkpoint, expected {expected} "
+        f"(give the checkpoint of a pretraining run, e.g. checkpoints/pretrain/w2v_cmsc_rlm/checkpoint_best.pt)"
+    )
+
+
+def read_encoder(path: Path | str, allow_downstream: bool = False) -> tuple[dict, dict]:
+    return encoder_state(load_checkpoint(path), path, allow_downstream)
+
+
+def find_checkpoint(folder_or_file: Path | str, preferred: Optional[str] = "checkpoint_best.pt") -> Path:
+    path = Path(folder_or_file)
+    return path / preferred if path.is_dir() and preferred else path

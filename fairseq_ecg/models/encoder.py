@@ -1,0 +1,101 @@
+"""What the downstream models share: an ``ecg_wav2vec2`` encoder, pretrained or freshly
+initialised, pooled into one global vector per segment, with options to freeze it.
+
+Not registered itself; ``ecg_wav2vec2_classifier`` and ``ecg_wav2vec2_identifier`` subclass it.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel
+
+from ..checkpoints import read_encoder
+from .ecg_wav2vec2 import EcgWav2Vec2Config, EcgWav2Vec2Model
+
+ENCODER_INIT = ChoiceEnum(["pretrained", "random"])
+
+
+@dataclass
+class EcgEncoderConfig(FairseqDataclass):
+    model_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "checkpoint of an ecg_wav2vec2 pretraining run; its architecture (and, with "
+                  "init=pretrained, its weights) are used"},
+    )
+    init: ENCODER_INIT = field(
+        default="pretrained",
+        metadata={"help": "pretrained: load the weights of model_path; random: same architecture, fresh "
+                  "weights (the baseline)"},
+    )
+    encoder_args: Any = field(
+        default=None,
+        metadata={"help": "ecg_wav2vec2 settings; filled from model_path, or given for a random encoder "
+                  "without a checkpoint"},
+    )
+    freeze_encoder_updates: int = field(
+        default=0,
+        metadata={"help": "keep the encoder frozen for this many updates (linear probing, then fine-tuning); "
+                  "-1 = frozen throughout"},
+    )
+    feature_grad_mult: float = field(
+        default=0.0, metadata={"help": "gradient multiplier of the CNN feature encoder (0 = frozen CNN)"}
+    )
+    final_dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
+
+
+class EcgEncoderModel(BaseFairseqModel):
+    def __init__(self, cfg: EcgEncoderConfig, encoder: EcgWav2Vec2Model) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.encoder.feature_grad_mult = cfg.feature_grad_mult
+        self.final_dropout = torch.nn.Dropout(cfg.final_dropout)
+        self.num_updates = 0
+
+    @staticmethod
+    def build_encoder(cfg: EcgEncoderConfig) -> EcgWav2Vec2Model:
+        """Build the encoder from ``encoder_args`` or ``model_path``; load weights when pretrained.
+
+        ``encoder_args`` is written back into ``cfg`` so that a saved downstream checkpoint
+        rebuilds without the pretraining file.
+        """
+        weights = None
+        if cfg.model_path and (cfg.init == "pretrained" or cfg.encoder_args is None):
+            encoder_args, weights = read_encoder(cfg.model_path)
+            if cfg.encoder_args is None:
+                cfg.encoder_args = encoder_args
+        if cfg.encoder_args is None:
+            raise ValueError("model: give model.model_path (a pretraining checkpoint) or model.encoder_args")
+        args = OmegaConf.to_container(cfg.encoder_args) if OmegaConf.is_config(cfg.encoder_args) else dict(cfg.encoder_args)
+        args.pop("_name", None)
+        known = set(EcgWav2Vec2Config.__dataclass_fields__)
+        encoder_cfg = EcgWav2Vec2Config(**{k: v for k, v in args.items() if k in known})
+        encoder_cfg.rlm_prob = 0.0  # lead masking belongs to pretraining only
+        encoder = EcgWav2Vec2Model(encoder_cfg)
+        if weights is not None and cfg.init == "pretrained":
+            encoder.load_state_dict(weights, strict=True)
+        return encoder
+
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    @property
+    def encoder_frozen(self) -> bool:
+        limit = self.cfg.freeze_encoder_updates
+        return limit < 0 or self.num_updates < limit
+
+    def embed(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Global representation [batch, dim] of ``source`` [batch, leads, time]."""
+        if self.encoder_frozen:
+            with torch.no_grad():
+                self.encoder.eval()
+                pooled = self.encoder.extract_global(source, padding_mask)["global"]
+            if self.training:
+                self.encoder.train()
+        else:
+            pooled = self.encoder.extract_global(source, padding_mask)["global"]
+        return self.final_dropout(pooled)

@@ -1,0 +1,364 @@
+"""Reading ECG archives into records: discovery per layout, one record at a time, resampling.
+
+This is the only place that knows the on-disk archive formats (``/work/shared/DATA_FORMATS.md``):
+the PhysioNet/CinC 2021 tree of ``.hea`` + ``.mat`` files, PTB-XL with its ``ptbxl_database.csv``,
+and any folder of WFDB records. Everything downstream sees an :class:`EcgRecord`: a float32
+(12, T) signal in mV in the canonical lead order of :mod:`fairseq_ecg.leads`, a lead-presence mask,
+the sampling rate, SNOMED CT codes and a patient id.
+
+Every way a record can be unusable raises :class:`RecordError` with a one-line reason, so that the
+preparation step can skip that record, say why, and carry on with the others.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import scipy.signal
+
+from .labels import PTBXL_SCP_TO_SNOMED
+from .leads import LEADS, NUM_LEADS, UnknownLeadError, canonical_lead
+
+LAYOUTS = ("physionet2021", "ptbxl", "wfdb")
+PATIENTS_CSV = "patients.csv"
+PTBXL_DATABASE = "ptbxl_database.csv"
+DEFAULT_MIN_SECONDS = 5.0
+
+# Bytes per sample of the WFDB formats whose file size follows from the header (to tell a
+# truncated signal file from another read error). Compressed formats (FLAC 508/516/524) are absent.
+_BYTES_PER_SAMPLE = {"8": 1, "80": 1, "16": 2, "61": 2, "160": 2, "212": 1.5, "24": 3, "32": 4}
+# Physical units accepted for ECG channels and their factor to mV. An empty unit is WFDB's default (mV).
+_UNIT_TO_MV = {"": 1.0, "mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; ``reason`` is one line that says what is wrong, ``kind`` a
+    short category for the preparation summary (``too short``, ``NaN/Inf``, ...)."""
+
+    def __init__(self, reason: str, kind: str = "unreadable") -> None:
+        reason = " ".join(str(reason).split())  # one line, whatever the underlying message was
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+class LayoutError(ValueError):
+    """An archive that cannot be listed at all (missing database CSV, CSV without the needed
+    columns); the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """What to read: a WFDB record ``path`` (without extension), its ``name`` (the header's record
+    name), ``key`` (unique relative name within the archive, used for output files), ``patient``
+    ("" when unknown) and ``codes`` (``None``: take the ``#Dx`` line of the header). ``problem``
+    is set when discovery already knows that the record is unusable (e.g. a bad CSV row)."""
+
+    path: Path
+    name: str
+    key: str = ""
+    patient: str = ""
+    codes: Optional[tuple[str, ...]] = None
+    problem: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
+
+
+@dataclass
+class EcgRecord:
+    """A record as read: ``signal`` float32 (12, T) in mV at ``sample_rate``, canonical lead order,
+    zeros where ``present`` is False; ``codes`` are the labels in effect (table or header),
+    ``header_codes`` those of the header's ``#Dx`` line; ``notes`` say what was dropped."""
+
+    name: str
+    signal: np.ndarray
+    present: np.ndarray
+    sample_rate: float
+    codes: tuple[str, ...] = ()
+    patient: str = ""
+    key: str = ""
+    header_codes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.signal.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+def split_codes(text: str) -> tuple[str, ...]:
+    """Codes from a ``#Dx`` value or a CSV cell: separated by commas, semicolons, ``|`` or spaces."""
+    for sep in ";| ":
+        text = text.replace(sep, ",")
+    return tuple(dict.fromkeys(code.strip() for code in text.split(",") if code.strip()))
+
+
+def read_record_table(path: Path) -> dict[str, tuple[str, Optional[tuple[str, ...]]]]:
+    """A CSV with a ``record`` column and optional ``patient`` and ``codes`` columns, as
+    ``record -> (patient, codes or None)``; ``record`` is a record name or a relative path
+    without extension (both are looked up)."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if "record" not in fields:
+                raise LayoutError(f"{path}: needs a 'record' column (and 'patient' and/or 'codes'); "
+                                  f"found columns {fields}")
+            table = {}
+            for row in reader:
+                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                if not row.get("record"):
+                    continue
+                codes = split_codes(row["codes"]) if "codes" in fields else None
+                table[row["record"].removesuffix(".hea")] = (row.get("patient", ""), codes)
+            return table
+    except OSError as error:
+        raise LayoutError(f"{path}: cannot read ({error.strerror}); pass an existing CSV with --labels") from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise LayoutError(f"{path}: not a readable CSV ({error})") from None
+
+
+def _wfdb_refs(src: Path, table: dict, patient_is_name: bool) -> Iterator[RecordRef]:
+    found = []
+    for header in src.rglob("*.hea"):
+        if header.name.startswith(".") or not header.is_file():
+            continue
+        key = header.relative_to(src).with_suffix("").as_posix()
+        found.append((key, header.with_suffix("")))
+    for key, path in sorted(found):
+        name = path.name
+        patient, codes = table.get(key) or table.get(name) or ("", None)
+        if not patient:
+            patient = name if patient_is_name else key
+        yield RecordRef(path=path, name=name, key=key, patient=patient, codes=codes)
+
+
+def _ptbxl_refs(src: Path, database: Path) -> Iterator[RecordRef]:
+    try:
+        handle = open(database, newline="")
+    except OSError as error:
+        raise LayoutError(f"{database}: cannot read ({error.strerror}); the ptbxl layout needs "
+                          f"{PTBXL_DATABASE} in the source folder (or pass it with --labels)") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = {"patient_id", "filename_hr", "scp_codes"} - set(reader.fieldnames or [])
+        if missing:
+            raise LayoutError(f"{database}: missing column(s) {', '.join(sorted(missing))}; "
+                              "is this a PTB-XL ptbxl_database.csv?")
+        refs = []
+        for line, row in enumerate(reader, start=2):
+            key = (row.get("filename_hr") or "").strip()
+            problem = ""
+            if not key:
+                key, problem = f"{PTBXL_DATABASE}:{line}", f"{PTBXL_DATABASE} line {line}: empty filename_hr"
+            try:
+                patient = str(int(float(row["patient_id"])))
+            except (TypeError, ValueError):
+                patient = (row.get("patient_id") or "").strip()
+            try:
+                scp = ast.literal_eval(row["scp_codes"] or "{}")
+                if not isinstance(scp, dict):
+                    raise ValueError
+                codes = tuple(dict.fromkeys(PTBXL_SCP_TO_SNOMED[s] for s in scp if s in PTBXL_SCP_TO_SNOMED))
+            except (ValueError, SyntaxError):
+                codes = ()
+                problem = problem or f"{PTBXL_DATABASE} line {line}: scp_codes {row['scp_codes']!r} is not a dict"
+            refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=patient,
+                                  codes=codes, problem=problem))
+    yield from sorted(refs, key=lambda ref: ref.key)
+
+
+def discover(src: Path, layout: str, labels_csv: Optional[Path] = None) -> Iterator[RecordRef]:
+    """The records of an archive, sorted by ``key`` so that every run sees them in the same order.
+
+    - ``physionet2021``: every ``*.hea`` below ``src``; the patient is the record name unless a
+      CSV (``labels_csv``, else ``src/patients.csv``) gives it (columns ``record,patient``);
+    - ``ptbxl``: the rows of ``ptbxl_database.csv`` (``labels_csv`` overrides its location),
+      ``filename_hr`` records, ``patient_id``, ``scp_codes`` mapped through
+      :data:`~fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`;
+    - ``wfdb``: every ``*.hea`` below ``src``; an optional CSV (columns ``record`` and any of
+      ``patient``, ``codes``) gives patients and labels; without one, each record is its own
+      patient, identified by its relative path (names may repeat across folders in such collections).
+    """
+    src = Path(src)
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "ptbxl":
+        yield from _ptbxl_refs(src, Path(labels_csv) if labels_csv else src / PTBXL_DATABASE)
+        return
+    if labels_csv is None and layout == "physionet2021" and (src / PATIENTS_CSV).is_file():
+        labels_csv = src / PATIENTS_CSV
+    table = read_record_table(Path(labels_csv)) if labels_csv else {}
+    yield from _wfdb_refs(src, table, patient_is_name=layout == "physionet2021")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _header_codes(comments: Sequence[str]) -> tuple[str, ...]:
+    for comment in comments or ():
+        label, _, value = comment.partition(":")
+        if label.strip().lower() == "dx":
+            return split_codes(value)
+    return ()
+
+
+def _diagnose_read_failure(path: Path, error: Exception) -> RecordError:
+    """Why ``wfdb.rdrecord`` failed: header, missing file, truncated file or something else."""
+    import wfdb
+
+    header = path.with_name(path.name + ".hea")
+    if not header.is_file():
+        return RecordError(f"header {header.name} not found", "unreadable header")
+    try:
+        info = wfdb.rdheader(str(path))
+    except Exception as header_error:  # wfdb raises many types for a bad header
+        return RecordError(f"unreadable header {header.name} ({type(header_error).__name__}: {header_error})",
+                           "unreadable header")
+    files = list(dict.fromkeys(info.file_name or []))
+    for file_name in files:
+        if not (path.parent / file_name).is_file():
+            return RecordError(f"signal file {file_name} is missing", "missing signal file")
+    for file_name in files:
+        channels = [i for i, f in enumerate(info.file_name) if f == file_name]
+        sizes = [_BYTES_PER_SAMPLE.get(str(info.fmt[i]).split("+")[0]) for i in channels]
+        if None in sizes or not info.sig_len:
+            continue
+        offsets = [int(info.byte_offset[i] or 0) for i in channels] if info.byte_offset else [0]
+        if file_name.endswith(".mat") and not any(offsets):
+            offsets = [24]  # MATLAB v4 header of a variable called 'val'
+        needed = int(math.ceil(max(offsets) + sum(sizes) * info.sig_len))
+        actual = (path.parent / file_name).stat().st_size
+        if actual < needed:
+            return RecordError(f"signal file {file_name} is truncated ({actual} bytes, the header needs {needed})",
+                               "truncated signal file")
+    return RecordError(f"unreadable signal ({type(error).__name__}: {error})", "unreadable signal file")
+
+
+def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:
+    """Read one record into the canonical 12-lead layout, or raise :class:`RecordError`.
+
+    Lead names go through :func:`fairseq_ecg.leads.canonical_lead` (any case, ``AVR``/``avr``,
+    ``D1``...). A channel with an unknown name (``MLII`` is not lead II, a respiration channel,
+    ...) is dropped and noted in ``notes``; the record is skipped only when no known lead is left.
+    Two channels naming the same lead make the record ambiguous: skipped. A lead missing from the
+    record, or present but exactly zero throughout, is all zeros with ``present`` False, so that
+    the mask says which leads carry signal. Units must be mV or uV (converted to mV). Skipped
+    too: an unreadable header, a missing or truncated signal file, any NaN/Inf sample in a kept
+    lead, an all-zero record, and records shorter than ``min_seconds``.
+    """
+    import wfdb
+
+    if ref.problem:
+        raise RecordError(ref.problem, "bad table row")
+    path = Path(ref.path)
+    try:
+        record = wfdb.rdrecord(str(path))
+    except Exception as error:  # wfdb raises ValueError, IndexError, FileNotFoundError, ...
+        raise _diagnose_read_failure(path, error) from None
+    fs = float(record.fs or 0)
+    if not fs > 0:
+        raise RecordError(f"sampling frequency {record.fs!r} in the header is not positive", "unreadable header")
+    signal = record.p_signal
+    if signal is None or signal.ndim != 2 or signal.shape[0] == 0:
+        raise RecordError("no samples in the record", "too short")
+    if record.sig_len and signal.shape[0] != record.sig_len:
+        raise RecordError(f"signal holds {signal.shape[0]} samples, the header says {record.sig_len}",
+                          "truncated signal file")
+    seconds = signal.shape[0] / fs
+    if seconds < min_seconds:
+        raise RecordError(f"too short: {seconds:.3g} s < {min_seconds:g} s minimum", "too short")
+
+    names = list(record.sig_name or [])
+    names += [""] * (signal.shape[1] - len(names))
+    units = list(record.units or [])
+    units += [""] * (signal.shape[1] - len(units))
+    channel_of: dict[int, int] = {}
+    unknown: list[str] = []
+    for channel, raw in enumerate(names):
+        try:
+            lead = LEADS.index(canonical_lead(raw or ""))
+        except UnknownLeadError:
+            unknown.append(raw or "")
+            continue
+        if lead in channel_of:
+            raise RecordError(f"duplicate lead name {LEADS[lead]!r} (channels {channel_of[lead] + 1} and "
+                              f"{channel + 1})", "duplicate lead")
+        channel_of[lead] = channel
+    if not channel_of:
+        listed = ", ".join(repr(n) for n in unknown) or "none"
+        plural = "s" if len(unknown) > 1 else ""
+        raise RecordError(f"unknown lead name{plural} {listed} (no known lead left)", "unknown lead names")
+
+    out = np.zeros((NUM_LEADS, signal.shape[0]), dtype=np.float32)
+    for lead, channel in channel_of.items():
+        unit = str(units[channel] or "").strip().lower()
+        if unit not in _UNIT_TO_MV:
+            raise RecordError(f"lead {LEADS[lead]} is in unit {units[channel]!r}; expected mV or uV", "unknown unit")
+        column = signal[:, channel]
+        if not np.isfinite(column).all():
+            bad = int((~np.isfinite(column)).sum())
+            raise RecordError(f"{bad} NaN/Inf sample(s) in lead {LEADS[lead]}", "NaN/Inf")
+        out[lead] = column * _UNIT_TO_MV[unit]
+    present = np.any(out != 0, axis=1)
+    if not present.any():
+        raise RecordError("all-zero signal (every lead is 0 mV throughout)", "all-zero")
+    header_codes = _header_codes(record.comments)
+    return EcgRecord(
+        name=ref.name, signal=out, present=present, sample_rate=fs,
+        codes=ref.codes if ref.codes is not None else header_codes, patient=ref.patient, key=ref.key,
+        header_codes=header_codes, notes=tuple(f"dropped unknown lead {n!r}" for n in unknown),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# resampling
+
+
+def resample_factors(source_rate: float, target_rate: float) -> tuple[int, int]:
+    """(up, down) with up/down = target/source, reduced, denominator at most 1000 (257 -> 500 Hz
+    is exactly 500/257)."""
+    if not (source_rate > 0 and target_rate > 0):
+        raise ValueError(f"sampling rates must be positive, got {source_rate} -> {target_rate}")
+    ratio = (Fraction(str(target_rate)) / Fraction(str(source_rate))).limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
+
+
+def resampled_length(num_samples: int, source_rate: float, target_rate: float) -> int:
+    """Number of samples :func:`resample` returns for ``num_samples`` input samples."""
+    up, down = resample_factors(source_rate, target_rate)
+    return -(-num_samples * up // down)
+
+
+def resample(signal: np.ndarray, source_rate: float, target_rate: float) -> np.ndarray:
+    """Resample along the last axis with a polyphase anti-aliasing filter (``resample_poly``):
+    content below both Nyquist frequencies keeps its amplitude, content above the target's
+    Nyquist is removed instead of folding back. Edges are padded with the local linear trend, so
+    a baseline offset does not ring at the start and end. Returns float32."""
+    up, down = resample_factors(source_rate, target_rate)
+    if up == down:
+        return np.asarray(signal, dtype=np.float32)
+    out = scipy.signal.resample_poly(np.asarray(signal, dtype=np.float64), up, down, axis=-1, padtype="line")
+    return out.astype(np.float32)
+
+
+__all__ = [
+    "DEFAULT_MIN_SECONDS", "EcgRecord", "LAYOUTS", "LayoutError", "RecordError", "RecordRef", "discover",
+    "read_record", "read_record_table", "resample", "resample_factors", "resampled_length", "split_codes",
+]

@@ -1,0 +1,109 @@
+"""``ecg_identification``: recognise training patients, evaluate on held-out ones (PAPER.md).
+
+Splits (``DIR/identify/`` from fairseq-ecg-manifest):
+
+* ``train`` (or any ``S.tsv``): random 5 s crops; the target is the patient's class, its index in
+  the sorted patient ids of ``train.tsv``.
+* ``S`` where ``S_gallery.tsv`` and ``S_probe.tsv`` exist (``valid``, ``test``): held-out
+  patients, each record cut into all its consecutive segments; every segment carries its
+  record, its role (gallery or probe) and its patient. One subset holds both roles, so
+  fairseq's own validation loop (batching, sharding, logging) embeds everything in one pass and
+  the ``arcface`` criterion matches probes against the gallery over the whole subset. Hence
+  ``--valid-subset valid``, not ``valid_probe``.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from fairseq.tasks import register_task
+
+from ..data import EcgSegmentDataset
+from ..manifest import Manifest, ManifestError, read_manifest
+from .base import EcgTask, EcgTaskConfig
+
+logger = logging.getLogger(__name__)
+
+GALLERY, PROBE = "gallery", "probe"
+
+
+class GalleryProbeDataset(EcgSegmentDataset):
+    """Consecutive segments of gallery and probe records; batches add ``probe`` [segments] (bool)."""
+
+    def __init__(self, manifest: Manifest, probe: np.ndarray, **kwargs) -> None:
+        super().__init__(manifest, cut="consecutive", shuffle=False, **kwargs)
+        self.probe = np.asarray(probe, dtype=bool)
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["probe"] = bool(self.probe[item["row"]])
+        return item
+
+    def collater(self, samples: List[dict]) -> dict:
+        batch = super().collater(samples)
+        if batch:
+            batch["probe"] = torch.tensor([s["probe"] for s in samples for _ in s["segments"]], dtype=torch.bool)
+        return batch
+
+
+def _joined(gallery: Manifest, probe: Manifest) -> Manifest:
+    """One manifest of the gallery rows then the probe rows, paths made absolute (roots may differ)."""
+    rows = [dataclasses.replace(row, relative_path=str(m.root / row.relative_path))
+            for m in (gallery, probe) for row in m.rows]
+    return Manifest(root=Path("/"), rows=rows, path=probe.path)
+
+
+@register_task("ecg_identification", dataclass=EcgTaskConfig)
+class EcgIdentificationTask(EcgTask):
+    def __init__(self, cfg: EcgTaskConfig) -> None:
+        super().__init__(cfg)
+        self._patients: Optional[List[str]] = None
+
+    @property
+    def patients(self) -> List[str]:
+        """Training patients in class order (sorted ids of ``train.tsv``); read once, when needed."""
+        if self._patients is None:
+            manifest = read_manifest(Path(self.cfg.data) / "train.tsv")
+            missing = [n for n, row in enumerate(manifest.rows, start=2) if not row.patient]
+            if missing:
+                raise ManifestError(f"{manifest.path}:{missing[0]}: no patient id; identification needs one per row")
+            self._patients = sorted({row.patient for row in manifest.rows})
+        return self._patients
+
+    @property
+    def num_patients(self) -> int:
+        return len(self.patients)
+
+    def _pair_exists(self, split: str) -> bool:
+        return all((Path(self.cfg.data) / f"{split}_{role}.tsv").is_file() for role in (GALLERY, PROBE))
+
+    def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
+        common = dict(segment_samples=self.segment_samples, leads=self.cfg.leads, normalize=self.cfg.normalize,
+                      seed=self.cfg.seed)
+        if self._pair_exists(split):
+            gallery, probe = (self.read_split(f"{split}_{role}") for role in (GALLERY, PROBE))
+            manifest = _joined(gallery, probe)
+            ids = {patient: i for i, patient in enumerate(sorted({row.patient for row in manifest.rows}))}
+            targets = np.array([ids[row.patient] for row in manifest.rows], dtype=np.int64)
+            roles = np.arange(len(manifest)) >= len(gallery)
+            logger.info(f"{split}: {len(gallery)} gallery and {len(probe)} probe records of {len(ids)} patients")
+            self.datasets[split] = GalleryProbeDataset(manifest, roles, targets=targets, **common)
+            return
+        manifest = self.read_split(split)
+        index = {patient: i for i, patient in enumerate(self.patients)}
+        unknown = [(n, row.patient) for n, row in enumerate(manifest.rows, start=2) if row.patient not in index]
+        if unknown:
+            hint = ""
+            base = split.rsplit("_", 1)[0]
+            if split.endswith((f"_{GALLERY}", f"_{PROBE}")) and self._pair_exists(base):
+                hint = f"; to evaluate gallery against probe give the subset name without the suffix ({base})"
+            raise ManifestError(f"{manifest.path}:{unknown[0][0]}: patient {unknown[0][1]!r} is not a training "
+                                f"patient, so it has no class{hint}")
+        targets = np.array([index[row.patient] for row in manifest.rows], dtype=np.int64)
+        self.datasets[split] = EcgSegmentDataset(
+            manifest, cut="crop", targets=targets, shuffle=split.startswith("train"), **common
+        )
