@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "fairseq-ecg-synth=fairseq_ecg.synth:main",
             "fairseq-ecg-manifest=fairseq_ecg.preparation:main",
+            "fairseq-ecg-embed=fairseq_ecg.embed:main",
         ]
     },
 )

@@ -1,16 +1,12 @@
 """Synthetic 12-lead ECG archives in the on-disk formats of the real ones.
 
-No machine of this project reaches PhysioNet, so demos and tests need records that look like the
-real archives both on disk and in the signal: a classifier must be able to learn the labels, and
-patient identification needs several records per patient. The signal is a 3-D heart vector (VCG)
-made of one Gaussian bump per wave (P, Q, R, S, T, plus the extra forces of bundle branch blocks),
-projected to I, II and V1-V6 with the Dower coefficients; III, aVR, aVL and aVF follow exactly
-from Einthoven and Goldberger. A patient is a seeded draw of wave directions, amplitudes, widths,
-axis, heart rate and morphology classes (axis deviation, bundle branch block, T inversion, low
-voltage, 1st degree AV block, AF tendency); each record draws its rhythm, premature beats, noise
-and baseline wander. Everything is deterministic for a seed: same arguments, same bytes.
-
-Layouts:
+No machine here reaches PhysioNet, so demos and tests need records that look like the real
+archives on disk and in the signal: labels a classifier can learn, several records per patient.
+The signal is a 3-D heart vector, one Gaussian bump per wave (P, Q, R, S, T, and the extra forces
+of bundle branch blocks), projected to I, II, V1-V6 with the Dower coefficients; III, aVR, aVL and
+aVF follow exactly from Einthoven and Goldberger. A patient is a seeded draw of wave vectors,
+widths, axis, heart rate and morphology classes; each record draws its rhythm, premature beats,
+noise and baseline wander. Deterministic for a seed: same arguments, same bytes.
 
 * ``physionet2021``: ``OUT/training/<source>/g<k>/<NAME>.hea`` + ``.mat`` (MATLAB v4, int16 ``val``,
   format ``16+24``, 1000/mV, ``#Dx`` SNOMED CT codes) with the sources at their real rates
@@ -40,7 +36,7 @@ import numpy as np
 import scipy.io
 import scipy.signal
 
-from .labels import PTBXL_SCP_TO_SNOMED
+from .labels import PTBXL_SCP_TO_SNOMED as SCP
 from .leads import LEADS
 
 LAYOUTS = ("physionet2021", "ptbxl")
@@ -55,26 +51,24 @@ DOWER = np.array([
     [1.213, 0.127, -0.601], [1.125, 0.127, -0.086], [0.831, 0.076, 0.230],
 ])
 
-# The classes written, in #Dx order: SNOMED CT code -> (abbreviation, PTB-XL SCP statement).
+# The classes written, in #Dx order: SNOMED CT code -> (abbreviation, PTB-XL statement, its text).
 NSR, AF, SB, STACH, IAVB = "426783006", "164889003", "426177001", "427084000", "270492004"
 CRBBB, CLBBB, LAD, RAD = "713427006", "733534002", "39732003", "47665007"
 PVC, TINV, LQRSV = "427172004", "59931005", "251146004"
-CLASSES: dict[str, tuple[str, str]] = {
-    NSR: ("NSR", "SR"), AF: ("AF", "AFIB"), SB: ("SB", "SBRAD"), STACH: ("STach", "STACH"),
-    IAVB: ("IAVB", "1AVB"), CRBBB: ("CRBBB", "CRBBB"), CLBBB: ("CLBBB", "CLBBB"),
-    LAD: ("LAD", "LAFB"), RAD: ("RAD", "LPFB"), PVC: ("PVC", "PVC"), TINV: ("TInv", "INVT"),
-    LQRSV: ("LQRSV", "LVOLT"),
+CLASSES: dict[str, tuple[str, str, str]] = {
+    NSR: ("NSR", "SR", "sinus rhythm"), AF: ("AF", "AFIB", "atrial fibrillation"),
+    SB: ("SB", "SBRAD", "sinus bradycardia"), STACH: ("STach", "STACH", "sinus tachycardia"),
+    IAVB: ("IAVB", "1AVB", "first degree AV block"),
+    CRBBB: ("CRBBB", "CRBBB", "complete right bundle branch block"),
+    CLBBB: ("CLBBB", "CLBBB", "complete left bundle branch block"),
+    LAD: ("LAD", "LAFB", "left anterior fascicular block"),  # PTB-XL has no axis statement
+    RAD: ("RAD", "LPFB", "left posterior fascicular block"),
+    PVC: ("PVC", "PVC", "ventricular premature complex"), TINV: ("TInv", "INVT", "inverted T-waves"),
+    LQRSV: ("LQRSV", "LVOLT", "low QRS voltages in the frontal and horizontal leads"),
 }
 _EXTRA_NAMES = {"445118002": "LAnFB", "445211001": "LPFB"}  # what LAFB/LPFB map back to
-_SCP_DIAGNOSTIC = {"NORM", "1AVB", "CRBBB", "CLBBB", "LAFB", "LPFB"}  # PTB-XL gives these a likelihood
-_SCP_DESCRIPTION = {
-    "NORM": "normal ECG", "SR": "sinus rhythm", "AFIB": "atrial fibrillation",
-    "SBRAD": "sinus bradycardia", "STACH": "sinus tachycardia", "1AVB": "first degree AV block",
-    "CRBBB": "complete right bundle branch block", "CLBBB": "complete left bundle branch block",
-    "LAFB": "left anterior fascicular block", "LPFB": "left posterior fascicular block",
-    "PVC": "ventricular premature complex", "INVT": "inverted T-waves",
-    "LVOLT": "low QRS voltages in the frontal and horizontal leads",
-}
+_SCP_KINDS = {"diagnostic": {"NORM", "1AVB", "CRBBB", "CLBBB", "LAFB", "LPFB"},  # with a likelihood
+              "form": {"PVC", "INVT", "LVOLT"}, "rhythm": {"SR", "AFIB", "SBRAD", "STACH"}}
 
 
 @dataclass(frozen=True)
@@ -206,7 +200,7 @@ def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patien
     rots = np.zeros((len(angles), 3, 3))
     rots[:, 0, 0] = rots[:, 1, 1] = np.cos(angles)
     rots[:, 1, 0], rots[:, 0, 1], rots[:, 2, 2] = np.sin(angles), -np.sin(angles), 1.0
-    nets = rots @ (base * np.array(base_w)[:, None]).sum(0) + (extra * np.array(extra_w)[:, None]).sum(0)
+    nets = rots @ (np.array(base_w) @ base) + np.array(extra_w, dtype=float) @ extra  # net QRS areas
     rot = rots[np.argmin(np.abs((_frontal_axis(nets) - target + 180) % 360 - 180))]
     qrs = np.concatenate([base @ rot.T, extra])
     qrs_off, qrs_w = np.array(base_off + extra_off), np.array(base_w + extra_w)
@@ -219,7 +213,10 @@ def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patien
         scale = min(max(1.0, rng.uniform(0.9, 1.3) / p2p[:6].max()), 3.2 / p2p.max())
     qrs *= scale
     low = bool(p2p[:6].max() * scale < 0.5)  # the label follows the measured voltage
-    t_dir = -_unit(qrs.sum(0)) if clbbb else _direction(rng, rng.uniform(20, 60), rng.uniform(-0.5, -0.1))
+    if clbbb:  # discordant repolarisation
+        t_dir = -_unit(qrs.sum(0))
+    else:
+        t_dir = _direction(rng, rng.uniform(20, 60), rng.uniform(-0.5, -0.1))
     tinv = u_tinv < 0.1 and not clbbb
     t_vec = t_dir * rng.uniform(0.3, 0.55) * (-1 if tinv else 1) * (0.6 if low else 1)
     p_vec = _direction(rng, rng.uniform(40, 70), rng.uniform(-0.2, 0.2)) * rng.uniform(0.12, 0.25)
@@ -274,6 +271,7 @@ def _plan_record(seed: int, index: int, patient: Patient) -> _Plan:
     pvc = np.zeros(len(beats), dtype=bool)
     if rng.random() < 0.12:
         inside = np.flatnonzero((beats > 0.5) & (beats < duration - 0.8))
+        inside = inside[inside > 0]  # a premature beat needs a preceding beat
         for b in rng.permutation(inside)[: int(rng.integers(1, 4))]:
             if not pvc[b - 1] and not pvc[min(b + 1, len(beats) - 1)]:
                 pvc[b] = True  # premature: early after the preceding beat, full compensatory pause
@@ -281,8 +279,9 @@ def _plan_record(seed: int, index: int, patient: Patient) -> _Plan:
     has = set(patient.codes) | {rhythm} | ({PVC} if pvc.any() else set())
     if af:
         has.discard(IAVB)
-    day, month, year, hms = rng.integers(1, 29), rng.integers(12), rng.integers(2010, 2021), rng.integers(0, 60, 3)
-    stamp = f"{day:02d}-{_MONTHS[month]}-{year} {hms[0] % 24:02d}:{hms[1]:02d}:{hms[2]:02d}"
+    day, month, year = rng.integers(1, 29), _MONTHS[rng.integers(12)], rng.integers(2010, 2021)
+    hms = rng.integers(0, 60, 3)
+    stamp = f"{day:02d}-{month}-{year} {hms[0] % 24:02d}:{hms[1]:02d}:{hms[2]:02d}"
     return _Plan(src.fs, duration * src.fs, rhythm, beats, pvc,
                  tuple(c for c in CLASSES if c in has), stamp)
 
@@ -296,11 +295,13 @@ def _render(seed: int, index: int, patient: Patient, plan: _Plan, noise: bool) -
     rr_prev = np.clip(np.diff(beats, prepend=beats[0] - 60.0 / patient.rate), 0.3, 1.6)
     resp = 1 + 0.06 * np.sin(2 * np.pi * 0.22 * beats + rng.uniform(0, 6.3))
     normal = np.flatnonzero(~pvc)
-    waves = patient.kinds > 0 if plan.rhythm == AF else np.ones(len(patient.kinds), dtype=bool)  # AF: no P
+    waves = patient.kinds > (0 if plan.rhythm == AF else -1)  # AF: no P wave
     kinds, vec = patient.kinds[waves], patient.vectors[waves]
     off, wid = patient.offsets[waves], patient.widths[waves]
-    gain = np.where(kinds[None, :] == 1, resp[normal, None], 1.0) * rng.uniform(0.97, 1.03, (len(normal), 1))
-    shift = np.where(kinds[None, :] == 2, off[None, :] * np.sqrt(rr_prev[normal, None]), off[None, :])
+    gain = np.where(kinds[None, :] == 1, resp[normal, None], 1.0)
+    gain = gain * rng.uniform(0.97, 1.03, (len(normal), 1))
+    rr = rr_prev[normal, None]  # QT follows the preceding RR; PR fits inside it even when fast
+    shift = np.where(kinds == 2, off * np.sqrt(rr), np.where(kinds == 0, np.maximum(off, -0.55 * rr), off))
     centers = [(beats[normal, None] + shift).ravel()]
     widths = [np.broadcast_to(wid, (len(normal), len(wid))).ravel()]
     vectors = [(gain[:, :, None] * vec[None]).reshape(-1, 3)]
@@ -326,7 +327,8 @@ def _render(seed: int, index: int, patient: Patient, plan: _Plan, noise: bool) -
     eight = DOWER @ vcg
     if noise:
         nrng = np.random.default_rng([seed, 4, index])
-        freq, amp, ph = nrng.uniform(0.05, 0.4, (8, 2, 1)), nrng.uniform(0.02, 0.15, (8, 2, 1)), nrng.uniform(0, 6.3, (8, 2, 1))
+        wander = [nrng.uniform(low, high, (8, 2, 1)) for low, high in ((0.05, 0.4), (0.02, 0.15), (0, 6.3))]
+        freq, amp, ph = wander  # two slow sinusoids per independent lead
         eight += (amp * np.sin(2 * np.pi * freq * t + ph)).sum(1)
         eight += nrng.uniform(0.005, 0.025) * nrng.standard_normal((8, n))
         if nrng.random() < 0.3:
@@ -380,7 +382,7 @@ def _write_wfdb16(path: Path, val: np.ndarray, fs: int) -> None:
 
 def _scp_codes(codes: Sequence[str]) -> dict[str, float]:
     """PTB-XL ``scp_codes``: diagnostic statements carry a likelihood, form and rhythm ones 0."""
-    scp = {CLASSES[c][1]: (100.0 if CLASSES[c][1] in _SCP_DIAGNOSTIC else 0.0) for c in codes}
+    scp = {CLASSES[c][1]: (100.0 if CLASSES[c][1] in _SCP_KINDS["diagnostic"] else 0.0) for c in codes}
     return {"NORM": 100.0, **scp} if set(codes) <= {NSR} else scp
 
 
@@ -412,11 +414,10 @@ def _write_ptbxl_tables(out: Path, rows: list, patients: int, seed: int) -> None
                ["ecg_id", "patient_id", "age", "sex", "recording_date", "scp_codes", "heart_axis",
                 "strat_fold", "filename_lr", "filename_hr"],
                [head + [int(folds[p])] + tail for p, head, tail in rows])
-    kinds = {"diagnostic": _SCP_DIAGNOSTIC, "form": {"PVC", "INVT", "LVOLT"},
-             "rhythm": {"SR", "AFIB", "SBRAD", "STACH"}}
-    _write_csv(out / "scp_statements.csv", ["", "description", *kinds],
-               [[s, _SCP_DESCRIPTION[s], *(1.0 if s in group else "" for group in kinds.values())]
-                for s in sorted(_SCP_DESCRIPTION)])
+    text = {"NORM": "normal ECG", **{scp: about for _, scp, about in CLASSES.values()}}
+    _write_csv(out / "scp_statements.csv", ["", "description", *_SCP_KINDS],
+               [[s, text[s], *(1.0 if s in group else "" for group in _SCP_KINDS.values())]
+                for s in sorted(text)])
 
 
 def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed: int = 0,
@@ -453,42 +454,35 @@ def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed:
             low = scipy.signal.resample_poly(val.astype(np.float64) / GAIN, 1, 5, axis=1)
             _write_wfdb16(out / lr, quantise(low), plan.fs // 5)
             scp = _scp_codes(plan.codes)
-            codes = tuple(dict.fromkeys(PTBXL_SCP_TO_SNOMED[s] for s in scp if s in PTBXL_SCP_TO_SNOMED))
+            codes = tuple(dict.fromkeys(SCP[s] for s in scp if s in SCP))
             path, pid = out / hr, str(p + 1)
             axis = "LAD" if LAD in plan.codes else "RAD" if RAD in plan.codes else "MID"
             sex = int(patient.sex == "Female")  # PTB-XL: 0 male, 1 female
-            table.append((p, [ecg_id, f"{p + 1}.0", patient.age, sex, plan.stamp, repr(scp), axis], [lr, hr]))
+            head = [ecg_id, f"{p + 1}.0", patient.age, sex, plan.stamp, repr(scp), axis]
+            table.append((p, head, [lr, hr]))
         written.append(SynthRecord(path.name, path, pid, plan.fs, plan.num_samples, codes,
                                    patient.source.name, layout, seed, index, p))
     if layout == "physionet2021":
-        _write_csv(out / "patients.csv", ["record", "patient"], sorted([r.name, r.patient] for r in written))
+        rows = sorted([r.name, r.patient] for r in written)
+        _write_csv(out / "patients.csv", ["record", "patient"], rows)
     else:
         _write_ptbxl_tables(out, table, patients, seed)
     return written
-
-
-def _whole(least: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
-        return value
-    return parse
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``fairseq-ecg-synth``: write an archive and print a one-line summary."""
     parser = argparse.ArgumentParser(prog="fairseq-ecg-synth", description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="folder to create (must be empty or absent)")
-    parser.add_argument("--records", type=_whole(1), required=True, help="number of records")
-    parser.add_argument("--patients", type=_whole(1), help="number of patients (default records/3)")
-    parser.add_argument("--seed", type=_whole(0), default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--records", type=int, required=True, help="number of records")
+    parser.add_argument("--patients", type=int, help="number of patients (default records/3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--layout", choices=LAYOUTS, default="physionet2021")
     args = parser.parse_args(argv)
     patients = args.patients if args.patients is not None else max(1, args.records // 3)
+    for flag, value, least in (("--records", args.records, 1), ("--patients", patients, 1), ("--seed", args.seed, 0)):
+        if value < least:
+            parser.error(f"{flag} must be at least {least} (got {value})")
     if patients > args.records:
         parser.error(f"--patients ({patients}) cannot exceed --records ({args.records})")
     start = time.perf_counter()
@@ -497,13 +491,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as error:
         print(f"fairseq-ecg-synth: error: {error}", file=sys.stderr)
         return 1
-    names = {**{code: abbr for code, (abbr, _) in CLASSES.items()}, **_EXTRA_NAMES}
+    names = {**{code: abbr for code, (abbr, _, _) in CLASSES.items()}, **_EXTRA_NAMES}
     found = sorted({c for r in written for c in r.codes}, key=list(names).index)
     counts = {names[c]: sum(c in r.codes for r in written) for c in found}
-    rates = {fs: sum(r.sample_rate == fs for r in written) for fs in sorted({r.sample_rate for r in written})}
+    rates = sorted(Counter(r.sample_rate for r in written).items())
     print(f"wrote {len(written)} records of {patients} patients to {args.out} ({args.layout}); "
-          f"rates {', '.join(f'{fs} Hz: {n}' for fs, n in rates.items())}; classes "
-          f"{', '.join(f'{k}={v}' for k, v in counts.items() if v)}; {time.perf_counter() - start:.1f} s")
+          f"rates {', '.join(f'{fs} Hz: {n}' for fs, n in rates)}; classes "
+          f"{', '.join(f'{k}={v}' for k, v in counts.items())}; {time.perf_counter() - start:.1f} s")
     return 0
 
 

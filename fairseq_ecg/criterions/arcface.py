@@ -26,6 +26,7 @@ from sklearn.metrics import roc_curve
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
 
 
@@ -64,9 +65,10 @@ def arcface_logits(cosine: torch.Tensor, target: torch.Tensor, scale: float, mar
 
 @dataclass
 class EmbeddedSegments:
-    """What one validation batch logs: per segment its record (``row``), gallery/probe role, patient
-    and embedding. Printed as a count, so fairseq's progress lines stay short."""
+    """What one validation batch logs: per segment its item ``id``, record (``row``), gallery/probe
+    role, patient and embedding. Printed as a count, so fairseq's progress lines stay short."""
 
+    ids: np.ndarray
     rows: np.ndarray
     probe: np.ndarray
     patients: np.ndarray
@@ -126,8 +128,12 @@ def identification_metrics(embeddings: np.ndarray, probe: np.ndarray, patients: 
 
 class IdentificationMeter(Meter):
     """Collects ``EmbeddedSegments`` over a validation subset; the metrics are computed (once per
-    state) when read. Lives only in fairseq's temporary validation aggregators, never in a
-    checkpoint."""
+    state) when read.
+
+    fairseq also logs validation into its long-lived "valid" aggregator, which sees every pass
+    and is saved in checkpoints: an item id that comes again means the subset is being read
+    again, so the meter starts over and holds at most one pass; its saved state is empty.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,9 +141,14 @@ class IdentificationMeter(Meter):
 
     def reset(self) -> None:
         self.parts: List[EmbeddedSegments] = []
+        self.seen: set = set()
         self._result: Optional[Tuple[float, float]] = None
 
     def update(self, segments: EmbeddedSegments) -> None:
+        ids = set(segments.ids.tolist())
+        if not self.seen.isdisjoint(ids):
+            self.reset()
+        self.seen |= ids
         self.parts.append(segments)
         self._result = None
 
@@ -150,6 +161,10 @@ class IdentificationMeter(Meter):
     @property
     def smoothed_value(self) -> float:
         return float(sum(len(p) for p in self.parts))
+
+
+# Resuming a checkpoint saved mid-epoch rebuilds saved meters by class name from this module.
+fairseq_meters.IdentificationMeter = IdentificationMeter
 
 
 @register_criterion("arcface", dataclass=ArcFaceConfig)
@@ -178,7 +193,7 @@ class ArcFaceCriterion(FairseqCriterion):
         embedding = net_output["embedding"]
         count = embedding.shape[0]
         segments = EmbeddedSegments(
-            rows=sample["row"].cpu().numpy(), probe=sample["probe"].cpu().numpy(),
+            ids=sample["id"].cpu().numpy(), rows=sample["row"].cpu().numpy(), probe=sample["probe"].cpu().numpy(),
             patients=sample["target"].view(-1).cpu().numpy(), embeddings=embedding.detach().float().cpu().numpy(),
         )
         logging_output = {"ntokens": count, "nsentences": count, "sample_size": count, "identification": segments}

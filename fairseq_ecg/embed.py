@@ -1,0 +1,158 @@
+"""``fairseq-ecg-embed``: one global embedding per record, from any checkpoint of the plugin.
+
+    fairseq-ecg-embed --checkpoint CKPT MANIFEST.tsv|WFDB_FOLDER --out FILE.npy [--leads 6] [--batch-size N]
+
+Writes FILE.npy (records x encoder dimension, float32) and FILE.tsv (a header, then one line per
+row: record, patient, source file, number of segments). A record's embedding is the mean of the encoder's global vectors
+(time-averaged context, as CMSC and the downstream heads use) over its consecutive segments.
+Pretraining (``ecg_wav2vec2``), classifier and identifier checkpoints all work: only their
+encoder is used, so embeddings of all three are comparable in kind (the identifier's projection
+head is not applied). Segment length, sampling rate, normalisation and (by default) leads come
+from the checkpoint's task settings, so the input is prepared as in training.
+
+A folder is read as WFDB records with :mod:`fairseq_ecg.records` (resampled like the preparation
+step) into a temporary manifest; a manifest is taken to be at the checkpoint's sampling rate.
+Problems with the inputs (unusable checkpoint or manifest) end with one line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoints import CheckpointError, encoder_state, load_checkpoint
+from .data import EcgSegmentDataset
+from .leads import mask_to_string, parse_leads
+from .manifest import (Manifest, ManifestError, ManifestRow, atomic_save_npy, atomic_write_text,
+                       check_waveforms, read_manifest)
+from .models.ecg_wav2vec2 import EcgWav2Vec2Model
+from .models.encoder import EcgEncoderConfig, EcgEncoderModel
+
+
+def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
+    """The encoder of any plugin checkpoint (eval mode) and the task settings it was trained with."""
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as error:  # torch.load fails in assorted ways on files that are not checkpoints
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    args, weights = encoder_state(state, path, allow_downstream=True)
+    if not args or not weights:
+        raise CheckpointError(f"{path}: the checkpoint holds no encoder settings or weights")
+    encoder = EcgEncoderModel.build_encoder(EcgEncoderConfig(encoder_args=args, init="random"))
+    try:
+        encoder.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: encoder weights do not fit its settings ({first})") from None
+    return encoder.eval(), dict(state["cfg"].get("task") or {})
+
+
+def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = "wfdb") -> tuple[Manifest, list[str]]:
+    """Read every WFDB record below ``folder``, resample to ``sample_rate`` and write them as a
+    manifest in ``workdir``; unusable records are reported on stderr and left out. Returns the
+    manifest and the WFDB path of each row."""
+    from .records import LayoutError, RecordError, discover, read_record, resample
+
+    rows, sources = [], []
+    try:
+        refs = list(discover(folder, layout))
+    except LayoutError as error:
+        raise ManifestError(str(error)) from None
+    for number, ref in enumerate(refs):
+        try:
+            record = read_record(ref)
+        except RecordError as error:
+            print(f"fairseq-ecg-embed: skipped {ref.key}: {error.reason}", file=sys.stderr)
+            continue
+        signal = resample(record.signal, record.sample_rate, sample_rate)
+        relative = f"waves/{number}.npy"
+        atomic_save_npy(workdir / relative, signal)
+        rows.append(ManifestRow(relative, int(signal.shape[1]), mask_to_string(record.present), record.patient,
+                                record.sample_rate, ref.key))
+        sources.append(str(ref.path))
+    if not rows:
+        raise ManifestError(f"{folder}: no usable WFDB record (.hea) found")
+    return Manifest(root=workdir, rows=rows, path=folder), sources
+
+
+@torch.no_grad()
+def embed_records(encoder: EcgWav2Vec2Model, dataset: EcgSegmentDataset, batch_size: int,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Mean global vector per manifest row [rows, dim] and the segment count per row."""
+    rows = len(dataset.manifest)
+    sums = torch.zeros(rows, encoder.cfg.encoder_embed_dim, dtype=torch.float64)
+    counts = torch.zeros(rows, dtype=torch.float64)
+    encoder.to(device)
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.collater([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        net_input = {k: v.to(device) for k, v in batch["net_input"].items()}
+        pooled = encoder.extract_global(**net_input)["global"].double().cpu()
+        sums.index_add_(0, batch["row"], pooled)
+        counts.index_add_(0, batch["row"], torch.ones(len(pooled), dtype=torch.float64))
+    return (sums / counts.clamp(min=1).unsqueeze(1)).float().numpy(), counts.long().numpy()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairseq-ecg-embed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or a folder of WFDB records")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="checkpoint of ecg_wav2vec2, ecg_wav2vec2_classifier or ecg_wav2vec2_identifier")
+    parser.add_argument("--out", type=Path, required=True, help="FILE.npy; the record list goes to FILE.tsv")
+    parser.add_argument("--leads", default=None,
+                        help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
+    parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
+    parser.add_argument("--layout", default="wfdb", choices=("wfdb", "physionet2021", "ptbxl"),
+                        help="archive layout of a folder input (fairseq_ecg.records)")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out.suffix != ".npy":
+        parser.error(f"--out must end in .npy, found {args.out}")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        encoder, task = load_encoder(args.checkpoint)
+        leads = args.leads if args.leads is not None else str(task.get("leads", "12"))
+        parse_leads(leads)
+        rate = float(task.get("sample_rate", 500))
+        segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))
+        with tempfile.TemporaryDirectory(prefix="fairseq-ecg-embed-") as workdir:
+            if args.inputs.is_dir():
+                manifest, sources = wfdb_manifest(args.inputs, rate, Path(workdir), args.layout)
+            else:
+                manifest = read_manifest(args.inputs)
+                if not manifest.rows:
+                    raise ManifestError(f"{args.inputs}: no records")
+                check_waveforms(manifest)
+                sources = [str(manifest.file_of(i)) for i in range(len(manifest))]
+            dataset = EcgSegmentDataset(manifest, segment, cut="consecutive", leads=leads,
+                                        normalize=bool(task.get("normalize", False)), shuffle=False)
+            device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+            embeddings, segments = embed_records(encoder, dataset, args.batch_size, device)
+        lines = ["record\tpatient\tsource\tsegments"] + [
+            f"{row.record}\t{row.patient}\t{source}\t{count}"
+            for row, source, count in zip(manifest.rows, sources, segments)
+        ]
+        atomic_save_npy(args.out, embeddings)
+        atomic_write_text(args.out.with_suffix(".tsv"), "\n".join(lines) + "\n")
+    except (CheckpointError, ManifestError, ValueError, OSError) as error:
+        print(f"fairseq-ecg-embed: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(f"fairseq-ecg-embed: {embeddings.shape[0]} records x {embeddings.shape[1]} -> {args.out} "
+          f"(records listed in {args.out.with_suffix('.tsv')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

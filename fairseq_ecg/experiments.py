@@ -1,0 +1,314 @@
+"""``fairseq-ecg-experiments``: the paper's comparisons as a resumable matrix of ordinary runs.
+
+Every run is a plain ``fairseq-hydra-train`` or ``fairseq-validate`` call in its own folder under
+``RESULTS/runs/``, with its exact command line saved in ``command.sh`` and its output in ``log.txt``.
+A run that finished (``done`` marker) is not repeated when the command is run again, so a killed
+matrix resumes where it stopped, and subsets (``--experiments``, ``--variants``, ``--leads``,
+``--seeds``) can be run on different machines or as cluster jobs into the same RESULTS folder.
+
+Experiments (PAPER.md): 1 = pretrain on 12 leads, fine-tune/evaluate on each lead set; 2 = pretrain
+and fine-tune on the same reduced lead set; 3 = each variant with and without RLM, plus a sweep of
+the RLM probability. ``random_init`` (same architecture, fresh weights) is the baseline row.
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .leads import lead_set_name, parse_leads
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = PACKAGE_DIR.parent / "examples"
+RESULT_COLUMNS = ("experiment", "variant", "pretrain_leads", "finetune_leads", "task", "metric", "value", "seed")
+BASELINE = "random_init"
+METRICS = {"classification": ("challenge_metric", "auroc", "f1"), "identification": ("top1_accuracy", "eer")}
+
+# What each preset adds to the YAMLs' own settings. "demo" trains tiny models in minutes on a CPU.
+PRESETS = {
+    "demo": {
+        "pretrain": ["+size=tiny", "optimization.max_epoch=12", "dataset.batch_size=32"],
+        "classification": ["+size=tiny", "optimization.max_epoch=15"],
+        "identification": ["+size=tiny_identification", "optimization.max_epoch=10"],
+        "variants": ["w2v", "w2v_cmsc_rlm"],
+        "leads": ["12", "6", "3", "2", "1"],
+        "seeds": 2,
+        "tasks": ["classification"],
+    },
+    "paper": {
+        "pretrain": [], "classification": [], "identification": [],
+        "variants": ["w2v", "cmsc", "w2v_cmsc", "w2v_rlm", "cmsc_rlm", "w2v_cmsc_rlm"],
+        "leads": ["12", "6", "3", "2", "1"],
+        "seeds": 3,
+        "tasks": ["classification", "identification"],
+    },
+}
+FINETUNE_CONFIG = {"classification": "classification", "identification": "identification"}
+FINETUNE_DATA = {"classification": "finetune", "identification": "identify"}
+VALID_SUBSET = {"classification": "test", "identification": "valid"}
+
+
+@dataclass
+class Run:
+    """One process of the matrix: its folder, command, the runs it needs, and what it reports."""
+
+    name: str
+    command: list[str]
+    after: list[str] = field(default_factory=list)
+    labels: Optional[dict] = None  # set for evaluation runs: the results.csv columns but metric/value
+
+    def folder(self, out: Path) -> Path:
+        return out / "runs" / self.name
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: Path
+    out: Path
+    preset: str
+    experiments: tuple[int, ...]
+    variants: tuple[str, ...]
+    leads: tuple[str, ...]
+    rlm_probs: tuple[float, ...]
+    seeds: int
+    tasks: tuple[str, ...]
+    linear_probe: bool
+    config_root: Path
+
+
+def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Optional[float] = None) -> Run:
+    tag = variant if rlm_prob is None else f"{variant}_p{rlm_prob:g}"
+    name = f"pretrain/{tag}_L{lead_set_name(leads)}_s{seed}"
+    folder = s.out / "runs" / name
+    command = [
+        "fairseq-hydra-train", "--config-dir", str(s.config_root / "pretrain"), "--config-name", variant,
+        f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / 'pretrain'}", f"task.leads={leads}",
+        f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset]["pretrain"],
+    ]
+    if rlm_prob is not None:
+        command.append(f"model.rlm_prob={rlm_prob}")
+    return Run(name, command)
+
+
+def _finetune_runs(s: Settings, experiment: int, pretrain: Run, variant: str, pretrain_leads: str,
+                   leads: str, seed: int, task: str, linear: bool) -> list[Run]:
+    """Fine-tune (or linear-probe) then evaluate one cell of the matrix."""
+    mode = f"{task}_linear_probe" if linear else task
+    name = f"{mode}/{variant}_P{lead_set_name(pretrain_leads)}_F{lead_set_name(leads)}_s{seed}"
+    folder = s.out / "runs" / name
+    checkpoint = s.out / "runs" / pretrain.name / "checkpoint_best.pt"
+    train = [
+        "fairseq-hydra-train", "--config-dir", str(s.config_root / "finetune"), "--config-name", FINETUNE_CONFIG[task],
+        f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / FINETUNE_DATA[task]}", f"task.leads={leads}",
+        f"model.model_path={checkpoint}", f"model.init={'random' if variant == BASELINE else 'pretrained'}",
+        f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset][task],
+    ]
+    if linear:
+        train.append("model.freeze_encoder_updates=-1")
+    evaluate = [
+        "fairseq-validate", str(s.data / FINETUNE_DATA[task]), "--user-dir", str(PACKAGE_DIR),
+        "--task", f"ecg_{task}", "--path", str(folder / "checkpoint_best.pt"),
+        "--valid-subset", VALID_SUBSET[task], "--batch-size", "16",
+    ]
+    labels = dict(experiment=experiment, variant=variant, pretrain_leads=lead_set_name(pretrain_leads),
+                  finetune_leads=lead_set_name(leads), task=mode, seed=seed)
+    return [Run(name, train, after=[pretrain.name]), Run(f"{name}/evaluate", evaluate, after=[name], labels=labels)]
+
+
+def plan(s: Settings) -> list[Run]:
+    """Every run of the requested matrix, pretraining first; shared runs appear once."""
+    runs: dict[str, Run] = {}
+
+    def add(run: Run) -> Run:
+        return runs.setdefault(run.name, run)
+
+    modes = [False] + ([True] if s.linear_probe else [])
+    for seed in range(s.seeds):
+        for experiment in s.experiments:
+            for variant in (BASELINE,) + s.variants:
+                source = s.variants[0] if variant == BASELINE else variant
+                if experiment == 3 and variant != BASELINE:
+                    others = {source, source.replace("_rlm", "") if source.endswith("_rlm") else f"{source}_rlm"}
+                    pairs = [(v, None) for v in sorted(others)]
+                    if source.endswith("_rlm"):
+                        pairs += [(source, p) for p in s.rlm_probs]
+                else:
+                    pairs = [(source, None)]
+                for pretrain_variant, prob in pairs:
+                    label = variant if variant == BASELINE else (
+                        pretrain_variant if prob is None else f"{pretrain_variant}_p{prob:g}")
+                    lead_pairs = ([("12", leads) for leads in s.leads] if experiment != 2
+                                  else [(leads, leads) for leads in s.leads])
+                    for pretrain_leads, leads in lead_pairs:
+                        pretrain = add(_pretrain_run(s, pretrain_variant, pretrain_leads, seed, prob))
+                        for task in s.tasks:
+                            for linear in modes if task == "classification" else [False]:
+                                for run in _finetune_runs(s, experiment, pretrain, label, pretrain_leads,
+                                                          leads, seed, task, linear):
+                                    add(run)
+    return sorted(runs.values(), key=lambda r: (not r.name.startswith("pretrain/"), r.labels is not None))
+
+
+METRIC_PATTERN = re.compile(r"\| ([a-z0-9_]+) (-?[0-9.]+(?:e-?\d+)?)")
+
+
+def parse_metrics(log: str) -> dict[str, float]:
+    """Metrics of the last "valid on ... subset" line that fairseq-validate prints."""
+    lines = [line for line in log.splitlines() if "valid on" in line]
+    if not lines:
+        return {}
+    return {key: float(value) for key, value in METRIC_PATTERN.findall(lines[-1])}
+
+
+def execute(run: Run, out: Path, threads: int) -> bool:
+    """Run one command in its folder unless it already finished; True when it succeeded."""
+    folder = run.folder(out)
+    if (folder / "done").exists():
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "command.sh").write_text(shlex.join(run.command) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    program = Path(sys.executable).parent / run.command[0]
+    command = [str(program) if program.exists() else run.command[0], *run.command[1:]]
+    with open(folder / "log.txt", "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        print(f"  FAILED {run.name} (exit {code}); see {folder / 'log.txt'}", file=sys.stderr)
+        return False
+    if run.labels is not None:
+        metrics = parse_metrics((folder / "log.txt").read_text())
+        if not metrics:
+            print(f"  FAILED {run.name}: no metrics in {folder / 'log.txt'}", file=sys.stderr)
+            return False
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (folder / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    return True
+
+
+def run_matrix(runs: list[Run], out: Path, jobs: int) -> list[str]:
+    """Run everything in dependency order, ``jobs`` processes at a time; returns failed runs."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    finished, failed = set(), []
+    pending = list(runs)
+    total = len(runs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending:
+            ready = [r for r in pending if all(d in finished for d in r.after)]
+            blocked = [r for r in pending if any(d in failed for d in r.after)]
+            for run in blocked:
+                failed.append(run.name)
+                pending.remove(run)
+            if not ready:
+                if pending and not blocked:
+                    raise RuntimeError("runs wait on runs that are not in the plan: " + pending[0].name)
+                continue
+            for run in ready:
+                pending.remove(run)
+            for run, ok in zip(ready, pool.map(lambda r: execute(r, out, threads), ready)):
+                (finished.add(run.name) if ok else failed.append(run.name))
+            print(f"[experiments] {len(finished)}/{total} runs done, {len(failed)} failed", flush=True)
+    return failed
+
+
+def collect(runs: list[Run], out: Path) -> list[dict]:
+    rows = []
+    for run in runs:
+        metrics_file = run.folder(out) / "metrics.json"
+        if run.labels is None or not metrics_file.exists():
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        task = "identification" if run.labels["task"].startswith("identification") else "classification"
+        for metric in METRICS[task]:
+            if metric in metrics:
+                rows.append({**run.labels, "metric": metric, "value": metrics[metric]})
+    return rows
+
+
+def write_results(rows: list[dict], out: Path) -> Path:
+    path = out / "results.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in RESULT_COLUMNS} for row in rows)
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fairseq-ecg-experiments", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path, help="folder written by fairseq-ecg-manifest")
+    parser.add_argument("--out", required=True, type=Path, help="results folder (runs/, results.csv, report.md)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--experiments", default="1", help="comma-separated: 1, 2, 3")
+    parser.add_argument("--leads", default=None, help="lead sets, e.g. 12,6,3,2,1 (default: the preset's)")
+    parser.add_argument("--variants", default=None, help="pretraining variants (YAML names); default: the preset's")
+    parser.add_argument("--rlm-probs", default="", help="experiment 3: RLM probabilities to sweep, e.g. 0.25,0.5,0.75")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's)")
+    parser.add_argument("--tasks", default=None, help="classification,identification (default: the preset's)")
+    parser.add_argument("--no-linear-probe", action="store_true", help="skip the frozen-encoder evaluation")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared out)")
+    parser.add_argument("--config-root", type=Path, default=EXAMPLES_DIR, help="folder holding pretrain/ and finetune/ YAMLs")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    preset = PRESETS[args.preset]
+    # Lead sets are comma-separated; use ";" when one of them is an explicit list: "12;[I,II,V2]".
+    text = args.leads or ",".join(preset["leads"])
+    leads = tuple(part.strip() for part in text.split(";" if ";" in text else ",") if part.strip())
+    for spec in leads:
+        parse_leads(spec)
+    variants = tuple(args.variants.split(",")) if args.variants else tuple(preset["variants"])
+    for variant in variants:
+        if not (args.config_root / "pretrain" / f"{variant}.yaml").is_file():
+            raise SystemExit(f"fairseq-ecg-experiments: no pretraining config {variant}.yaml in "
+                             f"{args.config_root / 'pretrain'}; choose from the YAML names there")
+    tasks = tuple(t for t in args.tasks.split(",") if t) if args.tasks else tuple(preset["tasks"])
+    unknown = set(tasks) - set(METRICS)
+    if unknown:
+        raise SystemExit(f"fairseq-ecg-experiments: unknown task {sorted(unknown)[0]!r}; use {', '.join(METRICS)}")
+    return Settings(
+        data=args.data.resolve(), out=args.out.resolve(), preset=args.preset,
+        experiments=tuple(int(e) for e in args.experiments.split(",")), variants=variants, leads=leads,
+        rlm_probs=tuple(float(p) for p in args.rlm_probs.split(",") if p), seeds=args.seeds or preset["seeds"],
+        tasks=tasks, linear_probe=not args.no_linear_probe, config_root=args.config_root.resolve(),
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    s = settings_from_args(args)
+    if not args.dry_run and not (s.data / "pretrain" / "train.tsv").is_file():
+        raise SystemExit(f"fairseq-ecg-experiments: {s.data / 'pretrain' / 'train.tsv'} not found; "
+                         "prepare the archive first with fairseq-ecg-manifest SRC --dest DIR")
+    runs = plan(s)
+    if args.dry_run:
+        for run in runs:
+            print(shlex.join(run.command))
+        return 0
+    s.out.mkdir(parents=True, exist_ok=True)
+    done = sum((run.folder(s.out) / "done").exists() for run in runs)
+    print(f"[experiments] {len(runs)} runs planned, {done} already done; results in {s.out}", flush=True)
+    failed = run_matrix(runs, s.out, args.jobs)
+    rows = collect(runs, s.out)
+    write_results(rows, s.out)
+    from .report import write_report
+
+    report = write_report(rows, s.out)
+    print(report.read_text())
+    if failed:
+        print(f"[experiments] {len(failed)} runs failed: {', '.join(failed[:5])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

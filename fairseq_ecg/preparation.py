@@ -1,0 +1,471 @@
+"""``fairseq-ecg-manifest``: turn ECG archives into waveform files and the manifests of every task.
+
+    fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout physionet2021|ptbxl|wfdb] [--labels CSV]
+        [--workers N] [--sample-rate 500] [--valid-percent 10] [--test-percent 10] [--seed S]
+        [--min-seconds 5] [--force]
+
+Records stream through a process pool one at a time (memory stays bounded whatever the archive
+size): each is read (:mod:`fairseq_ecg.records`), resampled with an anti-aliasing polyphase
+filter and written as ``DIR/waves/<relative name>.npy``. ``DIR/records.tsv`` is a journal,
+appended as records finish: a re-run (after a crash or Ctrl-C) reuses every record it lists whose
+``.npy`` is there with the listed shape, and the final files come out byte for byte as an
+uninterrupted run writes them (they are written in the sorted record order at the end). Bad
+records never stop the run: each becomes one line of ``DIR/skipped.tsv`` with its reason.
+The folder layout and formats are documented in ``manifests/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .labels import scored_labels
+from .leads import NUM_LEADS, mask_to_string
+from .manifest import (
+    ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
+)
+from .records import (
+    DEFAULT_MIN_SECONDS, LAYOUTS, LayoutError, RecordError, RecordRef, discover, read_record, resample,
+)
+
+PROG = "fairseq-ecg-manifest"
+WAVES = "waves"
+JOURNAL = "records.tsv"
+SKIPPED = "skipped.tsv"
+JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "note")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Settings:
+    dest: Path
+    sample_rate: float = 500.0
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    force: bool = False
+
+    @property
+    def signature(self) -> str:
+        """First line of the journal: a journal written with other settings is not reused."""
+        return f"# {PROG} journal: sample_rate={self.sample_rate:g} min_seconds={self.min_seconds:g}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one record: ``written``, ``reused`` or ``skipped`` (``note`` is then the
+    reason and ``kind`` its category); ``dx`` are the header's codes."""
+
+    key: str
+    status: str
+    num_samples: int = 0
+    lead_mask: str = ""
+    source_rate: float = 0.0
+    record: str = ""
+    dx: tuple[str, ...] = ()
+    note: str = ""
+    kind: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "skipped"
+
+    def journal_line(self) -> str:
+        fields = [self.key, "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
+                  f"{self.source_rate:g}", self.record, ",".join(self.dx), _one_line(self.note)]
+        return "\t".join(fields)
+
+    @classmethod
+    def from_journal(cls, line: str) -> Optional["Outcome"]:
+        """A journal line, or None when it is not a complete ``ok`` line (those are recomputed)."""
+        fields = line.split("\t")
+        if len(fields) != len(JOURNAL_COLUMNS) or fields[1] != "ok":
+            return None
+        try:
+            num_samples, rate = int(fields[2]), float(fields[4])
+        except ValueError:
+            return None
+        if num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}:
+            return None
+        dx = tuple(code for code in fields[6].split(",") if code)
+        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[7])
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def wave_relative_path(key: str) -> str:
+    return f"{WAVES}/{key}.npy"
+
+
+def _npy_shape(path: Path) -> Optional[tuple[int, ...]]:
+    """Shape of a float32 C-order ``.npy`` from its header alone; None if absent or otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(handle)
+            expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
+        if fortran or dtype != np.float32 or os.path.getsize(path) != expected:
+            return None
+        return tuple(shape)
+    except (OSError, ValueError):
+        return None
+
+
+def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]) -> Outcome:
+    """Read, resample and save one record (in a worker process), or reuse its earlier result.
+
+    Never raises for a bad record: the reason comes back as a ``skipped`` outcome."""
+    ref, cached = task
+    target = settings.dest / wave_relative_path(ref.key)
+    if cached is not None and not settings.force and _npy_shape(target) == (NUM_LEADS, cached.num_samples):
+        return cached
+    try:
+        record = read_record(ref, settings.min_seconds)
+        signal = resample(record.signal, record.sample_rate, settings.sample_rate)
+        atomic_save_npy(target, signal)
+        return Outcome(ref.key, "written", int(signal.shape[1]), mask_to_string(record.present),
+                       record.sample_rate, record.name, record.header_codes, "; ".join(record.notes))
+    except RecordError as error:
+        return Outcome(ref.key, "skipped", record=ref.name, note=error.reason, kind=error.kind)
+    except Exception as error:  # a bad record must not stop the run; say what happened instead
+        return Outcome(ref.key, "skipped", record=ref.name, kind="unexpected error",
+                       note=_one_line(f"unexpected error ({type(error).__name__}: {error})"))
+
+
+def split_of(patient: str, seed: int, valid_percent: float, test_percent: float) -> str:
+    """``train``/``valid``/``test`` from a hash of (seed, patient): deterministic, the same for
+    every record of a patient, and independent of which other patients the archive holds."""
+    digest = hashlib.sha256(f"{seed}\0{patient}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64 * 100.0
+    if u < test_percent:
+        return "test"
+    return "valid" if u < test_percent + valid_percent else "train"
+
+
+# ---------------------------------------------------------------------------------------------
+# journal and housekeeping
+
+
+def load_journal(path: Path, settings: Settings) -> dict[str, Outcome]:
+    """``ok`` entries of an earlier run with the same settings. A line cut short by a crash (no
+    final newline) is ignored; skipped records are always tried again."""
+    if settings.force or not path.is_file():
+        return {}
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or empty)
+    if not lines or lines[0] != settings.signature:
+        return {}
+    entries = {}
+    for line in lines[1:]:
+        outcome = Outcome.from_journal(line)
+        if outcome is not None:
+            entries[outcome.key] = outcome
+    return entries
+
+
+def journal_text(settings: Settings, outcomes: Iterable[Outcome]) -> str:
+    lines = [settings.signature, "\t".join(JOURNAL_COLUMNS)] + [o.journal_line() for o in outcomes]
+    return "\n".join(lines) + "\n"
+
+
+def remove_stale_temporaries(dest: Path) -> int:
+    """Delete the temporary files (``.NAME.*.tmp``) that a killed run of the atomic writers left."""
+    removed = 0
+    for folder, _, files in os.walk(dest):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+class Progress:
+    """A tqdm bar on a terminal, otherwise a plain line every few seconds (logs stay readable)."""
+
+    def __init__(self, total: int, every_s: float = 5.0) -> None:
+        self.total, self.done, self.every_s = total, 0, every_s
+        self.start = self.last = time.perf_counter()
+        self.counts: Counter = Counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="rec", file=sys.stderr, desc=PROG)
+            except ImportError:
+                pass
+
+    def update(self, outcome: Outcome) -> None:
+        self.done += 1
+        self.counts[outcome.status] += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"{PROG}: {self.done}/{self.total} records ({self.counts['written']} written, "
+                  f"{self.counts['reused']} reused, {self.counts['skipped']} skipped), {rate:.0f}/s",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_pool(tasks: Sequence[tuple[RecordRef, Optional[Outcome]]], settings: Settings,
+             workers: int) -> Iterator[Outcome]:
+    """Outcomes as records finish. Only metadata travels back: each worker holds one record."""
+    work = partial(process_record, settings)
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(work, tasks)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    chunksize = max(1, min(16, len(tasks) // (workers * 32)))
+    with context.Pool(workers) as pool:
+        yield from pool.imap_unordered(work, tasks, chunksize=chunksize)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+
+@dataclass(frozen=True)
+class Good:
+    row: ManifestRow
+    codes: tuple[str, ...]
+    split: str
+
+
+def write_outputs(dest: Path, goods: Sequence[Good]) -> dict[str, int]:
+    """All manifests (pretrain, finetune, identify) from the good records in sorted order."""
+    counts: dict[str, int] = {}
+
+    def manifest(relative: str, rows: list[ManifestRow]) -> Path:
+        path = dest / relative
+        write_manifest(path, dest, rows)
+        counts[relative] = len(rows)
+        return path
+
+    by_split = {split: [g for g in goods if g.split == split] for split in SPLITS}
+    for split in ("train", "valid"):
+        manifest(f"pretrain/{split}.tsv", [g.row for g in by_split[split]])
+    labels = scored_labels()
+    write_classes(dest / "finetune", labels.names)
+    for split in SPLITS:
+        path = manifest(f"finetune/{split}.tsv", [g.row for g in by_split[split]])
+        write_labels(path, [labels.canonical_codes(g.codes) for g in by_split[split]])
+    records_of: dict[str, list[Good]] = {}
+    for good in goods:
+        records_of.setdefault(good.row.patient, []).append(good)
+    repeated = {p: rs for p, rs in records_of.items() if len(rs) >= 2}  # each in sorted record order
+    identify_train = [g.row for g in goods if g.row.patient in repeated and g.split == "train"]
+    gallery, probe = [], []
+    for good in goods:  # the first record (sorted) of each held-out patient is its gallery record
+        rows = repeated.get(good.row.patient)
+        if rows and good.split != "train":
+            (gallery if good is rows[0] else probe).append(good.row)
+    manifest("identify/train.tsv", identify_train)
+    manifest("identify/valid_gallery.tsv", gallery)
+    manifest("identify/valid_probe.tsv", probe)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Prepare ECG archives: one float32 .npy per record and "
+                     "the pretrain/finetune/identify manifests (see manifests/README.md).")
+    parser.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="archive folder(s)")
+    parser.add_argument("--dest", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--layout", default="physionet2021", metavar="|".join(LAYOUTS),
+                        help="physionet2021: tree of .hea/.mat (patients.csv at the root is used); "
+                             "ptbxl: ptbxl_database.csv + records500; wfdb: any folder of WFDB records")
+    parser.add_argument("--labels", type=Path, metavar="CSV",
+                        help="CSV with columns record[,patient][,codes] (physionet2021, wfdb) or the "
+                             "ptbxl_database.csv to use (ptbxl)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--sample-rate", type=float, default=500.0, help="target rate in Hz")
+    parser.add_argument("--valid-percent", type=float, default=10.0, help="share of patients")
+    parser.add_argument("--test-percent", type=float, default=10.0, help="share of patients")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the patient split")
+    parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
+                        help="records shorter than this are skipped")
+    parser.add_argument("--force", action="store_true", help="recompute every record (ignore records.tsv)")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path]) -> list[RecordRef]:
+    """Records of every source; with several sources, keys are prefixed with the folder name."""
+    refs: list[RecordRef] = []
+    for src in sources:
+        found = list(discover(src, layout, labels))
+        if not found:
+            what = "rows in ptbxl_database.csv" if layout == "ptbxl" else "WFDB headers (*.hea)"
+            raise LayoutError(f"no records found in {src} (layout {layout}: looked for {what}); "
+                              "check the folder, or pick the right --layout")
+        if len(sources) > 1:
+            found = [replace(ref, key=f"{src.name}/{ref.key}") for ref in found]
+        refs.extend(found)
+    return refs
+
+
+def _bad_key(ref: RecordRef) -> str:
+    parts = ref.key.split("/")
+    if any(c in ref.key for c in "\t\n\r") or ref.key.startswith("/") or ".." in parts or "" in parts:
+        return f"record name {ref.key!r} cannot be an output file name (tab, newline, '..' or empty part)"
+    return ""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script; returns 0 on success, 1 when no record was usable, 2 for a bad command line."""
+    # importing fairseq (through the package) sets the root logger to DEBUG; wfdb's file system
+    # layer would then log every file it opens
+    logging.getLogger().setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if args.layout not in LAYOUTS:
+        return _fail(f"unknown layout {args.layout!r} for {', '.join(map(str, args.sources))}; pass --layout "
+                     f"{' or '.join(LAYOUTS)}")
+    for src in args.sources:
+        if not src.is_dir():
+            return _fail(f"source folder {src} does not exist or is not a folder; pass the folder that "
+                         "holds the archive (e.g. the one with training/ or ptbxl_database.csv)")
+    if len({src.resolve().name for src in args.sources}) != len(args.sources):
+        return _fail(f"source folders {', '.join(map(str, args.sources))} share a folder name; "
+                     "outputs are named after it, so give each source a distinct folder name")
+    if args.labels is not None and not args.labels.is_file():
+        return _fail(f"labels CSV {args.labels} does not exist; pass an existing file or leave --labels out")
+    if args.dest.exists() and not args.dest.is_dir():
+        return _fail(f"--dest {args.dest} is a file; pass a folder (it is created if absent)")
+    if not (args.sample_rate > 0 and args.min_seconds >= 0 and args.workers >= 1):
+        return _fail("--sample-rate must be > 0, --min-seconds >= 0 and --workers >= 1")
+    if not (args.valid_percent >= 0 and args.test_percent >= 0 and args.valid_percent + args.test_percent < 100):
+        return _fail("--valid-percent and --test-percent must be >= 0 and add up to less than 100")
+    try:
+        refs = _discover_all(args.sources, args.layout, args.labels)
+    except LayoutError as error:
+        return _fail(str(error))
+    keys = Counter(ref.key for ref in refs)
+    if len(keys) != len(refs):
+        duplicate = next(k for k, n in keys.items() if n > 1)
+        return _fail(f"record {duplicate!r} is listed twice in {', '.join(map(str, args.sources))}; "
+                     "remove the duplicate row or file")
+
+    dest = args.dest.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force)
+    start = time.perf_counter()
+    remove_stale_temporaries(dest)
+    journal_path = dest / JOURNAL
+    cached = load_journal(journal_path, settings)
+    outcomes: dict[str, Outcome] = {}
+    tasks = []
+    for ref in refs:
+        problem = _bad_key(ref)
+        if problem:
+            outcomes[ref.key] = Outcome(ref.key, "skipped", record=ref.name, note=problem, kind="bad name")
+        else:
+            tasks.append((ref, cached.get(ref.key)))
+    # the journal restarts from the usable lines of the last run, then grows as records finish
+    atomic_write_text(journal_path, journal_text(settings, [cached[r.key] for r, _ in tasks if r.key in cached]))
+    progress = Progress(len(refs))
+    for outcome in outcomes.values():
+        progress.update(outcome)
+    try:
+        with open(journal_path, "a") as journal:
+            for outcome in run_pool(tasks, settings, args.workers):
+                outcomes[outcome.key] = outcome
+                if outcome.status == "written":
+                    journal.write(outcome.journal_line() + "\n")
+                    journal.flush()
+                progress.update(outcome)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    progress.close()
+
+    ordered = [outcomes[ref.key] for ref in refs]
+    atomic_write_text(journal_path, journal_text(settings, ordered))
+    skipped = [o for o in ordered if not o.ok]
+    atomic_write_text(dest / SKIPPED, "".join(f"{o.key}\t{_one_line(o.note)}\n" for o in skipped))
+    goods = []
+    for ref, outcome in zip(refs, ordered):
+        if not outcome.ok:
+            continue
+        patient = _one_line(ref.patient) or ref.key
+        row = ManifestRow(wave_relative_path(ref.key), outcome.num_samples, outcome.lead_mask, patient,
+                          outcome.source_rate, _one_line(ref.name))
+        codes = ref.codes if ref.codes is not None else outcome.dx
+        goods.append(Good(row, tuple(codes), split_of(patient, args.seed, args.valid_percent, args.test_percent)))
+    elapsed = time.perf_counter() - start
+    if not goods:
+        print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
+        _print_summary(dest, refs, ordered, goods, {}, elapsed)
+        return 1
+    counts = write_outputs(dest, goods)
+    _print_summary(dest, refs, ordered, goods, counts, elapsed)
+    return 0
+
+
+def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],
+                   counts: dict[str, int], elapsed: float) -> None:
+    status = Counter(o.status for o in ordered)
+    kinds = Counter(o.kind for o in ordered if not o.ok)
+    reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    lines = [f"{PROG}: {len(refs)} records found, {status['written']} written, {status['reused']} reused, "
+             f"{status['skipped']} skipped{f' ({reasons}; see {SKIPPED})' if reasons else ''} "
+             f"in {elapsed:.1f} s"]
+    dropped = sum(1 for o in ordered if o.ok and o.note)
+    if dropped:
+        lines.append(f"  {dropped} record(s) had channels with unknown lead names, dropped (see {JOURNAL})")
+    if counts:
+        labels = scored_labels()
+        unlabeled = sum(1 for g in goods if not labels.canonical_codes(g.codes))
+        patients = {split: len({g.row.patient for g in goods if g.split == split}) for split in SPLITS}
+        lines += [
+            f"  pretrain: train {counts['pretrain/train.tsv']}, valid {counts['pretrain/valid.tsv']} records "
+            f"(the {counts['finetune/test.tsv']} test records are kept out)",
+            f"  finetune: train {counts['finetune/train.tsv']}, valid {counts['finetune/valid.tsv']}, "
+            f"test {counts['finetune/test.tsv']} records of {patients['train']}/{patients['valid']}/"
+            f"{patients['test']} patients, {len(labels)} classes; {unlabeled} record(s) with no scored "
+            "class are included with an all-zero label line",
+            f"  identify: train {counts['identify/train.tsv']}, valid_gallery "
+            f"{counts['identify/valid_gallery.tsv']}, valid_probe {counts['identify/valid_probe.tsv']} "
+            "records (patients with >= 2 records)",
+        ]
+        empty = [name for name, n in counts.items() if n == 0]
+        if empty:
+            lines.append(f"  warning: empty manifest(s): {', '.join(empty)}")
+    lines.append(f"  outputs in {dest}")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
