@@ -17,8 +17,10 @@ Problems with the inputs (unusable checkpoint or manifest) end with one line and
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,15 +36,31 @@ from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.encoder import EcgEncoderConfig, EcgEncoderModel
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive (a pickle before torch 1.6); anything else (a manifest, an
+    .npy, text) gets a plain answer instead of torch's unpickling message."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # missing or unreadable: load_checkpoint says so
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+
+
 def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
     """The encoder of any plugin checkpoint (eval mode) and the task settings it was trained with."""
+    if not _looks_like_checkpoint(path):
+        raise CheckpointError(f"{path}: not a checkpoint (neither a torch zip archive nor a pickle)")
     try:
         state = load_checkpoint(path)
     except CheckpointError:
         raise
     except Exception as error:  # torch.load fails in assorted ways on files that are not checkpoints
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
-    args, weights = encoder_state(state, path, allow_downstream=True)
+    try:
+        args, weights = encoder_state(state, path, allow_downstream=True)
+    except TypeError:  # a downstream checkpoint saved before encoder_args was written back
+        raise CheckpointError(f"{path}: the checkpoint does not record its encoder settings (model.encoder_args)") from None
     if not args or not weights:
         raise CheckpointError(f"{path}: the checkpoint holds no encoder settings or weights")
     encoder = EcgEncoderModel.build_encoder(EcgEncoderConfig(encoder_args=args, init="random"))
@@ -117,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*weight_norm` is deprecated", category=FutureWarning)
+    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq sets the root logger to DEBUG
     if args.out.suffix != ".npy":
         parser.error(f"--out must end in .npy, found {args.out}")
     if args.batch_size < 1:

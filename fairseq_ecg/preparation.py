@@ -53,11 +53,14 @@ class Settings:
     sample_rate: float = 500.0
     min_seconds: float = DEFAULT_MIN_SECONDS
     force: bool = False
+    sources: tuple[str, ...] = ()
+    layout: str = ""
 
     @property
     def signature(self) -> str:
-        """First line of the journal: a journal written with other settings is not reused."""
-        return f"# {PROG} journal: sample_rate={self.sample_rate:g} min_seconds={self.min_seconds:g}"
+        """First line of the journal: a journal written for other sources or settings is not reused."""
+        return (f"# {PROG} journal: sample_rate={self.sample_rate:g} min_seconds={self.min_seconds:g} "
+                f"layout={self.layout} sources={','.join(self.sources)}")
 
 
 @dataclass(frozen=True)
@@ -181,12 +184,24 @@ def journal_text(settings: Settings, outcomes: Iterable[Outcome]) -> str:
 
 
 def remove_stale_temporaries(dest: Path) -> int:
-    """Delete the temporary files (``.NAME.*.tmp``) that a killed run of the atomic writers left."""
+    """Delete the temporary files that a killed run of the atomic writers left: ``.NAME.*.npy.tmp``
+    under ``waves/`` and ``.NAME.*.tmp`` beside our own outputs (nothing else in ``dest``)."""
     removed = 0
-    for folder, _, files in os.walk(dest):
+    for folder, _, files in os.walk(dest / WAVES):
         for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
+            if name.startswith(".") and name.endswith(".npy.tmp"):
                 os.unlink(os.path.join(folder, name))
+                removed += 1
+    ours = {"": (JOURNAL, SKIPPED), "pretrain": ("train.tsv", "valid.tsv"),
+            "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
+            "identify": ("train.tsv", "valid_gallery.tsv", "valid_probe.tsv")}
+    for sub, names in ours.items():
+        folder = dest / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.endswith(".tmp") and any(path.name.startswith(f".{n}.") for n in names):
+                path.unlink()
                 removed += 1
     return removed
 
@@ -305,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=Path, metavar="CSV",
                         help="CSV with columns record[,patient][,codes] (physionet2021, wfdb) or the "
                              "ptbxl_database.csv to use (ptbxl)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="worker processes (default: CPUs, at most 8)")
     parser.add_argument("--sample-rate", type=float, default=500.0, help="target rate in Hz")
     parser.add_argument("--valid-percent", type=float, default=10.0, help="share of patients")
     parser.add_argument("--test-percent", type=float, default=10.0, help="share of patients")
@@ -343,30 +359,38 @@ def _bad_key(ref: RecordRef) -> str:
     return ""
 
 
+def _check_arguments(args: argparse.Namespace) -> str:
+    """What is wrong with the command line, in one line that names the folder and the fix; "" if nothing."""
+    if args.layout not in LAYOUTS:
+        return (f"unknown layout {args.layout!r} for {', '.join(map(str, args.sources))}; pass --layout "
+                f"{' or '.join(LAYOUTS)}")
+    for src in args.sources:
+        if not src.is_dir():
+            return (f"source folder {src} does not exist or is not a folder; pass the folder that "
+                    "holds the archive (e.g. the one with training/ or ptbxl_database.csv)")
+    if len({src.resolve().name for src in args.sources}) != len(args.sources):
+        return (f"source folders {', '.join(map(str, args.sources))} share a folder name; "
+                "outputs are named after it, so give each source a distinct folder name")
+    if args.labels is not None and not args.labels.is_file():
+        return f"labels CSV {args.labels} does not exist; pass an existing file or leave --labels out"
+    if args.dest.exists() and not args.dest.is_dir():
+        return f"--dest {args.dest} is a file; pass a folder (it is created if absent)"
+    if not (args.sample_rate > 0 and args.min_seconds >= 0 and args.workers >= 1):
+        return "--sample-rate must be > 0, --min-seconds >= 0 and --workers >= 1"
+    if not (args.valid_percent >= 0 and args.test_percent >= 0 and args.valid_percent + args.test_percent < 100):
+        return "--valid-percent and --test-percent must be >= 0 and add up to less than 100"
+    return ""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script; returns 0 on success, 1 when no record was usable, 2 for a bad command line."""
     # importing fairseq (through the package) sets the root logger to DEBUG; wfdb's file system
     # layer would then log every file it opens
     logging.getLogger().setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    if args.layout not in LAYOUTS:
-        return _fail(f"unknown layout {args.layout!r} for {', '.join(map(str, args.sources))}; pass --layout "
-                     f"{' or '.join(LAYOUTS)}")
-    for src in args.sources:
-        if not src.is_dir():
-            return _fail(f"source folder {src} does not exist or is not a folder; pass the folder that "
-                         "holds the archive (e.g. the one with training/ or ptbxl_database.csv)")
-    if len({src.resolve().name for src in args.sources}) != len(args.sources):
-        return _fail(f"source folders {', '.join(map(str, args.sources))} share a folder name; "
-                     "outputs are named after it, so give each source a distinct folder name")
-    if args.labels is not None and not args.labels.is_file():
-        return _fail(f"labels CSV {args.labels} does not exist; pass an existing file or leave --labels out")
-    if args.dest.exists() and not args.dest.is_dir():
-        return _fail(f"--dest {args.dest} is a file; pass a folder (it is created if absent)")
-    if not (args.sample_rate > 0 and args.min_seconds >= 0 and args.workers >= 1):
-        return _fail("--sample-rate must be > 0, --min-seconds >= 0 and --workers >= 1")
-    if not (args.valid_percent >= 0 and args.test_percent >= 0 and args.valid_percent + args.test_percent < 100):
-        return _fail("--valid-percent and --test-percent must be >= 0 and add up to less than 100")
+    problem = _check_arguments(args)
+    if problem:
+        return _fail(problem)
     try:
         refs = _discover_all(args.sources, args.layout, args.labels)
     except LayoutError as error:
@@ -379,7 +403,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     dest = args.dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
-    settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force)
+    settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force,
+                        sources=tuple(str(src.resolve()) for src in args.sources), layout=args.layout)
     start = time.perf_counter()
     remove_stale_temporaries(dest)
     journal_path = dest / JOURNAL

@@ -98,7 +98,7 @@ class SynthRecord:
 
     name: str
     path: Path  # without extension: what wfdb.rdrecord takes
-    patient: str
+    patient: str  # P00001 (patients.csv); for ptbxl the patient_id of the csv without ".0"
     sample_rate: int
     num_samples: int
     codes: tuple[str, ...]  # SNOMED CT codes (#Dx; for ptbxl those its scp_codes map to)
@@ -480,7 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--layout", choices=LAYOUTS, default="physionet2021")
     args = parser.parse_args(argv)
     patients = args.patients if args.patients is not None else max(1, args.records // 3)
-    for flag, value, least in (("--records", args.records, 1), ("--patients", patients, 1), ("--seed", args.seed, 0)):
+    for flag, value, least in (("--records", args.records, 1), ("--patients", patients, 1),
+                               ("--seed", args.seed, 0)):
         if value < least:
             parser.error(f"{flag} must be at least {least} (got {value})")
     if patients > args.records:

@@ -107,3 +107,11 @@ class EcgIdentificationTask(EcgTask):
         self.datasets[split] = EcgSegmentDataset(
             manifest, cut="crop", targets=targets, shuffle=split.startswith("train"), **common
         )
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """As fairseq's, except that a gallery/probe subset keeps its last, smaller batch: fairseq
+        drops a last batch that is not a multiple of ``required_batch_size_multiple`` (default 8,
+        and fairseq-validate's too), and every record counts for top-1 and EER."""
+        if isinstance(dataset, GalleryProbeDataset):
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, *args, **kwargs)
