@@ -29,6 +29,10 @@ def load_checkpoint(path: Path | str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     trusted = os.environ.get(TRUST_ENV, "") == "1"
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # zip (torch >= 1.6) or a bare pickle
+        raise CheckpointError(f"{path}: not a checkpoint (neither a torch zip file nor a pickle)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as error:
@@ -37,8 +41,9 @@ def load_checkpoint(path: Path | str) -> dict:
             f"{path}: refused, the file needs more than tensors to load ({first}); "
             f"if you trust its source, set {TRUST_ENV}=1"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({error})") from None
+    except Exception as error:  # truncated zip, bad pickle opcodes, ...: whatever torch raises
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("cfg"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint written by fairseq-hydra-train")
     return state
@@ -59,6 +64,9 @@ def encoder_state(state: dict, path: Path | str, allow_downstream: bool = False)
         return dict(state["cfg"]["model"]), state["model"]
     if allow_downstream and name in DOWNSTREAM_MODELS:
         encoder_cfg = state["cfg"]["model"].get("encoder_args")
+        if not encoder_cfg:
+            raise CheckpointError(f"{path}: this {name} checkpoint does not record its encoder settings "
+                                  "(encoder_args); fine-tune it again with this version of fairseq_ecg")
         weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
         return dict(encoder_cfg), weights
     expected = ENCODER_MODEL if not allow_downstream else ", ".join((ENCODER_MODEL,) + DOWNSTREAM_MODELS)

@@ -266,7 +266,25 @@ class Good:
     split: str
 
 
-def write_outputs(dest: Path, goods: Sequence[Good]) -> dict[str, int]:
+def labeled_subset(goods: Sequence[Good], limit: Optional[int], seed: int) -> list[Good]:
+    """At most ``limit`` records, whole patients at a time, in a seeded order: the small labeled
+    set of a semi-supervised study (the other training records still serve pretraining)."""
+    if limit is None or limit >= len(goods):
+        return list(goods)
+    order = sorted({g.row.patient for g in goods},
+                   key=lambda p: hashlib.sha256(f"labeled:{seed}:{p}".encode()).hexdigest())
+    chosen, total = set(), 0
+    per_patient = Counter(g.row.patient for g in goods)
+    for patient in order:
+        if total + per_patient[patient] > limit:
+            continue
+        chosen.add(patient)
+        total += per_patient[patient]
+    return [g for g in goods if g.row.patient in chosen]
+
+
+def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optional[int] = None,
+                  seed: int = 1) -> dict[str, int]:
     """All manifests (pretrain, finetune, identify) from the good records in sorted order."""
     counts: dict[str, int] = {}
 
@@ -282,8 +300,9 @@ def write_outputs(dest: Path, goods: Sequence[Good]) -> dict[str, int]:
     labels = scored_labels()
     write_classes(dest / "finetune", labels.names)
     for split in SPLITS:
-        path = manifest(f"finetune/{split}.tsv", [g.row for g in by_split[split]])
-        write_labels(path, [labels.canonical_codes(g.codes) for g in by_split[split]])
+        chosen = labeled_subset(by_split[split], finetune_train_limit, seed) if split == "train" else by_split[split]
+        path = manifest(f"finetune/{split}.tsv", [g.row for g in chosen])
+        write_labels(path, [labels.canonical_codes(g.codes) for g in chosen])
     records_of: dict[str, list[Good]] = {}
     for good in goods:
         records_of.setdefault(good.row.patient, []).append(good)
@@ -328,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the patient split")
     parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
                         help="records shorter than this are skipped")
+    parser.add_argument("--finetune-train-limit", type=int, default=None, metavar="N",
+                        help="keep at most N records (whole patients) in finetune/train.tsv, for a small "
+                             "labeled set; pretraining still uses every training record")
     parser.add_argument("--force", action="store_true", help="recompute every record (ignore records.tsv)")
     return parser
 
@@ -454,7 +476,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
         _print_summary(dest, refs, ordered, goods, {}, elapsed)
         return 1
-    counts = write_outputs(dest, goods)
+    counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed)
     _print_summary(dest, refs, ordered, goods, counts, elapsed)
     return 0
 

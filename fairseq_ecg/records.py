@@ -143,8 +143,8 @@ def _wfdb_refs(src: Path, table: dict, patient_is_name: bool) -> Iterator[Record
     for key, path in sorted(found):
         name = path.name
         patient, codes = table.get(key) or table.get(name) or ("", None)
-        if not patient:
-            patient = name if patient_is_name else key
+        if not patient and patient_is_name:
+            patient = name
         yield RecordRef(path=path, name=name, key=key, patient=patient, codes=codes)
 
 
@@ -192,8 +192,9 @@ def discover(src: Path, layout: str, labels_csv: Optional[Path] = None) -> Itera
       ``filename_hr`` records, ``patient_id``, ``scp_codes`` mapped through
       :data:`~fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`;
     - ``wfdb``: every ``*.hea`` below ``src``; an optional CSV (columns ``record`` and any of
-      ``patient``, ``codes``) gives patients and labels; without one, each record is its own
-      patient, identified by its relative path (names may repeat across folders in such collections).
+      ``patient``, ``codes``) gives patients and labels; a record it does not list has patient ""
+      (the preparation then makes it its own patient under its relative path: names may repeat
+      across folders in such collections).
     """
     src = Path(src)
     if layout not in LAYOUTS:

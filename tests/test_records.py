@@ -92,7 +92,7 @@ def test_discover_wfdb_with_csv_of_patients_and_codes(tmp_path):
     refs = list(discover(tmp_path / "src", "wfdb", csv))
     assert [(r.key, r.patient, r.codes) for r in refs] == [
         ("a/r1", "p1", ("164889003",)), ("b/r1", "p1", ("59118001", "164884000")),
-        ("b/r2", "b/r2", None),  # not in the CSV: its own patient, labels from the header
+        ("b/r2", "", None),  # not in the CSV: patient unknown, labels from the header
     ]
 
 

@@ -63,22 +63,25 @@ def arcface_logits(cosine: torch.Tensor, target: torch.Tensor, scale: float, mar
     return cosine.scatter(1, target.unsqueeze(1), with_margin) * scale
 
 
-@dataclass
-class EmbeddedSegments:
+class EmbeddedSegments(int):
     """What one validation batch logs: per segment its item ``id``, record (``row``), gallery/probe
-    role, patient and embedding. Printed as a count, so fairseq's progress lines stay short."""
+    role, patient and embedding (arrays of equal length).
 
-    ids: np.ndarray
-    rows: np.ndarray
-    probe: np.ndarray
-    patients: np.ndarray
-    embeddings: np.ndarray
+    fairseq-validate prints every logged value at its log interval, in any ``--log-format``; as an
+    int (the segment count) this prints as a number, JSON included, instead of failing there.
+    """
+
+    def __new__(cls, ids: np.ndarray, rows: np.ndarray, probe: np.ndarray, patients: np.ndarray,
+                embeddings: np.ndarray) -> "EmbeddedSegments":
+        self = super().__new__(cls, len(rows))
+        self.ids, self.rows, self.probe, self.patients, self.embeddings = ids, rows, probe, patients, embeddings
+        return self
+
+    def __reduce__(self):  # pickled when fairseq gathers logs from several workers
+        return EmbeddedSegments, (self.ids, self.rows, self.probe, self.patients, self.embeddings)
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def __str__(self) -> str:
-        return f"{len(self)} segments"
 
 
 def equal_error_rate(same: np.ndarray, scores: np.ndarray) -> float:

@@ -83,6 +83,15 @@ class EcgTask(FairseqTask):
                         cfg[key] = getattr(built, key)
         return model
 
+    def get_batch_iterator(self, dataset, **kwargs):
+        """As fairseq's, except that an evaluation dataset (``cut="consecutive"``) loses no item:
+        this fairseq drops a last batch whose size is not a multiple of
+        ``dataset.required_batch_size_multiple`` (default 8), which would silently leave segments
+        out of whole-subset metrics (fairseq-validate uses that default)."""
+        if getattr(dataset, "cut", None) == "consecutive":
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, **kwargs)
+
     def max_positions(self):
         return None
 

@@ -1,0 +1,181 @@
+"""``ecg_bce``: multi-label binary cross-entropy on the classifier's logits, and the subset-level
+classification metrics (Challenge 2021 metric, macro AUROC, AUPRC, F1, exact-match accuracy).
+
+Why the metrics are not averaged per batch: they are not decomposable (AUROC, the Challenge metric)
+and they are defined per record, while a record's segments may fall into different batches. In
+evaluation the criterion therefore logs each batch's segment probabilities (``ScoredSegments``);
+``log_classification`` feeds them to a ``ClassificationMeter``, which gathers the whole subset and
+computes the metrics once per state, when fairseq reads the derived values. fairseq-validate calls
+reduce_metrics once with every batch's log, the trainer once per batch into an aggregator that
+spans the subset: both read the same meter at the end, so both give the whole-subset numbers.
+
+The metrics need the task's settings (label set and reward table, per-record aggregation,
+thresholds), which a criterion's static ``reduce_metrics`` cannot see; ``ecg_classification``
+calls ``log_classification`` from its own ``reduce_metrics`` with them.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import meters as fairseq_meters
+from fairseq.logging.meters import Meter
+
+from ..metrics import aggregate_by_record, classification_metrics, tune_thresholds
+
+METRICS = ("challenge_metric", "auroc", "auprc", "f1", "accuracy")
+
+
+@dataclass
+class EcgBceConfig(FairseqDataclass):
+    pos_weight: Optional[List[float]] = field(
+        default=None,
+        metadata={"help": "weight of the positive term per class (one value per line of classes.tsv), "
+                  "e.g. negatives/positives to counter rare classes; default: 1 for every class"},
+    )
+
+
+@dataclass
+class ScoredSegments:
+    """What one evaluation batch logs: per segment its item ``id``, record (``row``), multi-hot
+    ``targets`` and ``probs``, and the subset (``split``). Printed as a count, so fairseq's
+    progress lines stay short."""
+
+    ids: np.ndarray
+    rows: np.ndarray
+    targets: np.ndarray
+    probs: np.ndarray
+    split: str = ""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        return f"{len(self)} segments"
+
+
+@dataclass(frozen=True, eq=False)
+class Scoring:
+    """How a subset is scored: per-record aggregation, reward table (None: no Challenge metric) and
+    thresholds (None: tune them on this subset, per class, and report the metrics at them)."""
+
+    aggregate: str = "mean"
+    weights: Optional[np.ndarray] = None
+    sinus_index: Optional[int] = None
+    thresholds: Optional[np.ndarray] = None
+    default_threshold: float = 0.5
+
+
+class ClassificationMeter(Meter):
+    """Collects ``ScoredSegments`` over a subset; aggregates per record and scores when read.
+
+    fairseq also logs evaluation into its long-lived "valid" aggregator (saved in checkpoints):
+    an item id that comes again means a new pass, so the meter starts over and holds at most one
+    pass; its saved state is empty.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scoring = Scoring()
+        self.reset()
+
+    def reset(self) -> None:
+        self.parts: List[ScoredSegments] = []
+        self.seen: set = set()
+        self._result: Optional[Tuple[Dict[str, float], np.ndarray]] = None
+
+    def update(self, segments: ScoredSegments, scoring: Scoring) -> None:
+        ids = set(segments.ids.tolist())
+        if not self.seen.isdisjoint(ids):
+            self.reset()
+        self.seen |= ids
+        self.parts.append(segments)
+        self.scoring = scoring
+        self._result = None
+
+    def result(self) -> Tuple[Dict[str, float], np.ndarray]:
+        """(metrics by name, the per-class thresholds they were computed at)."""
+        if self._result is None:
+            parts = [p for p in self.parts if len(p)]
+            if not parts:
+                return {name: float("nan") for name in METRICS}, np.zeros(0)
+            rows = np.concatenate([p.rows for p in parts])
+            records, probs = aggregate_by_record(np.concatenate([p.probs for p in parts]), rows, self.scoring.aggregate)
+            targets = np.concatenate([p.targets for p in parts])[np.unique(rows, return_index=True)[1]]
+            thresholds = self.scoring.thresholds
+            if thresholds is None:
+                thresholds = tune_thresholds(targets, probs, self.scoring.default_threshold)
+            values = classification_metrics(targets, probs, thresholds, self.scoring.weights,
+                                             self.scoring.sinus_index, challenge=self.scoring.weights is not None)
+            self._result = values, np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (probs.shape[1],))
+        return self._result
+
+    @property
+    def smoothed_value(self) -> float:
+        return float(sum(len(p) for p in self.parts))
+
+
+# Resuming a checkpoint saved mid-epoch rebuilds saved meters by class name from this module.
+fairseq_meters.ClassificationMeter = ClassificationMeter
+
+
+def log_classification(parts: List[ScoredSegments], scoring: Scoring) -> None:
+    """Log one or more batches of scored segments; the metrics appear as derived values."""
+    if not parts:
+        return
+    for part in parts:
+        metrics.log_custom(ClassificationMeter, "_classification", part, scoring)
+    for name in METRICS if scoring.weights is not None else METRICS[1:]:
+        metrics.log_derived(name, lambda m, name=name: round(m["_classification"].result()[0][name], 5))
+
+
+@register_criterion("ecg_bce", dataclass=EcgBceConfig)
+class EcgBceCriterion(FairseqCriterion):
+    def __init__(self, task, pos_weight: Optional[List[float]] = None) -> None:
+        super().__init__(task)
+        classes = getattr(task, "num_classes", None)
+        if pos_weight is not None and classes is not None and len(pos_weight) != classes:
+            raise ValueError(f"criterion: pos_weight has {len(pos_weight)} values, expected one per class ({classes})")
+        self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32)
+
+    def forward(self, model, sample, reduce: bool = True):
+        """Loss summed over segments and classes; ``sample_size`` = segments."""
+        logits = model(**sample["net_input"])["logits"].float()
+        target = sample["target"].float()
+        if logits.shape != target.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ: the model's "
+                             "classes must be those of classes.tsv")
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight,
+                                                  reduction="sum" if reduce else "none")
+        count = target.shape[0]
+        logging_output = {"loss": loss.detach().sum().item(), "ntokens": count, "nsentences": count,
+                          "sample_size": count, "nlabels": target.numel()}
+        if not self.training:
+            logging_output["scored"] = ScoredSegments(
+                ids=sample["id"].cpu().numpy(), rows=sample["row"].cpu().numpy(),
+                targets=target.cpu().numpy() > 0.5, probs=torch.sigmoid(logits).detach().cpu().numpy(),
+                split=str(sample.get("split", "")),
+            )
+        return loss, count, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        """The loss, in nats per label (mean binary cross-entropy)."""
+        def total(key: str) -> float:
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        labels = total("nlabels")
+        if labels > 0:
+            metrics.log_scalar("loss", total("loss") / labels, labels, round=4)
+
+    def logging_outputs_can_be_summed(self) -> bool:
+        # Training logs are sums (fast multi-worker reduction, CPU included); evaluation logs carry
+        # probabilities, which fairseq must gather as lists (raise common.all_gather_list_size).
+        return self.training

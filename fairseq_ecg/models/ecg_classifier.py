@@ -1,0 +1,54 @@
+"""``ecg_wav2vec2_classifier``: an ``ecg_wav2vec2`` encoder, its global vector (time-average of the
+context network's output) and one linear layer to a logit per class (PAPER.md, "Downstream tasks").
+
+The number of classes comes from the task (``classes.tsv``) and is saved with the checkpoint, so
+a checkpoint evaluated against a manifest with another class list fails at once, naming both.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fairseq.models import register_model
+
+from .encoder import EcgEncoderConfig, EcgEncoderModel
+
+
+@dataclass
+class EcgClassifierConfig(EcgEncoderConfig):
+    num_classes: Optional[int] = field(
+        default=None,
+        metadata={"help": "outputs of the linear head; filled in from the task's classes.tsv and saved with "
+                  "the checkpoint"},
+    )
+
+
+@register_model("ecg_wav2vec2_classifier", dataclass=EcgClassifierConfig)
+class EcgClassifierModel(EcgEncoderModel):
+    cfg: EcgClassifierConfig
+
+    def __init__(self, cfg: EcgClassifierConfig, encoder) -> None:
+        super().__init__(cfg, encoder)
+        if not cfg.num_classes or cfg.num_classes < 1:
+            raise ValueError(f"model: the classifier needs at least one class, found num_classes={cfg.num_classes}")
+        self.head = nn.Linear(encoder.cfg.encoder_embed_dim, cfg.num_classes)
+
+    @classmethod
+    def build_model(cls, cfg: EcgClassifierConfig, task=None) -> "EcgClassifierModel":
+        declared = getattr(task, "num_classes", None)
+        if cfg.num_classes and declared and cfg.num_classes != declared:
+            where = getattr(getattr(task, "cfg", None), "data", "the task")
+            raise ValueError(f"model: this classifier has {cfg.num_classes} outputs but {where}/classes.tsv lists "
+                             f"{declared} classes; evaluate it on manifests with the class list it was trained on")
+        if not cfg.num_classes:
+            cfg.num_classes = declared
+            if not cfg.num_classes:
+                raise ValueError("model: num_classes is unknown; train with task ecg_classification (it reads "
+                                 "classes.tsv) or set model.num_classes")
+        return cls(cfg, cls.build_encoder(cfg))
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> dict:
+        """``source`` [batch, leads, time] -> ``logits`` [batch, num_classes] (before the sigmoid)."""
+        return {"logits": self.head(self.embed(source, padding_mask))}

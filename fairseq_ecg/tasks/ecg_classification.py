@@ -1,0 +1,176 @@
+"""``ecg_classification``: multi-label arrhythmia classification (PhysioNet/CinC 2021, PAPER.md).
+
+Data: a manifest folder (``DIR/finetune`` from fairseq-ecg-manifest) with ``SPLIT.tsv``, its labels
+``SPLIT.lbl`` and the class list ``classes.tsv``; targets are multi-hot over those classes
+(equivalent codes count as one class).
+
+* ``train`` (any split starting with ``train``): one random 5 s crop per record and epoch;
+* every other split: every consecutive 5 s segment of every record; the segment probabilities
+  are combined per record (``aggregate``: mean or max) and the metrics computed over the whole
+  subset (see ``criterions/ecg_bce.py`` for how that goes through fairseq's logging).
+
+Thresholds: a record is predicted positive for a class when its probability reaches
+``threshold``; with ``tune_thresholds`` each class gets the threshold that maximises its F1 on the
+``valid`` subset instead. Training tunes them at every validation and keeps them in the task's
+state, which fairseq saves in each checkpoint (``task_state``) and restores in fairseq-validate,
+so a test subset is scored at the thresholds tuned on the validation data of that checkpoint.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
+
+from ..criterions.ecg_bce import Scoring, log_classification
+from ..data import EcgSegmentDataset
+from ..labels import SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, label_set_from_names, read_weights_csv
+from ..manifest import CLASSES_FILE, Manifest, read_classes, read_labels
+from .base import EcgTask, EcgTaskConfig
+
+logger = logging.getLogger(__name__)
+
+AGGREGATE = ChoiceEnum(["mean", "max"])
+TUNE_SPLIT = "valid"
+NO_WEIGHTS = ("none", "")
+
+
+@dataclass
+class EcgClassificationConfig(EcgTaskConfig):
+    aggregate: AGGREGATE = field(
+        default="mean", metadata={"help": "how the segment probabilities of a record are combined in evaluation"}
+    )
+    weights_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Challenge reward table (weights.csv) for the Challenge metric; its classes must be those "
+                  "of classes.tsv, in order. Default: the packaged 2021 table; 'none': no Challenge metric"},
+    )
+    threshold: float = field(default=0.5, metadata={"help": "probability at or above which a class is predicted"})
+    tune_thresholds: bool = field(
+        default=False,
+        metadata={"help": "per class, use the threshold that maximises F1 on the valid subset (tuned at each "
+                  "validation, saved with the checkpoint, applied to every other subset)"},
+    )
+
+
+class LabelledSegments(EcgSegmentDataset):
+    """Segments with targets whose batches name their subset (``split``): scoring differs between
+    the subset that tunes the thresholds and the others."""
+
+    def __init__(self, manifest: Manifest, split: str, **kwargs) -> None:
+        super().__init__(manifest, **kwargs)
+        self.split = split
+
+    def collater(self, samples: List[dict]) -> dict:
+        batch = super().collater(samples)
+        if batch:
+            batch["split"] = self.split
+        return batch
+
+
+@register_task("ecg_classification", dataclass=EcgClassificationConfig)
+class EcgClassificationTask(EcgTask):
+    cfg: EcgClassificationConfig
+
+    def __init__(self, cfg: EcgClassificationConfig) -> None:
+        super().__init__(cfg)
+        self._label_set: Optional[LabelSet] = None
+        self._table: Optional[LabelSet] = None
+        self._table_read = False
+        self._warned_untuned = False
+
+    @property
+    def label_set(self) -> LabelSet:
+        """The classes of ``classes.tsv``, read once, when first needed."""
+        if self._label_set is None:
+            self._label_set = label_set_from_names(read_classes(self.cfg.data))
+        return self._label_set
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_set)
+
+    @property
+    def reward_table(self) -> Optional[LabelSet]:
+        """The Challenge weights for ``classes.tsv`` (None with ``weights_path=none``); a table for
+        other classes is refused here, before any training, rather than scored wrongly."""
+        if not self._table_read:
+            path = self.cfg.weights_path
+            if path is not None and path.strip().lower() in NO_WEIGHTS:
+                table = None
+            else:
+                path = path or str(WEIGHTS_CSV)
+                table = read_weights_csv(path)
+                ours, theirs = self.label_set.names, table.names
+                if ours != theirs:
+                    k = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(ours), len(theirs)))
+                    expected, found = (names[k] if k < len(names) else "nothing" for names in (ours, theirs))
+                    raise ValueError(
+                        f"{path}: the Challenge weights must cover the {len(ours)} classes of "
+                        f"{Path(self.cfg.data) / CLASSES_FILE} in the same order, found {len(theirs)} "
+                        f"(class {k + 1}: expected {expected}, found {found}); give task.weights_path="
+                        "a weights.csv for these classes, or task.weights_path=none to skip the Challenge metric")
+                if SINUS_RHYTHM not in table.code_to_index:
+                    raise ValueError(f"{path}: no sinus rhythm class ({SINUS_RHYTHM}); the Challenge metric scores "
+                                     "against always predicting it; use task.weights_path=none to skip the metric")
+            self._table, self._table_read = table, True
+        return self._table
+
+    def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
+        manifest = self.read_split(split)
+        targets = np.stack([self.label_set.encode(codes) for codes in read_labels(manifest)])
+        if self.reward_table is None:  # read now: a table that does not fit fails before training
+            logger.info(f"{split}: no Challenge metric (task.weights_path=none)")
+        train = split.startswith("train")
+        self.datasets[split] = LabelledSegments(
+            manifest, split, segment_samples=self.segment_samples, cut="crop" if train else "consecutive",
+            leads=self.cfg.leads, normalize=self.cfg.normalize, targets=targets, shuffle=train, seed=self.cfg.seed,
+        )
+
+    @property
+    def tuned_thresholds(self) -> Optional[np.ndarray]:
+        """Per-class thresholds tuned at the last validation (kept in the checkpoint's task state)."""
+        stored = self.state.state_dict.get("thresholds")
+        return None if stored is None else np.asarray(stored, dtype=np.float64)
+
+    def scoring(self, split: str) -> Scoring:
+        """How the subset ``split`` is scored (see the module docstring for the thresholds)."""
+        table = self.reward_table
+        thresholds: Optional[np.ndarray] = np.full(self.num_classes, float(self.cfg.threshold))
+        if self.cfg.tune_thresholds:
+            if split == TUNE_SPLIT:
+                thresholds = None
+            elif self.tuned_thresholds is not None and len(self.tuned_thresholds) == self.num_classes:
+                thresholds = self.tuned_thresholds
+            elif not self._warned_untuned:
+                self._warned_untuned = True
+                logger.warning(f"{split}: no thresholds tuned on '{TUNE_SPLIT}' yet (they are tuned when training "
+                               f"validates); scoring at threshold {self.cfg.threshold}")
+        return Scoring(
+            aggregate=str(self.cfg.aggregate),
+            weights=None if table is None else table.weights,
+            sinus_index=None if table is None else table.index_of(SINUS_RHYTHM),
+            thresholds=thresholds,
+            default_threshold=float(self.cfg.threshold),
+        )
+
+    def reduce_metrics(self, logging_outputs, criterion) -> None:
+        """The criterion's loss, then the whole-subset metrics from the scored segments."""
+        super().reduce_metrics(logging_outputs, criterion)
+        parts = [log["scored"] for log in logging_outputs if "scored" in log]
+        if parts:
+            log_classification(parts, self.scoring(parts[0].split))
+
+    def post_validate(self, model, stats, agg) -> None:
+        """After fairseq-hydra-train validates the tuning subset: keep its thresholds (saved next)."""
+        if not self.cfg.tune_thresholds or "_classification" not in agg:
+            return
+        meter = agg["_classification"]
+        if meter.parts and meter.scoring.thresholds is None:
+            thresholds = meter.result()[1]
+            self.state.merge_state_dict({"thresholds": [float(t) for t in thresholds]})
+            logger.info(f"thresholds tuned on '{TUNE_SPLIT}': " + " ".join(f"{t:.3f}" for t in thresholds))

@@ -1,0 +1,260 @@
+"""Arrhythmia classification: the task's splits and lead subsets, whole-subset metrics in both of
+fairseq's reduction paths, threshold tuning, pretrained weights in the classifier, a tiny
+fine-tuning run validated by fairseq-validate, and the one-line errors for inputs that do not fit."""
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from sklearn.metrics import f1_score, roc_auc_score
+
+from conftest import run_cli
+from fairseq import checkpoint_utils, metrics
+from fairseq_ecg.checkpoints import CheckpointError
+from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion, ScoredSegments
+from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
+from fairseq_ecg.leads import LEADS, parse_leads
+from fairseq_ecg.manifest import ManifestRow, write_classes, write_labels, write_manifest
+from fairseq_ecg.metrics import aggregate_by_record, challenge_metric
+from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig
+from fairseq_ecg.tasks.ecg_classification import EcgClassificationConfig, EcgClassificationTask
+
+SEGMENT = 2500  # 5 s at 500 Hz
+CODE_SETS = [["426783006"], ["164889003"], ["59118001", "426783006"], ["164889003", "713427006"],
+             ["270492004", "426783006"], ["99999999"], []]  # the last two: no scored class
+
+
+def _write_split(folder: Path, split: str, lengths: list, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    (folder / "waves").mkdir(parents=True, exist_ok=True)
+    rows, labels = [], []
+    for i, samples in enumerate(lengths):
+        name = f"{split}_{i}"
+        np.save(folder / "waves" / f"{name}.npy", (rng.standard_normal((12, samples)) * 0.3).astype(np.float32))
+        rows.append(ManifestRow(f"waves/{name}.npy", samples, "1" * 12, f"p_{name}", 500.0, name))
+        labels.append(CODE_SETS[i % len(CODE_SETS)])
+    write_manifest(folder / f"{split}.tsv", folder, rows)
+    write_labels(folder / f"{split}.tsv", labels)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def classify_data(tmp_path_factory) -> Path:
+    """A ``finetune`` folder over the 26 scored classes: 16 training records of 10 s; valid and
+    test records of 10 s (two segments), 7.5 s (one) and 4 s (one, padded)."""
+    folder = tmp_path_factory.mktemp("finetune")
+    _write_split(folder, "train", [5000] * 16, seed=1)
+    _write_split(folder, "valid", [5000, 3750, 2000, 5000, 5000, 5000, 5000], seed=2)
+    _write_split(folder, "test", [5000, 2000, 5000, 3750, 5000, 5000, 5000], seed=3)
+    write_classes(folder, SCORED_CLASSES)
+    return folder
+
+
+def _model_cfg(**overrides):
+    return OmegaConf.structured(EcgClassifierConfig(_name="ecg_wav2vec2_classifier", **overrides))
+
+
+def _task(data: Path, **overrides) -> EcgClassificationTask:
+    return EcgClassificationTask(EcgClassificationConfig(data=str(data), seed=1, **overrides))
+
+
+# --- the task ---------------------------------------------------------------------------------
+
+def test_splits_targets_and_cuts(classify_data):
+    task = _task(classify_data)
+    assert task.num_classes == 26
+    task.load_dataset("train")
+    train = task.dataset("train")
+    assert len(train) == 16
+    batch = train.collater([train[i] for i in (2, 3)])
+    assert batch["net_input"]["source"].shape == (2, 12, SEGMENT)
+    expected = np.stack([scored_labels().encode(CODE_SETS[i]) for i in (2, 3)])
+    assert np.array_equal(batch["target"].numpy(), expected) and batch["split"] == "train"
+    task.load_dataset("valid")
+    valid = task.dataset("valid")
+    assert [int(r) for r, _ in valid.items] == [0, 0, 1, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    batch = valid.collater([valid[i] for i in range(len(valid))])
+    assert batch["row"].tolist() == [0, 0, 1, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert batch["net_input"]["padding_mask"][3].sum() == SEGMENT - 2000  # the 4 s record, padded
+    assert batch["target"][8:].sum() == 0  # no scored class
+
+
+@pytest.mark.parametrize("leads", ["3", "1", "[V6,aVL]"])
+def test_lead_subsets_zero_the_other_leads(classify_data, leads):
+    task = _task(classify_data, leads=leads)
+    task.load_dataset("valid")
+    source = task.dataset("valid")[0]["segments"][0]
+    wave = np.load(classify_data / "waves" / "valid_0.npy")[:, :SEGMENT]
+    kept = [LEADS.index(name) for name in parse_leads(leads)]
+    dropped = [i for i in range(12) if i not in kept]
+    assert torch.equal(source[kept], torch.from_numpy(wave[kept]))
+    assert source[dropped].abs().sum() == 0
+
+
+def test_every_evaluation_segment_is_batched(classify_data):
+    """fairseq would drop a last batch that is not a multiple of required_batch_size_multiple."""
+    task = _task(classify_data)
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=5, required_batch_size_multiple=8)
+    assert sum(len(b["id"]) for b in itr.next_epoch_itr(shuffle=False)) == 12
+
+
+# --- whole-subset metrics -------------------------------------------------------------------
+
+def _scored_batches(split: str = "valid"):
+    """Segment probabilities of 30 records x 2 segments over three classes of the scored set, cut
+    into batches so that records straddle batch boundaries."""
+    rng = np.random.default_rng(5)
+    labels = np.zeros((30, 26), bool)
+    labels[:, [0, 14, 5]] = rng.random((30, 3)) < 0.4
+    rows = np.repeat(np.arange(30), 2)
+    probs = rng.random((60, 26)) * 0.45  # never predicted: left out of the macro F1
+    probs[:, [0, 14, 5]] = labels[rows][:, [0, 14, 5]] * 0.35 + rng.random((60, 3)) * 0.65
+    probs = probs.astype(np.float32)
+    cuts = [0, 7, 25, 41, 60]
+    batches = [ScoredSegments(np.arange(a, b), rows[a:b], labels[rows[a:b]], probs[a:b], split)
+               for a, b in zip(cuts, cuts[1:])]
+    return batches, labels, rows, probs
+
+
+def _reduce(task, batches, per_batch: bool) -> dict:
+    """Reduce like fairseq-validate (all logs at once) or like the trainer (one reduce per batch
+    into an aggregator spanning the subset)."""
+    criterion = EcgBceCriterion(task)
+    logs = [{"loss": 1.0, "nlabels": 26 * len(b), "ntokens": len(b), "nsentences": len(b), "sample_size": len(b),
+             "scored": b} for b in batches]
+    with metrics.aggregate(new_root=True) as agg:
+        if per_batch:
+            for log in logs:
+                with metrics.aggregate():
+                    task.reduce_metrics([log], criterion)
+        else:
+            task.reduce_metrics(logs, criterion)
+        return agg.get_smoothed_values(), agg
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_logged_metrics_are_scikit_learn_on_the_whole_subset(classify_data, per_batch, how):
+    task = _task(classify_data, aggregate=how)
+    batches, labels, rows, probs = _scored_batches()
+    values, _ = _reduce(task, batches, per_batch)
+    _, record_probs = aggregate_by_record(probs, rows, how)
+    cols = [0, 5, 14]
+    assert values["auroc"] == pytest.approx(roc_auc_score(labels[:, cols], record_probs[:, cols], average="macro"), abs=1e-5)
+    assert values["f1"] == pytest.approx(f1_score(labels[:, cols], record_probs[:, cols] >= 0.5, average="macro"), abs=1e-5)
+    assert values["f1"] == pytest.approx(f1_score(labels, record_probs >= 0.5, average="macro", zero_division=np.nan),
+                                         abs=1e-5)
+    assert values["challenge_metric"] == pytest.approx(challenge_metric(labels, record_probs >= 0.5), abs=1e-5)
+    assert values["accuracy"] == pytest.approx(np.mean(((record_probs >= 0.5) == labels).all(axis=1)), abs=1e-5)
+    assert 0 <= values["auprc"] <= 1
+
+
+def test_thresholds_tuned_on_valid_are_applied_to_test(classify_data):
+    task = _task(classify_data, tune_thresholds=True)
+    assert task.scoring("test").thresholds.tolist() == [0.5] * 26  # nothing tuned yet
+    batches, labels, rows, probs = _scored_batches("valid")
+    tuned_values, agg = _reduce(task, batches, per_batch=True)
+    task.post_validate(None, tuned_values, agg)
+    tuned = task.state.state_dict["thresholds"]
+    assert len(tuned) == 26 and tuned != [0.5] * 26
+    _, record_probs = aggregate_by_record(probs, rows, "mean")
+    assert tuned_values["f1"] == pytest.approx(f1_score(labels[:, [0, 5, 14]], (record_probs >= tuned)[:, [0, 5, 14]],
+                                                        average="macro"), abs=1e-5)
+    # The same outputs, presented as the test subset, are scored at the stored thresholds.
+    test_values, _ = _reduce(task, [ScoredSegments(b.ids, b.rows, b.targets, b.probs, "test") for b in batches], False)
+    assert np.allclose(task.scoring("test").thresholds, tuned)
+    assert test_values["f1"] == pytest.approx(tuned_values["f1"])
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def test_pretrained_encoder_weights_are_loaded(classify_data, tiny_pretrained):
+    task = _task(classify_data)
+    saved = torch.load(tiny_pretrained, weights_only=True)["model"]
+    model = task.build_model(_model_cfg(model_path=str(tiny_pretrained)))
+    assert model.cfg.num_classes == 26 and model.head.out_features == 26
+    encoder = model.encoder.state_dict()
+    assert set(encoder) == set(saved)
+    assert all(torch.equal(encoder[k], saved[k]) for k in saved)
+    fresh = task.build_model(_model_cfg(model_path=str(tiny_pretrained), init="random")).encoder.state_dict()
+    assert not all(torch.equal(fresh[k], saved[k]) for k in saved if saved[k].is_floating_point())
+    logits = model(torch.randn(3, 12, SEGMENT))["logits"]
+    assert logits.shape == (3, 26)
+
+
+# --- end to end: fairseq-hydra-train, then fairseq-validate -----------------------------------
+
+def _values(text: str, subset: str) -> dict:
+    line = [l for l in text.splitlines() if f"valid on '{subset}' subset" in l and "challenge_metric" in l][-1]
+    return {k: float(v) for k, v in re.findall(r"(challenge_metric|auroc|auprc|f1|accuracy|loss) (-?[0-9.e-]+|nan)", line)}
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(classify_data, tiny_pretrained, tmp_path_factory) -> Path:
+    """A one-epoch tiny fine-tuning run with thresholds tuned on valid. It trains on a copy of the
+    data that is deleted afterwards: fairseq-validate must read the folder named on its command line."""
+    work = tmp_path_factory.mktemp("ckpt_classify")
+    data = Path(shutil.copytree(classify_data, work / "data"))
+    result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
+                     "+size=tiny", f"task.data={data}", f"model.model_path={tiny_pretrained}",
+                     f"checkpoint.save_dir={work}", "optimization.max_epoch=1", "task.tune_thresholds=true")
+    values = _values(result.stdout + result.stderr, "valid")
+    assert -2 <= values["challenge_metric"] <= 1 and 0 <= values["auroc"] <= 1
+    shutil.rmtree(data)
+    return work / "checkpoint_best.pt"
+
+
+def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
+    state = torch.load(tiny_classifier, weights_only=True)
+    assert state["cfg"]["model"]["num_classes"] == 26 and state["cfg"]["model"]["encoder_args"]
+    assert len(state["task_state"]["thresholds"]) == 26
+    result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3")
+    values = _values(result.stdout + result.stderr, "test")
+    assert set(values) == {"loss", "challenge_metric", "auroc", "auprc", "f1", "accuracy"}
+    assert -2 <= values["challenge_metric"] <= 1 and 0 <= values["accuracy"] <= 1
+
+
+# --- inputs that do not fit -------------------------------------------------------------------
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    assert "\n" not in text
+    return text
+
+
+def test_classifier_checkpoint_as_model_path_is_refused(classify_data, tiny_classifier):
+    with pytest.raises(CheckpointError) as error:
+        _task(classify_data).build_model(_model_cfg(model_path=str(tiny_classifier)))
+    assert "ecg_wav2vec2_classifier checkpoint, expected ecg_wav2vec2" in _one_line(error.value)
+
+
+def test_weights_for_other_classes_are_refused(classify_data, tmp_path):
+    other = tmp_path / "weights.csv"
+    other.write_text(",164889003,426783006\n164889003,1,0.5\n426783006,0.5,1\n")
+    task = _task(classify_data, weights_path=str(other))
+    with pytest.raises(ValueError) as error:
+        task.load_dataset("valid")
+    assert re.search(r"must cover the 26 classes of .*classes.tsv.*found 2 \(class 2: expected 164890007, found 426783006\)",
+                     _one_line(error.value))
+    assert _task(classify_data, weights_path="none").scoring("valid").weights is None
+
+
+def test_default_weights_need_the_scored_classes(tmp_path):
+    _write_split(tmp_path, "valid", [5000], seed=0)
+    write_classes(tmp_path, ["164889003", "426783006"])
+    with pytest.raises(ValueError) as error:
+        _task(tmp_path).load_dataset("valid")
+    assert "task.weights_path=none" in _one_line(error.value)
+
+
+def test_classifier_and_manifest_with_different_classes_are_refused(tmp_path, tiny_classifier):
+    _write_split(tmp_path, "test", [5000], seed=0)
+    write_classes(tmp_path, ["164889003", "426783006", "713427006|59118001"])
+    with pytest.raises(ValueError) as error:
+        checkpoint_utils.load_model_ensemble_and_task([str(tiny_classifier)], arg_overrides={"data": str(tmp_path)})
+    assert re.search(r"26 outputs but .*classes.tsv lists 3 classes", _one_line(error.value))
