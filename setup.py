@@ -30,6 +30,9 @@ setup(
             "fairseq-ecg-synth=fairseq_ecg.synth:main",
             "fairseq-ecg-manifest=fairseq_ecg.preparation:main",
             "fairseq-ecg-embed=fairseq_ecg.embed:main",
+            "fairseq-ecg-experiments=fairseq_ecg.experiments:main",
+            "fairseq-ecg-demo=fairseq_ecg.demo:main",
+            "fairseq-ecg-userdir=fairseq_ecg:print_user_dir",
         ]
     },
 )

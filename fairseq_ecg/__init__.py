@@ -5,3 +5,10 @@ Importing the package registers its tasks, models and criterions with fairseq.
 from . import criterions, models, tasks  # noqa: F401  (registration)
 
 __version__ = "0.1.0"
+
+
+def print_user_dir() -> None:
+    """``fairseq-ecg-userdir``: the folder to give fairseq as ``common.user_dir`` / ``--user-dir``."""
+    import os
+
+    print(os.path.dirname(os.path.abspath(__file__)))

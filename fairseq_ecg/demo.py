@@ -17,8 +17,8 @@ from .synth import synthesize_archive
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fairseq-ecg-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo makes")
-    parser.add_argument("--records", type=int, default=2000, help="records in the synthetic archive")
-    parser.add_argument("--patients", type=int, default=800)
+    parser.add_argument("--records", type=int, default=1500, help="records in the synthetic archive")
+    parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--labeled", type=int, default=200, help="labeled training records for fine-tuning")
     parser.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds (default: the demo preset's)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
             shutil.rmtree(archive)
         synthesize_archive(archive, records=args.records, patients=args.patients, seed=0)
     print(f"[demo] preparing manifests in {data}", flush=True)
-    code = preparation.main([str(archive), "--dest", str(data), "--workers", "2",
+    code = preparation.main([str(archive), "--dest", str(data), "--workers", "2", "--test-percent", "20",
                              "--finetune-train-limit", str(args.labeled)])
     if code:
         return code

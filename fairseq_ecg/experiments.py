@@ -35,9 +35,13 @@ METRICS = {"classification": ("challenge_metric", "auroc", "f1"), "identificatio
 # What each preset adds to the YAMLs' own settings. "demo" trains tiny models in minutes on a CPU.
 PRESETS = {
     "demo": {
-        "pretrain": ["+size=tiny", "optimization.max_epoch=12", "dataset.batch_size=32"],
-        "classification": ["+size=tiny", "optimization.max_epoch=15"],
-        "identification": ["+size=tiny_identification", "optimization.max_epoch=10"],
+        "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=300",
+                     "dataset.batch_size=32", "model.latent_temp=[2.0,0.5,0.99]",
+                     "checkpoint.no_epoch_checkpoints=true"],
+        "classification": ["+size=tiny", "optimization.max_epoch=10", "dataset.batch_size=16",
+                           "checkpoint.best_checkpoint_metric=auroc", "checkpoint.no_epoch_checkpoints=true"],
+        "identification": ["+size=tiny", "optimization.max_epoch=10", "checkpoint.no_epoch_checkpoints=true"],
+        "linear_probe": ["optimization.lr=[0.01]"],
         "variants": ["w2v", "w2v_cmsc_rlm"],
         "leads": ["12", "6", "3", "2", "1"],
         "seeds": 2,
@@ -111,8 +115,8 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Run, variant: str, pr
         f"model.model_path={checkpoint}", f"model.init={'random' if variant == BASELINE else 'pretrained'}",
         f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset][task],
     ]
-    if linear:
-        train.append("model.freeze_encoder_updates=-1")
+    if linear:  # a frozen encoder: only the head learns, which takes a larger step size
+        train += ["model.freeze_encoder_updates=-1", *PRESETS[s.preset].get("linear_probe", [])]
     evaluate = [
         "fairseq-validate", str(s.data / FINETUNE_DATA[task]), "--user-dir", str(PACKAGE_DIR),
         "--task", f"ecg_{task}", "--path", str(folder / "checkpoint_best.pt"),
@@ -157,7 +161,7 @@ def plan(s: Settings) -> list[Run]:
     return sorted(runs.values(), key=lambda r: (not r.name.startswith("pretrain/"), r.labels is not None))
 
 
-METRIC_PATTERN = re.compile(r"\| ([a-z0-9_]+) (-?[0-9.]+(?:e-?\d+)?)")
+METRIC_PATTERN = re.compile(r"\| ([a-z0-9_]+) ([-+]?[0-9.]+(?:e[-+]?\d+)?)")
 
 
 def parse_metrics(log: str) -> dict[str, float]:

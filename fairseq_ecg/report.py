@@ -19,6 +19,10 @@ def _lead_key(name: str):
     return (LEAD_ORDER.index(name), name) if name in LEAD_ORDER else (len(LEAD_ORDER), name)
 
 
+def _lead_header(name: str) -> str:
+    return name if not name.isdigit() else ("1 lead" if name == "1" else f"{name} leads")
+
+
 def _variant_key(name: str):
     return (name != "random_init", name)
 
@@ -41,7 +45,7 @@ def cell(values: list[float]) -> str:
 
 def markdown_table(by_variant: dict) -> str:
     leads = sorted({lead for per_lead in by_variant.values() for lead in per_lead}, key=_lead_key)
-    lines = ["| variant | " + " | ".join(f"{lead} leads" if lead.isdigit() else lead for lead in leads) + " |",
+    lines = ["| variant | " + " | ".join(_lead_header(lead) for lead in leads) + " |",
              "|---" * (len(leads) + 1) + "|"]
     for variant in sorted(by_variant, key=_variant_key):
         lines.append(f"| {variant} | " + " | ".join(cell(by_variant[variant].get(lead, [])) for lead in leads) + " |")

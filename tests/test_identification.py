@@ -186,7 +186,7 @@ def tiny_identifier(identify_data, tiny_pretrained, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("ckpt_identify")
     pretrained = shutil.copy(tiny_pretrained, work / "pretrained.pt")
     result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "identification",
-                     "+size=tiny_identification", f"task.data={identify_data}", f"model.model_path={pretrained}",
+                     "+size=tiny", f"task.data={identify_data}", f"model.model_path={pretrained}",
                      f"checkpoint.save_dir={work}", "optimization.max_epoch=1")
     values = _values(result.stdout + result.stderr, "valid")
     assert 0.0 <= values["top1_accuracy"] <= 1.0 and 0.0 <= values["eer"] <= 1.0

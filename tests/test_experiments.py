@@ -1,0 +1,80 @@
+"""The experiments runner's plan (dry run) and the report it writes from results."""
+import csv
+
+import pytest
+
+from fairseq_ecg import experiments
+from fairseq_ecg.report import write_report
+
+
+def plan_for(tmp_path, *extra):
+    args = experiments.parse_args(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *extra])
+    return experiments.plan(experiments.settings_from_args(args))
+
+
+def test_dry_run_prints_one_ordinary_command_per_run(tmp_path, capsys):
+    code = experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "demo",
+                             "--seeds", "1", "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    programs = [line.split()[0] for line in lines]
+    # 2 pretrainings; 3 rows (random_init, w2v, w2v_cmsc_rlm) x 5 lead sets x (fine-tune, linear probe),
+    # each trained then evaluated.
+    assert programs.count("fairseq-hydra-train") == 2 + 30 and programs.count("fairseq-validate") == 30
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_plan_matrix_shapes(tmp_path):
+    runs = plan_for(tmp_path, "--preset", "demo", "--experiments", "1,2", "--leads", "12,1", "--seeds", "2",
+                    "--no-linear-probe")
+    pretrain = [r for r in runs if r.name.startswith("pretrain/")]
+    # Experiment 1 pretrains on 12 leads, experiment 2 on each lead set: w2v and w2v_cmsc_rlm on 12 and 1 leads.
+    assert len(pretrain) == 2 * 2 * 2
+    assert runs.index(pretrain[-1]) < min(runs.index(r) for r in runs if not r.name.startswith("pretrain/"))
+    evaluations = [r for r in runs if r.labels is not None]
+    exp2 = [r.labels for r in evaluations if r.labels["experiment"] == 2]
+    assert exp2 and all(l["pretrain_leads"] == l["finetune_leads"] for l in exp2)
+    baseline = [r for r in runs if r.name.startswith("classification/random_init") and not r.name.endswith("evaluate")]
+    assert baseline and all("model.init=random" in r.command for r in baseline)
+    for run in runs:
+        for dependency in run.after:
+            assert runs.index(next(r for r in runs if r.name == dependency)) < runs.index(run)
+
+
+def test_rlm_sweep_adds_probabilities(tmp_path):
+    runs = plan_for(tmp_path, "--preset", "demo", "--experiments", "3", "--variants", "w2v_cmsc_rlm",
+                    "--rlm-probs", "0.25,0.75", "--leads", "12", "--seeds", "1", "--no-linear-probe")
+    pretrain = sorted(r.name for r in runs if r.name.startswith("pretrain/"))
+    assert pretrain == ["pretrain/w2v_cmsc_L12_s0", "pretrain/w2v_cmsc_rlm_L12_s0",
+                        "pretrain/w2v_cmsc_rlm_p0.25_L12_s0", "pretrain/w2v_cmsc_rlm_p0.75_L12_s0"]
+    sweep = next(r for r in runs if r.name == "pretrain/w2v_cmsc_rlm_p0.25_L12_s0")
+    assert "model.rlm_prob=0.25" in sweep.command
+
+
+def test_unknown_variant_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="no pretraining config nope.yaml"):
+        plan_for(tmp_path, "--variants", "nope")
+
+
+def test_metrics_parsed_from_fairseq_validate_output():
+    log = ("[2026][valid][INFO] - valid on 'test' subset | loss 0.31 | challenge_metric -0.0125 | "
+           "auroc 0.81234 | f1 0.5 | wps 3e+03")
+    assert experiments.parse_metrics(log) == {"loss": 0.31, "challenge_metric": -0.0125, "auroc": 0.81234,
+                                              "f1": 0.5, "wps": 3000.0}
+
+
+def test_report_tables_and_plots(tmp_path):
+    rows = []
+    for seed, (random_value, pretrained_value) in enumerate([(0.60, 0.80), (0.64, 0.84)]):
+        for variant, value in (("random_init", random_value), ("w2v_cmsc_rlm", pretrained_value)):
+            for leads in ("12", "1"):
+                rows.append(dict(experiment=1, variant=variant, pretrain_leads="12", finetune_leads=leads,
+                                 task="classification", metric="auroc", value=value, seed=seed))
+    experiments.write_results(rows, tmp_path)
+    with open(tmp_path / "results.csv") as handle:
+        assert list(csv.DictReader(handle))[0].keys() == set(experiments.RESULT_COLUMNS)
+    report = write_report(rows, tmp_path).read_text()
+    assert "| random_init | 0.620 ± 0.028 | 0.620 ± 0.028 |" in report
+    assert "| w2v_cmsc_rlm | 0.820 ± 0.028 | 0.820 ± 0.028 |" in report
+    assert report.index("12 leads") < report.index("1 lead |")
+    assert (tmp_path / "exp1_classification_auroc.png").stat().st_size > 1000
