@@ -35,8 +35,8 @@ METRICS = {"classification": ("challenge_metric", "auroc", "f1"), "identificatio
 # What each preset adds to the YAMLs' own settings. "demo" trains tiny models in minutes on a CPU.
 PRESETS = {
     "demo": {
-        "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=300",
-                     "dataset.batch_size=32", "model.latent_temp=[2.0,0.5,0.99]",
+        "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=250",
+                     "dataset.batch_size=32",
                      "checkpoint.no_epoch_checkpoints=true"],
         "classification": ["+size=tiny", "optimization.max_epoch=10", "dataset.batch_size=16",
                            "checkpoint.best_checkpoint_metric=auroc", "checkpoint.no_epoch_checkpoints=true"],
