@@ -39,12 +39,14 @@ PRESETS = {
                      "dataset.batch_size=32",
                      "checkpoint.no_epoch_checkpoints=true"],
         "classification": ["+size=tiny", "optimization.max_epoch=10", "dataset.batch_size=16",
+                           "dataset.validate_interval=5", "checkpoint.save_interval=5",
                            "checkpoint.best_checkpoint_metric=auroc", "checkpoint.no_epoch_checkpoints=true"],
         "identification": ["+size=tiny", "optimization.max_epoch=10", "checkpoint.no_epoch_checkpoints=true"],
         "linear_probe": ["optimization.lr=[0.01]"],
         "variants": ["w2v", "w2v_cmsc_rlm"],
         "leads": ["12", "6", "3", "2", "1"],
         "seeds": 2,
+        "pretrain_seeds": 1,  # one pretraining per variant, shared by the fine-tuning seeds (time)
         "tasks": ["classification"],
     },
     "paper": {
@@ -52,6 +54,7 @@ PRESETS = {
         "variants": ["w2v", "cmsc", "w2v_cmsc", "w2v_rlm", "cmsc_rlm", "w2v_cmsc_rlm"],
         "leads": ["12", "6", "3", "2", "1"],
         "seeds": 3,
+        "pretrain_seeds": 3,
         "tasks": ["classification", "identification"],
     },
 }
@@ -83,6 +86,7 @@ class Settings:
     leads: tuple[str, ...]
     rlm_probs: tuple[float, ...]
     seeds: int
+    pretrain_seeds: int
     tasks: tuple[str, ...]
     linear_probe: bool
     config_root: Path
@@ -152,7 +156,8 @@ def plan(s: Settings) -> list[Run]:
                     lead_pairs = ([("12", leads) for leads in s.leads] if experiment != 2
                                   else [(leads, leads) for leads in s.leads])
                     for pretrain_leads, leads in lead_pairs:
-                        pretrain = add(_pretrain_run(s, pretrain_variant, pretrain_leads, seed, prob))
+                        pretrain = add(_pretrain_run(s, pretrain_variant, pretrain_leads,
+                                                     seed % s.pretrain_seeds, prob))
                         for task in s.tasks:
                             for linear in modes if task == "classification" else [False]:
                                 for run in _finetune_runs(s, experiment, pretrain, label, pretrain_leads,
@@ -255,6 +260,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", default=None, help="pretraining variants (YAML names); default: the preset's")
     parser.add_argument("--rlm-probs", default="", help="experiment 3: RLM probabilities to sweep, e.g. 0.25,0.5,0.75")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's)")
+    parser.add_argument("--pretrain-seeds", type=int, default=None,
+                        help="pretraining seeds, shared round-robin by the fine-tuning seeds "
+                             "(default: the preset's; paper: as many as --seeds)")
     parser.add_argument("--tasks", default=None, help="classification,identification (default: the preset's)")
     parser.add_argument("--no-linear-probe", action="store_true", help="skip the frozen-encoder evaluation")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared out)")
@@ -283,6 +291,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data=args.data.resolve(), out=args.out.resolve(), preset=args.preset,
         experiments=tuple(int(e) for e in args.experiments.split(",")), variants=variants, leads=leads,
         rlm_probs=tuple(float(p) for p in args.rlm_probs.split(",") if p), seeds=args.seeds or preset["seeds"],
+        pretrain_seeds=max(1, min(args.pretrain_seeds or preset["pretrain_seeds"], args.seeds or preset["seeds"])),
         tasks=tasks, linear_probe=not args.no_linear_probe, config_root=args.config_root.resolve(),
     )
 

@@ -26,6 +26,7 @@ def test_dry_run_prints_one_ordinary_command_per_run(tmp_path, capsys):
 
 def test_plan_matrix_shapes(tmp_path):
     runs = plan_for(tmp_path, "--preset", "demo", "--experiments", "1,2", "--leads", "12,1", "--seeds", "2",
+                    "--pretrain-seeds", "2",
                     "--no-linear-probe")
     pretrain = [r for r in runs if r.name.startswith("pretrain/")]
     # Experiment 1 pretrains on 12 leads, experiment 2 on each lead set: w2v and w2v_cmsc_rlm on 12 and 1 leads.
@@ -78,3 +79,11 @@ def test_report_tables_and_plots(tmp_path):
     assert "| w2v_cmsc_rlm | 0.820 ± 0.028 | 0.820 ± 0.028 |" in report
     assert report.index("12 leads") < report.index("1 lead |")
     assert (tmp_path / "exp1_classification_auroc.png").stat().st_size > 1000
+
+
+def test_fine_tuning_seeds_share_pretraining_seeds_round_robin(tmp_path):
+    runs = plan_for(tmp_path, "--preset", "demo", "--variants", "w2v", "--leads", "12", "--seeds", "3",
+                    "--pretrain-seeds", "2", "--no-linear-probe")
+    assert sorted(r.name for r in runs if r.name.startswith("pretrain/")) == ["pretrain/w2v_L12_s0", "pretrain/w2v_L12_s1"]
+    third = next(r for r in runs if r.name == "classification/w2v_P12_F12_s2")
+    assert third.after == ["pretrain/w2v_L12_s0"]
