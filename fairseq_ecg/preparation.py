@@ -2,7 +2,7 @@
 
     fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout physionet2021|ptbxl|wfdb] [--labels CSV]
         [--workers N] [--sample-rate 500] [--valid-percent 10] [--test-percent 10] [--seed S]
-        [--min-seconds 5] [--force]
+        [--min-seconds 5] [--finetune-train-limit N] [--force]
 
 Records stream through a process pool one at a time (memory stays bounded whatever the archive
 size): each is read (:mod:`fairseq_ecg.records`), resampled with an anti-aliasing polyphase
@@ -83,8 +83,8 @@ class Outcome:
         return self.status != "skipped"
 
     def journal_line(self) -> str:
-        fields = [self.key, "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
-                  f"{self.source_rate:g}", self.record, ",".join(self.dx), _one_line(self.note)]
+        fields = [_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
+                  f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), _one_line(self.note)]
         return "\t".join(fields)
 
     @classmethod
@@ -104,7 +104,14 @@ class Outcome:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return _field(" ".join(str(text).split()))
+
+
+def _field(text: str) -> str:
+    """``text`` as one TSV field in UTF-8: tabs and line breaks escaped, and so are the bytes of a
+    file name in another encoding (lone surrogates). Only names skipped for that reason have any."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def wave_relative_path(key: str) -> str:
@@ -378,6 +385,10 @@ def _bad_key(ref: RecordRef) -> str:
     parts = ref.key.split("/")
     if any(c in ref.key for c in "\t\n\r") or ref.key.startswith("/") or ".." in parts or "" in parts:
         return f"record name {ref.key!r} cannot be an output file name (tab, newline, '..' or empty part)"
+    try:
+        ref.key.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"record name {ref.key!r} is not valid UTF-8 (a file name in another encoding); rename it"
     return ""
 
 
@@ -461,7 +472,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ordered = [outcomes[ref.key] for ref in refs]
     atomic_write_text(journal_path, journal_text(settings, ordered))
     skipped = [o for o in ordered if not o.ok]
-    atomic_write_text(dest / SKIPPED, "".join(f"{o.key}\t{_one_line(o.note)}\n" for o in skipped))
+    atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in skipped))
     goods = []
     for ref, outcome in zip(refs, ordered):
         if not outcome.ok:

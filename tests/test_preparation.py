@@ -217,3 +217,15 @@ def test_resume_after_sigkill_gives_the_same_bytes(archive, tmp_path):
 
     assert main(args) == 0
     assert tree_hashes(dest) == reference
+
+
+def test_labeled_subset_keeps_whole_patients_within_the_limit():
+    from fairseq_ecg.manifest import ManifestRow
+    from fairseq_ecg.preparation import Good, labeled_subset
+
+    goods = [Good(ManifestRow(f"w/{i}.npy", 5000, patient=f"p{i // 3}"), (), "train") for i in range(30)]
+    chosen = labeled_subset(goods, 10, seed=1)
+    patients = {g.row.patient for g in chosen}
+    assert 7 <= len(chosen) <= 10
+    assert all(sum(g.row.patient == p for g in goods) == sum(g.row.patient == p for g in chosen) for p in patients)
+    assert chosen == labeled_subset(goods, 10, seed=1) and labeled_subset(goods, None, seed=1) == goods
