@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,16 @@ DOWNSTREAM_MODELS = ("ecg_wav2vec2_classifier", "ecg_wav2vec2_identifier")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def _refusal_reason(error: Exception) -> str:
+    """The sentence of torch's weights-only refusal that names what the file holds ("Unsupported
+    global: GLOBAL exec ..."), without its terminal colour codes; else its first line."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip()
+    return lines[0] if lines else "unsafe content"
 
 
 def load_checkpoint(path: Path | str) -> dict:
@@ -36,9 +47,8 @@ def load_checkpoint(path: Path | str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
         raise CheckpointError(
-            f"{path}: refused, the file needs more than tensors to load ({first}); "
+            f"{path}: refused, the file needs more than tensors to load ({_refusal_reason(error)}); "
             f"if you trust its source, set {TRUST_ENV}=1"
         ) from None
     except Exception as error:  # truncated zip, bad pickle opcodes, ...: whatever torch raises

@@ -133,20 +133,27 @@ def _parse_row(fields: list[str], where: str) -> ManifestRow:
     )
 
 
+def _read_lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: cannot read {what} ({error})") from None
+
+
 def read_manifest(path: Path | str) -> Manifest:
     """Read a manifest; any malformed line raises a ``ManifestError`` naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; create it with fairseq-ecg-manifest SRC --dest DIR")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path}: cannot read manifest ({error})") from None
+    lines = _read_lines(path, "manifest")
     if not lines or not lines[0].strip():
         raise ManifestError(f"{path}:1: the first line must be the root folder of the waveform files")
     root = Path(lines[0].strip())
     if not root.is_absolute():
-        root = (path.parent / root).resolve()
+        try:
+            root = (path.parent / root).resolve()
+        except (OSError, ValueError) as error:  # a NUL byte, a symlink loop
+            raise ManifestError(f"{path}:1: root folder {lines[0].strip()!r} is not a usable path ({error})") from None
     rows = [
         _parse_row(line.split("\t"), f"{path}:{number}")
         for number, line in enumerate(lines[1:], start=2)
@@ -170,7 +177,7 @@ def read_labels(manifest: Manifest) -> list[list[str]]:
     if not path.is_file():
         raise ManifestError(f"{path}: label file missing for manifest {manifest.path}; "
                             "re-create the manifests with fairseq-ecg-manifest")
-    lines = path.read_text().splitlines()
+    lines = _read_lines(path, "label file")
     if len(lines) != len(manifest.rows):
         raise ManifestError(
             f"{path}:{min(len(lines), len(manifest.rows)) + 1}: {len(lines)} label lines for "
@@ -187,7 +194,7 @@ def read_classes(directory: Path | str) -> list[str]:
     path = Path(directory) / CLASSES_FILE
     if not path.is_file():
         raise ManifestError(f"{path}: class list missing; re-create the manifests with fairseq-ecg-manifest")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in _read_lines(path, "class list") if line.strip()]
     if not names:
         raise ManifestError(f"{path}: no classes listed")
     return names

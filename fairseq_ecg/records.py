@@ -220,6 +220,64 @@ def _header_codes(comments: Sequence[str]) -> tuple[str, ...]:
     return ()
 
 
+def _nth(values: Optional[Sequence], index: int, default: int) -> int:
+    value = values[index] if values and index < len(values) else None
+    return int(value) if value else default
+
+
+def _truncation(path: Path, info) -> Optional[RecordError]:
+    """A signal file smaller than the header's samples need (frames of every channel in the file,
+    each ``samps_per_frame`` samples, for ``sig_len`` plus the largest skew)."""
+    files = list(dict.fromkeys(info.file_name or []))
+    for file_name in files:
+        channels = [i for i, f in enumerate(info.file_name) if f == file_name]
+        sizes = [_BYTES_PER_SAMPLE.get(str(info.fmt[i]).split("+")[0]) for i in channels]
+        if None in sizes or not info.sig_len or not (path.parent / file_name).is_file():
+            continue
+        offsets = [int(info.byte_offset[i] or 0) for i in channels] if info.byte_offset else [0]
+        if file_name.endswith(".mat") and not any(offsets):
+            offsets = [24]  # MATLAB v4 header of a variable called 'val'
+        per_frame = sum(size * _nth(info.samps_per_frame, i, 1) for size, i in zip(sizes, channels))
+        skew = max(_nth(info.skew, i, 0) for i in channels)
+        needed = int(math.ceil(max(offsets) + per_frame * (info.sig_len + skew)))
+        actual = (path.parent / file_name).stat().st_size
+        if actual < needed:
+            return RecordError(f"signal file {file_name} is truncated ({actual} bytes, the header needs {needed})",
+                               "truncated signal file")
+    return None
+
+
+def _header_problem(path: Path) -> Optional[RecordError]:
+    """What a header claims that wfdb would misread silently or spend unbounded memory on, found
+    before the signal is read: bytes outside ASCII in a line that is not a comment (wfdb drops
+    them: a unit ``1000/µV`` would be read as volts), more signals than it describes, signal
+    files smaller than the claimed samples need. None if none (an unreadable header is left to
+    ``wfdb.rdrecord`` and :func:`_diagnose_read_failure`)."""
+    import wfdb
+
+    header = path.with_name(path.name + ".hea")
+    try:
+        lines = header.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()  # a BOM is dropped harmlessly
+    except OSError:
+        return None
+    for number, line in enumerate(lines, start=1):
+        if not line.isascii() and not line.lstrip().startswith(b"#"):
+            return RecordError(f"header {header.name} line {number} holds bytes outside ASCII, which wfdb drops "
+                               "(a file or lead name changes, a unit µV becomes V); write it in ASCII (e.g. uV)",
+                               "non-ASCII header")
+    try:
+        info = wfdb.rdheader(str(path))
+    except Exception:  # wfdb raises many types for a bad header
+        return None
+    if getattr(info, "n_seg", None):  # multi-segment: each segment has its own header
+        return None
+    described = len(info.file_name or [])
+    if info.n_sig != described:
+        return RecordError(f"header {header.name} claims {info.n_sig} signals but describes {described}",
+                           "unreadable header")
+    return _truncation(path, info)
+
+
 def _diagnose_read_failure(path: Path, error: Exception) -> RecordError:
     """Why ``wfdb.rdrecord`` failed: header, missing file, truncated file or something else."""
     import wfdb
@@ -236,20 +294,8 @@ def _diagnose_read_failure(path: Path, error: Exception) -> RecordError:
     for file_name in files:
         if not (path.parent / file_name).is_file():
             return RecordError(f"signal file {file_name} is missing", "missing signal file")
-    for file_name in files:
-        channels = [i for i, f in enumerate(info.file_name) if f == file_name]
-        sizes = [_BYTES_PER_SAMPLE.get(str(info.fmt[i]).split("+")[0]) for i in channels]
-        if None in sizes or not info.sig_len:
-            continue
-        offsets = [int(info.byte_offset[i] or 0) for i in channels] if info.byte_offset else [0]
-        if file_name.endswith(".mat") and not any(offsets):
-            offsets = [24]  # MATLAB v4 header of a variable called 'val'
-        needed = int(math.ceil(max(offsets) + sum(sizes) * info.sig_len))
-        actual = (path.parent / file_name).stat().st_size
-        if actual < needed:
-            return RecordError(f"signal file {file_name} is truncated ({actual} bytes, the header needs {needed})",
-                               "truncated signal file")
-    return RecordError(f"unreadable signal ({type(error).__name__}: {error})", "unreadable signal file")
+    return _truncation(path, info) or RecordError(f"unreadable signal ({type(error).__name__}: {error})",
+                                                  "unreadable signal file")
 
 
 def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:
@@ -261,14 +307,18 @@ def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> Ecg
     Two channels naming the same lead make the record ambiguous: skipped. A lead missing from the
     record, or present but exactly zero throughout, is all zeros with ``present`` False, so that
     the mask says which leads carry signal. Units must be mV or uV (converted to mV). Skipped
-    too: an unreadable header, a missing or truncated signal file, any NaN/Inf sample in a kept
-    lead, an all-zero record, and records shorter than ``min_seconds``.
+    too: an unreadable header, or one with bytes outside ASCII outside its comments (wfdb would
+    drop them), a missing or truncated signal file, any NaN/Inf sample in a kept lead or a value
+    beyond float32, an all-zero record, and records shorter than ``min_seconds``.
     """
     import wfdb
 
     if ref.problem:
         raise RecordError(ref.problem, "bad table row")
     path = Path(ref.path)
+    problem = _header_problem(path)
+    if problem is not None:
+        raise problem
     try:
         record = wfdb.rdrecord(str(path))
     except Exception as error:  # wfdb raises ValueError, IndexError, FileNotFoundError, ...
@@ -316,7 +366,11 @@ def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> Ecg
         if not np.isfinite(column).all():
             bad = int((~np.isfinite(column)).sum())
             raise RecordError(f"{bad} NaN/Inf sample(s) in lead {LEADS[lead]}", "NaN/Inf")
-        out[lead] = column * _UNIT_TO_MV[unit]
+        with np.errstate(over="ignore"):
+            out[lead] = column * _UNIT_TO_MV[unit]
+        if not np.isfinite(out[lead]).all():  # finite in float64, beyond float32 (e.g. a wrong ADC gain)
+            raise RecordError(f"lead {LEADS[lead]} reaches {np.abs(column).max() * _UNIT_TO_MV[unit]:.3g} mV, beyond "
+                              "float32; check the ADC gain in the header", "out of range")
     present = np.any(out != 0, axis=1)
     if not present.any():
         raise RecordError("all-zero signal (every lead is 0 mV throughout)", "all-zero")
