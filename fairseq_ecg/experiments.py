@@ -90,6 +90,8 @@ class Settings:
     tasks: tuple[str, ...]
     linear_probe: bool
     config_root: Path
+    pretrain_args: tuple[str, ...] = ()  # extra hydra overrides, after the preset's
+    finetune_args: tuple[str, ...] = ()
 
 
 def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Optional[float] = None) -> Run:
@@ -100,6 +102,7 @@ def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Op
         "fairseq-hydra-train", "--config-dir", str(s.config_root / "pretrain"), "--config-name", variant,
         f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / 'pretrain'}", f"task.leads={leads}",
         f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset]["pretrain"],
+        *s.pretrain_args,
     ]
     if rlm_prob is not None:
         command.append(f"model.rlm_prob={rlm_prob}")
@@ -121,6 +124,7 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Run, variant: str, pr
     ]
     if linear:  # a frozen encoder: only the head learns, which takes a larger step size
         train += ["model.freeze_encoder_updates=-1", *PRESETS[s.preset].get("linear_probe", [])]
+    train += s.finetune_args
     evaluate = [
         "fairseq-validate", str(s.data / FINETUNE_DATA[task]), "--user-dir", str(PACKAGE_DIR),
         "--task", f"ecg_{task}", "--path", str(folder / "checkpoint_best.pt"),
@@ -265,6 +269,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: the preset's; paper: as many as --seeds)")
     parser.add_argument("--tasks", default=None, help="classification,identification (default: the preset's)")
     parser.add_argument("--no-linear-probe", action="store_true", help="skip the frozen-encoder evaluation")
+    parser.add_argument("--pretrain-args", default="", metavar="OVERRIDES",
+                        help="extra hydra overrides for every pretraining run, after the preset's, e.g. "
+                             "'optimization.max_update=50 dataset.batch_size=8'")
+    parser.add_argument("--finetune-args", default="", metavar="OVERRIDES",
+                        help="extra hydra overrides for every fine-tuning run, e.g. 'optimization.max_epoch=2'")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared out)")
     parser.add_argument("--config-root", type=Path, default=EXAMPLES_DIR, help="folder holding pretrain/ and finetune/ YAMLs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -293,6 +302,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         rlm_probs=tuple(float(p) for p in args.rlm_probs.split(",") if p), seeds=args.seeds or preset["seeds"],
         pretrain_seeds=max(1, min(args.pretrain_seeds or preset["pretrain_seeds"], args.seeds or preset["seeds"])),
         tasks=tasks, linear_probe=not args.no_linear_probe, config_root=args.config_root.resolve(),
+        pretrain_args=tuple(shlex.split(args.pretrain_args)), finetune_args=tuple(shlex.split(args.finetune_args)),
     )
 
 
