@@ -5,7 +5,7 @@ the same dimensions on 1-channel input of the same length; each a full training 
 loss, backward, Adam). Rounds are interleaved so that machine noise hits all three alike; the
 figures that matter are the ratios a/c and b/c. Also: the data loader's samples/s alone.
 
-    python benchmarks/bench_pretraining.py [--sizes small,base] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/bench_pretraining.py [--sizes small,base] [--rounds 5] [--device cpu|cuda]
 """
 import argparse
 import tempfile
@@ -109,7 +109,7 @@ def bench_loader(batch: int, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="small,base")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--loader-workers", type=int, default=4, help="the pretraining YAML's dataset.num_workers")
     args = parser.parse_args()
@@ -117,7 +117,7 @@ def main() -> None:
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, input 12 x {SAMPLES} samples")
     consumption = {}
     for size in args.sizes.split(","):
-        batch, steps = (8, 2) if size == "small" else (4, 1)
+        batch, steps = (8, 6) if size == "small" else (4, 1)  # blocks of seconds: less timer noise
         if args.device == "cuda":
             batch, steps = batch * 8, steps * 5
         rates = bench_models(size, batch, steps, args.rounds, args.device)

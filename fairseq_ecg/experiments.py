@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -188,7 +188,8 @@ def execute(run: Run, out: Path, threads: int) -> bool:
         return True
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "command.sh").write_text(shlex.join(run.command) + "\n")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # the cores are shared out between the runs, unless the user chose the threads
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **os.environ}
     program = Path(sys.executable).parent / run.command[0]
     command = [str(program) if program.exists() else run.command[0], *run.command[1:]]
     with open(folder / "log.txt", "w") as log:
@@ -207,27 +208,42 @@ def execute(run: Run, out: Path, threads: int) -> bool:
 
 
 def run_matrix(runs: list[Run], out: Path, jobs: int) -> list[str]:
-    """Run everything in dependency order, ``jobs`` processes at a time; returns failed runs."""
+    """Run everything in dependency order, ``jobs`` processes at a time, each as soon as the runs it
+    needs have finished (pretrainings first, then evaluations, so results arrive as they can);
+    returns the runs that failed or could not run because one they need failed."""
+    known = {run.name for run in runs}
+    for run in runs:
+        if any(name not in known for name in run.after):
+            raise RuntimeError(f"{run.name} needs runs that are not in the plan: {run.after}")
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    finished, failed = set(), []
-    pending = list(runs)
-    total = len(runs)
+    order = {"pretrain": 0, "evaluate": 1, "train": 2}
+    pending = sorted(runs, key=lambda r: order["pretrain" if r.name.startswith("pretrain/")
+                                               else "evaluate" if r.labels is not None else "train"])
+    finished: set[str] = set()
+    failed: list[str] = []
+    running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending:
-            ready = [r for r in pending if all(d in finished for d in r.after)]
-            blocked = [r for r in pending if any(d in failed for d in r.after)]
-            for run in blocked:
-                failed.append(run.name)
+        while pending or running:
+            blocked = [r for r in pending if any(name in failed for name in r.after)]
+            while blocked:  # a failure blocks what needs it, and what needs that
+                for run in blocked:
+                    pending.remove(run)
+                    failed.append(run.name)
+                blocked = [r for r in pending if any(name in failed for name in r.after)]
+            for run in [r for r in pending if all(name in finished for name in r.after)]:
+                if len(running) >= jobs:
+                    break
                 pending.remove(run)
-            if not ready:
-                if pending and not blocked:
-                    raise RuntimeError("runs wait on runs that are not in the plan: " + pending[0].name)
-                continue
-            for run in ready:
-                pending.remove(run)
-            for run, ok in zip(ready, pool.map(lambda r: execute(r, out, threads), ready)):
-                (finished.add(run.name) if ok else failed.append(run.name))
-            print(f"[experiments] {len(finished)}/{total} runs done, {len(failed)} failed", flush=True)
+                running[pool.submit(execute, run, out, threads)] = run
+            if not running:  # only runs that wait on each other are left
+                failed.extend(run.name for run in pending)
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = running.pop(future)
+                (finished.add(run.name) if future.result() else failed.append(run.name))
+                print(f"[experiments] {len(finished)}/{len(runs)} runs done, {len(failed)} failed "
+                      f"({run.name})", flush=True)
     return failed
 
 
@@ -274,7 +290,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "'optimization.max_update=50 dataset.batch_size=8'")
     parser.add_argument("--finetune-args", default="", metavar="OVERRIDES",
                         help="extra hydra overrides for every fine-tuning run, e.g. 'optimization.max_epoch=2'")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared out)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (the cores are shared out between them unless OMP_NUM_THREADS is set)")
     parser.add_argument("--config-root", type=Path, default=EXAMPLES_DIR, help="folder holding pretrain/ and finetune/ YAMLs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser.parse_args(argv)

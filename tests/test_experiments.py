@@ -87,3 +87,29 @@ def test_fine_tuning_seeds_share_pretraining_seeds_round_robin(tmp_path):
     assert sorted(r.name for r in runs if r.name.startswith("pretrain/")) == ["pretrain/w2v_L12_s0", "pretrain/w2v_L12_s1"]
     third = next(r for r in runs if r.name == "classification/w2v_P12_F12_s2")
     assert third.after == ["pretrain/w2v_L12_s0"]
+
+
+def test_matrix_runs_each_as_soon_as_it_can_and_a_failure_blocks_what_needs_it(tmp_path, capsys):
+    """Real processes: a failed run blocks its dependents (transitively), the rest still runs, and a
+    second call repeats no finished run."""
+    log = tmp_path / "ran.txt"
+
+    def run(name, code=0, after=()):
+        script = f"open({str(log)!r}, 'a').write({name!r} + '\\n'); raise SystemExit({code})"
+        return experiments.Run(name, ["python", "-c", script], after=list(after))
+
+    runs = [run("pretrain/a"), run("b", code=3, after=["pretrain/a"]), run("c", after=["b"]),
+            run("d", after=["c"]), run("e", after=["pretrain/a"])]
+    failed = experiments.run_matrix(runs, tmp_path, jobs=2)
+    assert sorted(failed) == ["b", "c", "d"]
+    assert sorted(log.read_text().split()) == ["b", "e", "pretrain/a"]
+    assert (tmp_path / "runs" / "e" / "done").exists() and not (tmp_path / "runs" / "b" / "done").exists()
+    assert "[experiments] 2/5 runs done" in capsys.readouterr().out  # progress as each run ends
+    log.unlink()
+    assert sorted(experiments.run_matrix(runs, tmp_path, jobs=1)) == ["b", "c", "d"]
+    assert log.read_text().split() == ["b"]  # finished runs are not repeated
+
+
+def test_matrix_refuses_a_plan_with_unknown_dependencies(tmp_path):
+    with pytest.raises(RuntimeError, match="not in the plan"):
+        experiments.run_matrix([experiments.Run("x", ["true"], after=["missing"])], tmp_path, jobs=1)

@@ -169,6 +169,23 @@ def test_every_bad_record_raises_a_one_line_reason(tmp_path):
         assert "\n" not in reason and caught.value.reason == reason and caught.value.kind
 
 
+def test_each_header_is_parsed_once_and_wfdb_is_left_as_found(tmp_path, monkeypatch):
+    """Parsing a header is most of wfdb's cost of reading a record: the checks before the read and
+    the read share one parse (preparation's records/s halve otherwise)."""
+    import wfdb.io.record as wfdb_record
+
+    path = write_mat_record(tmp_path, "A0001", np.full((12, 5000), 100))
+    parse = wfdb_record.rdheader
+    calls = []
+    monkeypatch.setattr(wfdb_record, "rdheader", lambda *a, **k: calls.append(a) or parse(*a, **k))
+    monkeypatch.setattr(wfdb, "rdheader", wfdb_record.rdheader)
+    counting = wfdb_record.rdheader
+    record = read_record(ref_of(path))
+    assert len(calls) == 1
+    assert wfdb_record.rdheader is counting  # restored after the read
+    np.testing.assert_allclose(record.signal, 0.1, rtol=1e-6)  # 100 units at 1000/mV
+
+
 def test_min_seconds_is_configurable(tmp_path):
     path = write_mat_record(tmp_path, "short", np.full((12, 1500), 10))
     assert read_record(ref_of(path), min_seconds=2.0).num_samples == 1500
