@@ -217,9 +217,10 @@ def run_matrix(runs: list[Run], out: Path, jobs: int) -> list[str]:
             raise RuntimeError(f"{run.name} needs runs that are not in the plan: {run.after}")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     order = {"pretrain": 0, "evaluate": 1, "train": 2}
-    pending = sorted(runs, key=lambda r: order["pretrain" if r.name.startswith("pretrain/")
-                                               else "evaluate" if r.labels is not None else "train"])
-    finished: set[str] = set()
+    finished = {run.name for run in runs if (run.folder(out) / "done").exists()}  # from an earlier call
+    pending = sorted((run for run in runs if run.name not in finished),
+                     key=lambda r: order["pretrain" if r.name.startswith("pretrain/")
+                                         else "evaluate" if r.labels is not None else "train"])
     failed: list[str] = []
     running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
