@@ -323,12 +323,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def without_empty_tasks(s: Settings) -> Settings:
+    """Leave out a task whose training manifest exists but holds no record, with a notice: the
+    PhysioNet/CinC 2021 archive has no patient ids, so its ``identify/`` manifests are empty."""
+    from dataclasses import replace
+
+    from .manifest import ManifestError, read_manifest
+
+    kept = []
+    for task in s.tasks:
+        manifest = s.data / FINETUNE_DATA[task] / "train.tsv"
+        try:
+            empty = manifest.is_file() and len(read_manifest(manifest).rows) == 0
+        except ManifestError:
+            empty = False  # the run itself reports a broken manifest, with its line
+        if empty:
+            print(f"[experiments] {task} left out: {manifest} holds no record (it needs patients with at "
+                  "least 2 records; PTB-XL has them)", file=sys.stderr)
+        else:
+            kept.append(task)
+    return replace(s, tasks=tuple(kept))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     s = settings_from_args(args)
     if not args.dry_run and not (s.data / "pretrain" / "train.tsv").is_file():
         raise SystemExit(f"fairseq-ecg-experiments: {s.data / 'pretrain' / 'train.tsv'} not found; "
                          "prepare the archive first with fairseq-ecg-manifest SRC --dest DIR")
+    s = without_empty_tasks(s)
     runs = plan(s)
     if args.dry_run:
         for run in runs:

@@ -36,7 +36,8 @@ from .manifest import (
     ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
 )
 from .records import (
-    DEFAULT_MIN_SECONDS, LAYOUTS, LayoutError, RecordError, RecordRef, discover, read_record, resample,
+    DEFAULT_MIN_SECONDS, LAYOUTS, PATIENTS_CSV, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, discover,
+    read_record, resample,
 )
 
 PROG = "fairseq-ecg-manifest"
@@ -401,6 +402,10 @@ def _check_arguments(args: argparse.Namespace) -> str:
         if not src.is_dir():
             return (f"source folder {src} does not exist or is not a folder; pass the folder that "
                     "holds the archive (e.g. the one with training/ or ptbxl_database.csv)")
+    for src in args.sources:
+        if args.layout != "ptbxl" and (src / PTBXL_DATABASE).is_file():
+            return (f"{src} holds {PTBXL_DATABASE}, a PTB-XL archive, but --layout is {args.layout}; "
+                    "pass --layout ptbxl (it reads the patient ids and labels from that file)")
     if len({src.resolve().name for src in args.sources}) != len(args.sources):
         return (f"source folders {', '.join(map(str, args.sources))} share a folder name; "
                 "outputs are named after it, so give each source a distinct folder name")
@@ -488,12 +493,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _print_summary(dest, refs, ordered, goods, {}, elapsed)
         return 1
     counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed)
-    _print_summary(dest, refs, ordered, goods, counts, elapsed)
+    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args))
     return 0
 
 
+def _notices(args: argparse.Namespace) -> list[str]:
+    """Summary lines about the inputs: a PhysioNet/CinC 2021 source without patient ids."""
+    if args.layout != "physionet2021" or args.labels is not None:
+        return []
+    return [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
+            "training/): each record is treated as its own patient, so the identify manifests are empty and "
+            f"the splits are per record; put {PATIENTS_CSV} (columns record,patient) there or pass --labels CSV"
+            for src in args.sources if not (src / PATIENTS_CSV).is_file()]
+
+
 def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],
-                   counts: dict[str, int], elapsed: float) -> None:
+                   counts: dict[str, int], elapsed: float, notices: Sequence[str] = ()) -> None:
     status = Counter(o.status for o in ordered)
     kinds = Counter(o.kind for o in ordered if not o.ok)
     reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -521,6 +536,7 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
         empty = [name for name, n in counts.items() if n == 0]
         if empty:
             lines.append(f"  warning: empty manifest(s): {', '.join(empty)}")
+    lines += notices
     lines.append(f"  outputs in {dest}")
     print("\n".join(lines), flush=True)
 

@@ -17,7 +17,7 @@ from fairseq_ecg.checkpoints import CheckpointError
 from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion, ScoredSegments
 from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
 from fairseq_ecg.leads import LEADS, parse_leads
-from fairseq_ecg.manifest import ManifestRow, write_classes, write_labels, write_manifest
+from fairseq_ecg.manifest import ManifestError, ManifestRow, write_classes, write_labels, write_manifest
 from fairseq_ecg.metrics import aggregate_by_record, challenge_metric
 from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig
 from fairseq_ecg.tasks.ecg_classification import EcgClassificationConfig, EcgClassificationTask
@@ -258,3 +258,17 @@ def test_classifier_and_manifest_with_different_classes_are_refused(tmp_path, ti
     with pytest.raises(ValueError) as error:
         checkpoint_utils.load_model_ensemble_and_task([str(tiny_classifier)], arg_overrides={"data": str(tmp_path)})
     assert re.search(r"26 outputs but .*classes.tsv lists 3 classes", _one_line(error.value))
+
+
+def test_task_data_of_another_task_points_to_finetune(tmp_path):
+    for sub in ("pretrain", "finetune"):
+        _write_split(tmp_path / sub, "train", [5000], seed=0)
+    write_classes(tmp_path / "finetune", SCORED_CLASSES)
+    with pytest.raises(ManifestError) as error:
+        _task(tmp_path / "pretrain").load_dataset("train")
+    assert _one_line(error.value) == (f"task.data={tmp_path / 'pretrain'} has no classes.tsv (pretrain/ is for "
+                                      f"ecg_pretraining); use {tmp_path / 'finetune'} for ecg_classification")
+    with pytest.raises(ManifestError) as error:
+        _task(tmp_path).num_classes
+    assert f"is the prepared root; use {tmp_path / 'finetune'} for ecg_classification" in _one_line(error.value)
+    assert _task(tmp_path / "finetune").num_classes == len(SCORED_CLASSES)

@@ -113,3 +113,17 @@ def test_matrix_runs_each_as_soon_as_it_can_and_a_failure_blocks_what_needs_it(t
 def test_matrix_refuses_a_plan_with_unknown_dependencies(tmp_path):
     with pytest.raises(RuntimeError, match="not in the plan"):
         experiments.run_matrix([experiments.Run("x", ["true"], after=["missing"])], tmp_path, jobs=1)
+
+
+def test_a_task_with_an_empty_training_manifest_is_left_out_with_a_notice(tmp_path, capsys):
+    """PhysioNet/CinC 2021 has no patient ids: its identify/train.tsv is empty."""
+    from fairseq_ecg.manifest import write_manifest
+
+    (tmp_path / "identify").mkdir()
+    write_manifest(tmp_path / "identify" / "train.tsv", tmp_path, [])
+    code = experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "paper",
+                             "--variants", "w2v", "--leads", "12", "--seeds", "1", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "--task ecg_classification" in captured.out and "ecg_identification" not in captured.out
+    assert f"identification left out: {tmp_path / 'identify' / 'train.tsv'} holds no record" in captured.err

@@ -235,3 +235,15 @@ def test_embed_refuses_what_is_not_a_checkpoint(identify_data, tiny_identifier, 
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and err.startswith(f"fairseq-ecg-embed: error: {wrong}")
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_empty_training_manifest_says_why(tmp_path):
+    write_manifest(tmp_path / "train.tsv", tmp_path, [])  # a PhysioNet/CinC 2021 preparation: no patient ids
+    task = EcgIdentificationTask(EcgTaskConfig(data=str(tmp_path), seed=1))
+    for call in (lambda: task.num_patients, lambda: task.load_dataset("train")):
+        with pytest.raises(ManifestError) as error:
+            call()
+        text = str(error.value)
+        assert "\n" not in text and text.startswith(f"{tmp_path / 'train.tsv'}: no records; identification trains "
+                                                    "on patients with >= 2 records")
+        assert "--layout ptbxl" in text and "--labels CSV (columns record,patient)" in text

@@ -229,3 +229,25 @@ def test_labeled_subset_keeps_whole_patients_within_the_limit():
     assert 7 <= len(chosen) <= 10
     assert all(sum(g.row.patient == p for g in goods) == sum(g.row.patient == p for g in chosen) for p in patients)
     assert chosen == labeled_subset(goods, 10, seed=1) and labeled_subset(goods, None, seed=1) == goods
+
+
+def test_physionet_without_patients_csv_gets_a_notice(tmp_path, capsys):
+    src = tmp_path / "physionet"
+    synthesize_archive(src, records=4, patients=2, seed=5)
+    assert main([str(src), "--dest", str(tmp_path / "with"), "--workers", "1"]) == 0
+    assert "notice:" not in capsys.readouterr().out
+    (src / "patients.csv").unlink()
+    assert main([str(src), "--dest", str(tmp_path / "without"), "--workers", "1"]) == 0
+    (notice,) = [line for line in capsys.readouterr().out.splitlines() if "notice:" in line]
+    assert f"no patients.csv in {src}" in notice and "each record is treated as its own patient" in notice
+    assert "identify manifests are empty" in notice and "splits are per record" in notice
+
+
+def test_ptbxl_archive_without_ptbxl_layout_is_refused(tmp_path, capsys):
+    synthesize_archive(tmp_path / "ptbxl", records=4, patients=2, seed=4, layout="ptbxl")
+    for layout in ([], ["--layout", "wfdb"]):
+        assert main([str(tmp_path / "ptbxl"), "--dest", str(tmp_path / "out"), *layout]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("fairseq-ecg-manifest: error:")
+        assert f"{tmp_path / 'ptbxl'} holds ptbxl_database.csv" in err and "pass --layout ptbxl" in err
+    assert not (tmp_path / "out").exists()

@@ -158,9 +158,12 @@ def train(data, save_dir, variant="w2v_cmsc_rlm", *extra, **kwargs):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_end_to_end(variant, pretrain_data, tmp_path):
-    result = train(pretrain_data, tmp_path, variant, "optimization.max_epoch=1")
+    # one variant also takes a lead list as users write it on the command line (hydra reads a list)
+    leads = ["task.leads=[I,II,V2]"] if variant == "w2v_rlm" else []
+    result = train(pretrain_data, tmp_path, variant, "optimization.max_epoch=1", *leads)
     log = result.stdout + result.stderr
     assert (tmp_path / "checkpoint_last.pt").is_file()
+    assert ("'leads': ['I', 'II', 'V2']" in log) == bool(leads)
     assert ("loss_cmsc" in log) == ("cmsc" in variant)
     assert ("loss_w2v" in log) == ("w2v" in variant)
     if "cmsc" in variant:
@@ -232,3 +235,30 @@ def test_bad_manifest_row_is_named_before_training(tmp_path):
     assert result.returncode != 0
     assert f"{tmp_path / 'train.tsv'}:4" in result.stdout + result.stderr
     assert "train_2.npy is missing" in result.stdout + result.stderr
+
+
+def test_wrong_task_data_is_named_in_one_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fairseq_ecg.manifest import ManifestError
+    from fairseq_ecg.tasks.ecg_pretraining import EcgPretrainingConfig, EcgPretrainingTask
+
+    root = tmp_path / "cinc"
+    for sub in ("pretrain", "finetune", "identify"):
+        write_random_manifest(root / sub, "train", 1, samples=2500)
+
+    def error_of(data, build=False) -> str:
+        task = EcgPretrainingTask(EcgPretrainingConfig(data=str(data)))
+        with pytest.raises(ManifestError) as error:
+            if build:  # what fairseq-hydra-train does first: before any subset, fairseq lists task.data
+                task.build_model(OmegaConf.structured(EcgWav2Vec2Config(_name="ecg_wav2vec2")))
+            else:
+                task.load_dataset("train")
+        assert "\n" not in str(error.value)
+        return str(error.value)
+
+    assert error_of(root) == (f"task.data={root} is the prepared root; use {root / 'pretrain'} for ecg_pretraining "
+                              f"({root / 'finetune'} for ecg_classification, {root / 'identify'} for ecg_identification)")
+    assert error_of(tmp_path / "cnic", build=True).startswith(f"task.data={tmp_path / 'cnic'}: folder not found;")
+    assert error_of(root / "pretrain" / "train.tsv").startswith(
+        f"task.data={root / 'pretrain' / 'train.tsv'} is a file; it must be the folder that holds the manifests")

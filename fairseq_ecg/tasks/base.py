@@ -5,6 +5,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import II, MISSING, OmegaConf, open_dict
 
@@ -16,13 +17,16 @@ from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 
 logger = logging.getLogger(__name__)
 
+# The subfolder of fairseq-ecg-manifest's output (DEST) that each registered task reads.
+TASK_FOLDERS = {"ecg_pretraining": "pretrain", "ecg_classification": "finetune", "ecg_identification": "identify"}
+
 
 @dataclass
 class EcgTaskConfig(FairseqDataclass):
     data: str = field(default=MISSING, metadata={"help": "folder of manifests (SPLIT.tsv) written by fairseq-ecg-manifest"})
     sample_rate: int = field(default=500, metadata={"help": "sampling rate (Hz) the manifests were prepared at"})
     segment_seconds: float = field(default=5.0, metadata={"help": "length of one input segment, in seconds"})
-    leads: str = field(
+    leads: Any = field(  # Any: hydra reads task.leads=[I,II,V2] as a list, task.leads=6 as a number
         default="12",
         metadata={"help": "leads the model sees: a preset (12, 6, 4, 3, 2, 1) or a list like [I,II,V2]; "
                   "the other leads are zeroed"},
@@ -38,6 +42,7 @@ class EcgTaskConfig(FairseqDataclass):
 
 class EcgTask(FairseqTask):
     cfg: EcgTaskConfig
+    task_name = ""  # the registered name, set by each subclass (a key of TASK_FOLDERS)
 
     def __init__(self, cfg: EcgTaskConfig) -> None:
         super().__init__(cfg)
@@ -51,8 +56,34 @@ class EcgTask(FairseqTask):
     def segment_samples(self) -> int:
         return int(round(self.cfg.segment_seconds * self.cfg.sample_rate))
 
+    def data_file(self, name: str) -> Path:
+        """``task.data/name``; when that is not a file, a ``ManifestError`` for the usual
+        mistakes with ``task.data`` (a missing folder, a file, the prepared root, the folder of
+        another task), else the path unchanged (the reader then says what is missing)."""
+        data = Path(self.cfg.data)
+        path = data / name
+        if path.is_file():
+            return path
+        own = TASK_FOLDERS.get(self.task_name, "")
+        if not data.exists():
+            where = f" (for {self.task_name}: DEST/{own}, DEST being fairseq-ecg-manifest's --dest)" if own else ""
+            raise ManifestError(f"task.data={data}: folder not found; check the path{where}")
+        if not data.is_dir():
+            raise ManifestError(f"task.data={data} is a file; it must be the folder that holds the manifests "
+                                f"(train.tsv, valid.tsv, ...), e.g. task.data={data.parent}")
+        if any((data / sub).is_dir() for sub in TASK_FOLDERS.values()):
+            others = ", ".join(f"{data / sub} for {task}" for task, sub in TASK_FOLDERS.items() if task != self.task_name)
+            use = f"use {data / own} for {self.task_name} ({others})" if own else f"use {others}"
+            raise ManifestError(f"task.data={data} is the prepared root; {use}")
+        sibling = data.parent / own
+        meant_for = {sub: task for task, sub in TASK_FOLDERS.items()}.get(data.name)
+        if own and data.name != own and (meant_for or sibling.is_dir()):
+            why = f" ({data.name}/ is for {meant_for})" if meant_for else ""
+            raise ManifestError(f"task.data={data} has no {name}{why}; use {sibling} for {self.task_name}")
+        return path
+
     def read_split(self, split: str) -> Manifest:
-        manifest = read_manifest(Path(self.cfg.data) / f"{split}.tsv")
+        manifest = read_manifest(self.data_file(f"{split}.tsv"))
         if not manifest.rows:
             raise ManifestError(f"{manifest.path}: no records; check the preparation's skipped.tsv")
         if self.cfg.check_files:
@@ -69,7 +100,11 @@ class EcgTask(FairseqTask):
         lets a saved checkpoint rebuild on its own. Rebuilt from a checkpoint, such a model takes
         its architecture from ``encoder_args`` and its weights from the checkpoint, so the
         pretraining file is not read again (it may be gone).
+        A training run (not ``from_checkpoint``) first checks ``task.data`` (see ``data_file``):
+        fairseq lists that folder before loading any subset and would fail there without a word.
         """
+        if not from_checkpoint:  # a training run: a wrong task.data fails here, in one line
+            self.data_file("train.tsv")
         if from_checkpoint and cfg.get("encoder_args") is not None and cfg.get("model_path"):
             cfg = copy.deepcopy(cfg)
             with open_dict(cfg):

@@ -75,6 +75,7 @@ class LabelledSegments(EcgSegmentDataset):
 @register_task("ecg_classification", dataclass=EcgClassificationConfig)
 class EcgClassificationTask(EcgTask):
     cfg: EcgClassificationConfig
+    task_name = "ecg_classification"
 
     def __init__(self, cfg: EcgClassificationConfig) -> None:
         super().__init__(cfg)
@@ -87,7 +88,7 @@ class EcgClassificationTask(EcgTask):
     def label_set(self) -> LabelSet:
         """The classes of ``classes.tsv``, read once, when first needed."""
         if self._label_set is None:
-            self._label_set = label_set_from_names(read_classes(self.cfg.data))
+            self._label_set = label_set_from_names(read_classes(self.data_file(CLASSES_FILE).parent))
         return self._label_set
 
     @property
@@ -121,8 +122,9 @@ class EcgClassificationTask(EcgTask):
         return self._table
 
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
+        label_set = self.label_set  # first: a folder without classes.tsv is named before its labels
         manifest = self.read_split(split)
-        targets = np.stack([self.label_set.encode(codes) for codes in read_labels(manifest)])
+        targets = np.stack([label_set.encode(codes) for codes in read_labels(manifest)])
         if self.reward_table is None:  # read now: a table that does not fit fails before training
             logger.info(f"{split}: no Challenge metric (task.weights_path=none)")
         train = split.startswith("train")

@@ -59,6 +59,8 @@ def _joined(gallery: Manifest, probe: Manifest) -> Manifest:
 
 @register_task("ecg_identification", dataclass=EcgTaskConfig)
 class EcgIdentificationTask(EcgTask):
+    task_name = "ecg_identification"
+
     def __init__(self, cfg: EcgTaskConfig) -> None:
         super().__init__(cfg)
         self._patients: Optional[List[str]] = None
@@ -67,7 +69,13 @@ class EcgIdentificationTask(EcgTask):
     def patients(self) -> List[str]:
         """Training patients in class order (sorted ids of ``train.tsv``); read once, when needed."""
         if self._patients is None:
-            manifest = read_manifest(Path(self.cfg.data) / "train.tsv")
+            manifest = read_manifest(self.data_file("train.tsv"))
+            if not manifest.rows:
+                raise ManifestError(
+                    f"{manifest.path}: no records; identification trains on patients with >= 2 records and "
+                    "the prepared archive has none (PhysioNet/CinC 2021 has no patient ids, so each record is "
+                    "its own patient); prepare PTB-XL (--layout ptbxl), or give fairseq-ecg-manifest patient ids "
+                    "with --labels CSV (columns record,patient)")
             missing = [n for n, row in enumerate(manifest.rows, start=2) if not row.patient]
             if missing:
                 raise ManifestError(f"{manifest.path}:{missing[0]}: no patient id; identification needs one per row")
@@ -93,8 +101,8 @@ class EcgIdentificationTask(EcgTask):
             logger.info(f"{split}: {len(gallery)} gallery and {len(probe)} probe records of {len(ids)} patients")
             self.datasets[split] = GalleryProbeDataset(manifest, roles, targets=targets, **common)
             return
+        index = {patient: i for i, patient in enumerate(self.patients)}  # first: says why train.tsv is empty
         manifest = self.read_split(split)
-        index = {patient: i for i, patient in enumerate(self.patients)}
         unknown = [(n, row.patient) for n, row in enumerate(manifest.rows, start=2) if row.patient not in index]
         if unknown:
             hint = ""

@@ -30,6 +30,7 @@ class EcgPretrainingConfig(EcgTaskConfig):
 @register_task("ecg_pretraining", dataclass=EcgPretrainingConfig)
 class EcgPretrainingTask(EcgTask):
     cfg: EcgPretrainingConfig
+    task_name = "ecg_pretraining"
 
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
         manifest = self.read_split(split)
