@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from fairseq.data.data_utils import compute_mask_indices
 from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2 import (
     ConvFeatureExtractionModel,
@@ -114,6 +115,21 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
             hook.remove()
         result["global"] = masked_time_mean(captured["context"], result.get("padding_mask"))
         return result
+
+    def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
+        """fairseq's time masking, drawn repeatably: its ``compute_mask_indices`` seeds each span
+        draw from fresh OS entropy unless given seeds, so two runs with the same ``common.seed``
+        masked different frames. The seeds now come from torch's generator, which fairseq seeds."""
+        if self.training and self.mask_prob > 0 and mask_indices is None:
+            batch, frames, _ = x.shape
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            mask_indices = torch.from_numpy(compute_mask_indices(
+                (batch, frames), padding_mask, self.mask_prob, self.mask_length, self.mask_selection,
+                self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
+                require_same_masks=self.cfg.require_same_masks, mask_dropout=self.cfg.mask_dropout,
+                seed=seed, epoch=0, indices=torch.arange(batch),
+            )).to(x.device)
+        return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
 
     def extract_global(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> dict:
         """Unmasked forward pass for downstream use: ``x`` [B, T', D] context, its frame
