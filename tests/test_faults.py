@@ -173,6 +173,10 @@ class KillLoop:
             process = start(self.command, log)
             if attempt < kills:
                 mode = modes[attempt]
+                if attempt > 0 and saved is None and mode != "startup":
+                    # kills before the first save would leave nothing to resume from: from the
+                    # second run on, a kill waits for checkpoint_last.pt (so >= 1 resume is checked)
+                    wait_for(lambda: (self.save_dir / "checkpoint_last.pt").exists(), process)
                 assert self.kill_at_random_point(process, log, mode, rng), (
                     f"{self.name} run {attempt} ended before its kill ({mode}):\n{log.read_text()[-2000:]}")
                 self.kills += 1
