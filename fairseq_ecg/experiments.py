@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from .leads import lead_set_name, parse_leads
+from .manifest import ManifestError, read_manifest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = PACKAGE_DIR.parent / "examples"
@@ -225,12 +226,10 @@ def run_matrix(runs: list[Run], out: Path, jobs: int) -> list[str]:
     running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            blocked = [r for r in pending if any(name in failed for name in r.after)]
-            while blocked:  # a failure blocks what needs it, and what needs that
-                for run in blocked:
+            while blocked := [r for r in pending if any(name in failed for name in r.after)]:
+                for run in blocked:  # a failure blocks what needs it, and what needs that
                     pending.remove(run)
                     failed.append(run.name)
-                blocked = [r for r in pending if any(name in failed for name in r.after)]
             for run in [r for r in pending if all(name in finished for name in r.after)]:
                 if len(running) >= jobs:
                     break
@@ -326,10 +325,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def without_empty_tasks(s: Settings) -> Settings:
     """Leave out a task whose training manifest exists but holds no record, with a notice: the
     PhysioNet/CinC 2021 archive has no patient ids, so its ``identify/`` manifests are empty."""
-    from dataclasses import replace
-
-    from .manifest import ManifestError, read_manifest
-
     kept = []
     for task in s.tasks:
         manifest = s.data / FINETUNE_DATA[task] / "train.tsv"
