@@ -8,14 +8,15 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.10",
+    # Python 3.11 and newer only: the plugin seeds fairseq's compute_mask_indices (seed, epoch,
+    # indices), which fairseq 0.12.2 (the only fairseq that imports on Python 3.10) lacks.
+    python_requires=">=3.11",
     packages=find_packages(include=["fairseq_ecg", "fairseq_ecg.*"]),
     package_data={"fairseq_ecg": ["tables/*.csv", "tables/LICENSE.txt"]},
     install_requires=[
         # fairseq 0.12.2 cannot be imported on Python >= 3.11; the fork with the dataclass fix can.
         # Never both in one environment: they install the same `fairseq` package.
-        "fairseq==0.12.2; python_version < '3.11'",
-        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
+        "fairseq-fixed==0.12.3.1",
         "torch>=1.13",
         "numpy",
         "scipy",

@@ -143,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--batch-size must be at least 1")
     try:
         encoder, task = load_encoder(args.checkpoint)
-        leads = args.leads if args.leads is not None else str(task.get("leads", "12"))
+        trained = task.get("leads", "12")  # a preset, or a list (task.leads=[I,II,V2])
+        leads = args.leads if args.leads is not None else (trained if isinstance(trained, (str, int)) else list(trained))
         parse_leads(leads)
         rate = float(task.get("sample_rate", 500))
         segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))

@@ -61,7 +61,8 @@ def parse_leads(spec: LeadSpec) -> tuple[str, ...]:
             return PRESETS[text]
         if text.lower() in ("all", ""):
             return LEADS
-        names = [part for part in text.strip("[]()").replace(";", ",").split(",") if part.strip()]
+        # also reads a list printed by Python ("['I', 'II']"), as a saved config may hold it
+        names = [part.strip(" '\"") for part in text.strip("[]()").replace(";", ",").split(",") if part.strip(" '\"")]
         if not names or (len(names) == 1 and names[0].strip().isdigit()):
             raise UnknownLeadError(
                 f"unknown lead set {spec!r}; use a preset ({', '.join(PRESETS)}) "

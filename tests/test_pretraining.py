@@ -80,24 +80,54 @@ def test_random_lead_masking_honours_probability_per_segment():
     torch.manual_seed(0)
     source = torch.randn(4000, 12, 4) + 5.0
     keep = random_lead_mask(source, 0.5).squeeze(-1)
-    # P(kept) = 0.5 plus the rescue of an all-masked segment (0.5**12 / 12 per lead): about 0.5.
+    # P(kept) = 0.5 / (1 - 0.5**12) given that a draw never silences every lead: about 0.5.
     assert abs(keep.float().mean().item() - 0.5) < 0.02
     assert keep.any(dim=1).all()  # no segment ever loses every lead
     assert len({tuple(row.tolist()) for row in keep[:200]}) > 150  # each segment its own draw
 
 
-def test_random_lead_masking_leaves_absent_leads_and_never_silences_a_segment():
+def test_random_lead_masking_two_leads_gives_each_nonempty_subset_a_third():
+    # Independent draws at p=0.5 given a non-empty result: {I}, {II}, {I,II} are 1/3 each
+    # (a "put one lead back" rescue gives 0.375 / 0.375 / 0.25).
+    torch.manual_seed(1)
+    source = torch.zeros(60000, 12, 4)
+    source[:, :2] = 1.0
+    keep = random_lead_mask(source, 0.5).squeeze(-1)
+    assert keep[:, 2:].sum() == 0  # absent leads stay absent
+    subsets = keep[:, 0].long() + 2 * keep[:, 1].long()  # 1 = {I}, 2 = {II}, 3 = {I, II}
+    frequencies = torch.bincount(subsets, minlength=4).double() / len(subsets)
+    assert frequencies[0] == 0
+    assert frequencies[1:].sub(1 / 3).abs().max() < 0.01, frequencies.tolist()
+
+
+@pytest.mark.parametrize("prob", [0.5, 0.9])
+def test_random_lead_masking_twelve_leads_follows_the_conditional_binomial(prob):
+    torch.manual_seed(2)
+    source = torch.ones(60000, 12, 4)
+    keep = random_lead_mask(source, prob).squeeze(-1)
+    kept = torch.bincount(keep.sum(dim=1), minlength=13).double() / len(keep)
+    q = 1 - prob
+    expected = torch.tensor([math.comb(12, k) * q**k * prob ** (12 - k) for k in range(13)], dtype=torch.float64)
+    expected[0] = 0
+    expected /= expected.sum()
+    assert (kept - expected).abs().max() < 0.01, (kept.tolist(), expected.tolist())
+    per_lead = keep.double().mean(dim=0)  # exchangeable: every lead survives equally often
+    assert (per_lead - per_lead.mean()).abs().max() < 0.012, per_lead.tolist()
+
+
+def test_random_lead_masking_leaves_absent_leads_and_an_empty_segment_empty():
     source = torch.zeros(500, 12, 8)
     source[:, :2] = 1.0  # a 2-lead record: only I and II present
-    keep = random_lead_mask(source, 1.0).squeeze(-1)
-    assert keep[:, 2:].sum() == 0
-    assert (keep[:, :2].sum(dim=1) == 1).all()  # p=1 would silence all: exactly one lead rescued
+    keep = random_lead_mask(source, 0.99).squeeze(-1)
+    assert keep[:, 2:].sum() == 0 and keep.any(dim=1).all()
     silent = torch.zeros(2, 12, 8)
     assert random_lead_mask(silent, 0.5).sum() == 0  # an empty input stays empty, no NaN
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        random_lead_mask(source, 1.0)
 
 
 def test_random_lead_masking_only_in_training_and_no_nan():
-    model = tiny_model(rlm_prob=1.0)
+    model = tiny_model(rlm_prob=0.95)
     source = torch.randn(4, 12, 800)
     model.train()
     assert torch.isfinite(model(source)["global"]).all()
@@ -109,27 +139,41 @@ def test_random_lead_masking_only_in_training_and_no_nan():
     assert torch.equal(captured["x"], source)
 
 
-def test_cmsc_loss_matches_hand_computation_and_is_symmetric():
+def test_cmsc_loss_is_the_mean_of_both_directions_cross_entropy():
     torch.manual_seed(0)
-    first, second = torch.randn(4, 8), torch.randn(4, 8)
-    groups = torch.arange(4)
+    first, second = torch.randn(6, 8), torch.randn(6, 8)
+    groups = torch.arange(6)
     loss, correct, count = cmsc_loss(first, second, groups, temperature=0.1)
     a, b = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
-    by_hand = 0.0
-    for i in range(4):
-        sims_ab = [float(a[i] @ b[j]) / 0.1 for j in range(4)]
-        sims_ba = [float(b[i] @ a[j]) / 0.1 for j in range(4)]
+    similarity = a @ b.t() / 0.1
+    expected = (F.cross_entropy(similarity, groups) + F.cross_entropy(similarity.t(), groups)) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    by_hand = 0.0  # the same written out: mean over pairs of -log softmax, both directions
+    for i in range(6):
+        sims_ab = [float(a[i] @ b[j]) / 0.1 for j in range(6)]
+        sims_ba = [float(b[i] @ a[j]) / 0.1 for j in range(6)]
         by_hand += -sims_ab[i] + math.log(sum(math.exp(s) for s in sims_ab))
         by_hand += -sims_ba[i] + math.log(sum(math.exp(s) for s in sims_ba))
-    assert loss.item() == pytest.approx(by_hand / 2, rel=1e-5)
+    assert loss.item() == pytest.approx(by_hand / 6 / 2, rel=1e-5)
     swapped, _, _ = cmsc_loss(second, first, groups, temperature=0.1)
     assert swapped.item() == pytest.approx(loss.item(), rel=1e-6)
-    assert count == 8 and 0 <= correct <= 8
+    assert count == 12 and 0 <= correct <= 12
     perfect, correct, _ = cmsc_loss(first, first * 3.0, groups, temperature=0.01)
-    assert correct == 8 and perfect.item() < 1e-3
+    assert correct == 12 and perfect.item() < 1e-3
 
 
-def test_cmsc_patient_positives_count_every_segment_of_the_patient():
+def test_cmsc_patient_positives_average_over_each_anchors_positives():
+    torch.manual_seed(3)
+    first, second = torch.randn(5, 4), torch.randn(5, 4)
+    groups = torch.tensor([7, 7, 7, 2, 3])  # pairs 0-2 are one patient
+    loss, _, _ = cmsc_loss(first, second, groups, 0.1)
+    a, b = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
+    positive = groups[:, None] == groups[None, :]
+    total = 0.0
+    for anchors, candidates in ((a, b), (b, a)):
+        log_prob = (anchors @ candidates.t() / 0.1).log_softmax(dim=-1)
+        total += sum(-log_prob[i][positive[i]].mean() for i in range(5)) / 5
+    assert loss.item() == pytest.approx(float(total) / 2, rel=1e-5)
     first = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     second = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     # Pairs 0 and 1 share a patient: pair 0's first segment finds a positive in pair 1's second.
@@ -138,22 +182,158 @@ def test_cmsc_patient_positives_count_every_segment_of_the_patient():
     assert correct_patient > correct_record
 
 
-def test_pairs_are_adjacent_and_non_overlapping(tmp_path):
-    (tmp_path / "waves").mkdir()
-    ramp = np.tile(np.arange(2300, dtype=np.float32), (12, 1))  # 4.6 s at 500 Hz -> 2 pairs of 500
-    np.save(tmp_path / "waves" / "r.npy", ramp)
-    write_manifest(tmp_path / "train.tsv", tmp_path, [ManifestRow("waves/r.npy", 2300)])
+def cmsc_sample(batch_pairs: int = 4, samples: int = 800) -> dict:
+    torch.manual_seed(4)
+    return {"id": torch.arange(batch_pairs).repeat_interleave(2),
+            "net_input": {"source": torch.randn(2 * batch_pairs, 12, samples)},
+            "group": torch.arange(batch_pairs).repeat_interleave(2), "pairs": True}
+
+
+def test_criterion_adds_the_cmsc_term_at_full_weight():
+    """L = L_local + L_CMSC: fairseq divides the criterion's loss by its sample size, so loss /
+    sample_size must equal the local loss per sample plus the cross-entropy of the similarity
+    matrix averaged over both directions (not half of it)."""
+    from fairseq_ecg.criterions.wav2vec2_cmsc import Wav2Vec2CmscCriterion
+
+    model = tiny_model()
+    model.eval()  # no dropout: the forward passes below see the same network
+    sample = cmsc_sample()
+    cmsc_only = Wav2Vec2CmscCriterion(None, w2v_weight=0.0, cmsc_weight=1.0, cmsc_temperature=0.1)
+    loss, sample_size, log = cmsc_only(model, sample)
+    vectors = F.normalize(model.extract_global(sample["net_input"]["source"])["global"], dim=-1)
+    similarity = vectors[0::2] @ vectors[1::2].t() / 0.1
+    target = torch.arange(4)
+    expected = (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.t(), target)) / 2
+    assert sample_size == 8
+    assert (loss / sample_size).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert log["loss_cmsc"] / sample_size == pytest.approx(expected.item(), rel=1e-4)
+
+    both = Wav2Vec2CmscCriterion(None, loss_weights=[0.1, 10], log_keys=[], w2v_weight=1.0, cmsc_weight=1.0)
+    local = Wav2Vec2CmscCriterion(None, loss_weights=[0.1, 10], log_keys=[], w2v_weight=1.0, cmsc_weight=0.0)
+    torch.manual_seed(5)
+    total, size, log = both(model, sample)
+    torch.manual_seed(5)
+    local_loss, local_size, _ = local(model, sample)
+    assert size == local_size
+    assert (total / size).item() == pytest.approx((local_loss / local_size).item() + log["loss_cmsc"] / size, rel=1e-5)
+
+
+def test_cmsc_refuses_batches_that_are_not_pairs():
+    from fairseq_ecg.criterions.wav2vec2_cmsc import Wav2Vec2CmscCriterion
+
+    sample = cmsc_sample()
+    sample["pairs"] = False
+    with pytest.raises(ValueError, match="pair_windows"):
+        Wav2Vec2CmscCriterion(None, w2v_weight=0.0, cmsc_weight=1.0)(tiny_model(), sample)
+
+
+def ramp_manifest(folder, lengths) -> None:
+    """Records whose lead I is the sample index: a segment's first value is where it starts."""
+    (folder / "waves").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, length in enumerate(lengths):
+        np.save(folder / "waves" / f"r{i}.npy", np.tile(np.arange(length, dtype=np.float32), (12, 1)) + 1000 * i)
+        rows.append(ManifestRow(f"waves/r{i}.npy", length, "1" * 12, f"p{i}", 500.0, f"r{i}"))
+    write_manifest(folder / "train.tsv", folder, rows)
+
+
+def test_pairs_are_one_adjacent_window_per_record(tmp_path):
+    ramp_manifest(tmp_path, [2300, 900, 1000, 90000])  # 900 is too short for two 500-sample segments
     dataset = EcgSegmentDataset(read_manifest(tmp_path / "train.tsv"), 500, cut="pairs", shuffle=True, seed=3)
-    assert len(dataset) == 2
-    starts = []
+    assert len(dataset) == 3  # one item per record that holds a pair, however long it is
     for index in range(len(dataset)):
         first, second = dataset[index]["segments"]
         assert second[0, 0] == first[0, -1] + 1  # adjacent, no overlap
-        starts += [int(first[0, 0]), int(second[0, 0])]
-    assert starts == sorted(starts) and len(set(starts)) == 4 and starts[-1] + 500 <= 2300
     batch = dataset.collater([dataset[0], dataset[1]])
     assert batch["net_input"]["source"].shape == (4, 12, 500)
-    assert batch["group"].tolist() == [0, 0, 0, 0]
+    assert batch["group"].tolist() == [0, 0, 2, 2] and batch["pairs"]
+
+
+def pretraining_task(data, **overrides):
+    from omegaconf import OmegaConf
+
+    from fairseq_ecg.tasks.ecg_pretraining import EcgPretrainingConfig, EcgPretrainingTask
+
+    cfg = OmegaConf.structured(EcgPretrainingConfig(data=str(data), seed=1, segment_seconds=0.2, **overrides))
+    task = EcgPretrainingTask.setup_task(cfg)
+    task.load_dataset("train")
+    return task
+
+
+def epoch_batches(task, epoch: int, workers: int, state=None) -> list:
+    """The batches of one epoch as fairseq's trainer gets them: a fresh call of
+    ``task.get_batch_iterator`` for the epoch, then ``next_epoch_itr``; each batch as
+    (item id, segment start) per row. ``state``: an iterator state to resume from."""
+    epoch_itr = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=3, seed=1,
+                                        num_workers=workers, epoch=epoch, required_batch_size_multiple=1)
+    if state is not None:
+        epoch_itr.load_state_dict(state)
+    batches = []
+    for batch in epoch_itr.next_epoch_itr(shuffle=True):
+        source = batch["net_input"]["source"][:, 0, 0]
+        batches.append(tuple(zip(batch["id"].tolist(), source.long().tolist())))
+    return batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_crops_windows_and_batches_change_every_epoch(tmp_path, workers):
+    ramp_manifest(tmp_path, [20000] * 9)
+    results = {}
+    for cmsc in (False, True):
+        task = pretraining_task(tmp_path, cmsc=cmsc)
+        results[cmsc] = [epoch_batches(task, epoch, workers) for epoch in (1, 2, 3)]
+    epochs = results[True]
+    assert epochs == results[False]  # W2V-only and CMSC variants see the same segments and batches
+    starts = [{item: start for batch in batches for item, start in batch[::2]} for batches in epochs]
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert all(starts[a][i] != starts[b][i] for i in range(9)), starts  # a new window per record
+    compositions = [{frozenset(item for item, _ in batch) for batch in batches} for batches in epochs]
+    assert compositions[0] != compositions[1] != compositions[2]  # items meet other items
+    assert epochs == [epoch_batches(pretraining_task(tmp_path), e, workers) for e in (1, 2, 3)]  # seeded
+
+
+def test_crop_mode_with_workers_changes_every_epoch(tmp_path):
+    ramp_manifest(tmp_path, [20000] * 6)
+    task = pretraining_task(tmp_path, pair_windows=False)
+    epochs = [epoch_batches(task, epoch, workers=2) for epoch in (1, 2)]
+    starts = [dict(row for batch in batches for row in batch) for batches in epochs]
+    assert all(starts[0][i] != starts[1][i] for i in range(6))
+
+
+def test_resumed_mid_epoch_sees_the_remaining_batches_of_the_uninterrupted_run(tmp_path):
+    ramp_manifest(tmp_path, [20000] * 9)
+    uninterrupted = epoch_batches(pretraining_task(tmp_path), 2, workers=2)
+    state = {"version": 2, "epoch": 2, "iterations_in_epoch": 2, "shuffle": True}
+    resumed = epoch_batches(pretraining_task(tmp_path), 2, workers=2, state=state)
+    assert resumed == uninterrupted[2:] and len(resumed) == 1
+
+
+def test_validation_masks_repeat_and_leave_the_training_stream_alone(tmp_path):
+    """Two validations of one batch mask the same frames; validating does not move the random
+    stream that training draws its masks from."""
+    from fairseq_ecg.criterions.wav2vec2_cmsc import Wav2Vec2CmscCriterion
+
+    ramp_manifest(tmp_path, [3000] * 4)
+    task = pretraining_task(tmp_path)
+    model = tiny_model()
+    criterion = Wav2Vec2CmscCriterion(task, loss_weights=[0.1, 10], log_keys=[], w2v_weight=1.0)
+    sample = cmsc_sample(samples=1600)
+    masks, apply_mask = [], model.apply_mask
+
+    def recording_apply_mask(*args, **kwargs):
+        x, mask_indices = apply_mask(*args, **kwargs)
+        masks.append(mask_indices.clone())
+        return x, mask_indices
+
+    model.apply_mask = recording_apply_mask
+    torch.manual_seed(11)
+    _, _, first = task.valid_step(sample, model, criterion)
+    after_validation = torch.rand(3)
+    _, _, second = task.valid_step(sample, model, criterion)
+    torch.manual_seed(11)
+    assert torch.equal(torch.rand(3), after_validation)
+    assert torch.equal(masks[0], masks[1]) and masks[0].any()
+    assert first["loss"] == second["loss"]  # same masks and same distractors
 
 
 def test_lead_subset_zeroes_other_leads(tmp_path):
@@ -183,6 +363,13 @@ def test_every_variant_trains_end_to_end(variant, pretrain_data, tmp_path):
         assert "cmsc_accuracy" in log
     if "w2v" in variant:
         assert "prob_perplexity" in log
+    if leads:  # the saved lead list is read back as a list by fairseq-ecg-embed
+        from fairseq_ecg import embed
+
+        out = tmp_path / "embedded.npy"
+        assert embed.main(["--checkpoint", str(tmp_path / "checkpoint_last.pt"),
+                           str(pretrain_data / "valid.tsv"), "--out", str(out)]) == 0
+        assert np.load(out).shape[0] == 8
 
 
 def test_checkpoint_reloads_with_fairseq_after_importing_plugin(tiny_pretrained):
@@ -199,12 +386,19 @@ def test_resume_after_kill_continues_from_saved_update(pretrain_data, tmp_path):
                "+size=tiny", f"task.data={pretrain_data}", f"checkpoint.save_dir={tmp_path}",
                "optimization.max_epoch=40"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "checkpoint3.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+
+    def saved_updates() -> int:
+        # checkpoint_last.pt is renamed into place whole (resume.py), so when it exists it loads
+        last = tmp_path / "checkpoint_last.pt"
+        return last.exists() and torch.load(last, weights_only=True)["optimizer_history"][-1]["num_updates"]
+
+    deadline = time.monotonic() + 300  # a safety net only: the wait is on the state asserted below
+    while saved_updates() < 3 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it was killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    saved = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["optimizer_history"][-1]["num_updates"]
+    saved = saved_updates()
     assert saved >= 3
     result = train(pretrain_data, tmp_path, "w2v", "optimization.max_epoch=42")
     log = result.stdout + result.stderr

@@ -75,18 +75,30 @@ def cmsc_loss(first: torch.Tensor, second: torch.Tensor, groups: torch.Tensor, t
     """Symmetric InfoNCE between the global vectors of the first and second segments of each pair.
 
     ``first``/``second`` [N, D] (pair i = row i of each), ``groups`` [N] record or patient ids:
-    every segment of the same group is a positive, all others are negatives. Returns the summed
-    loss over the 2N local anchors, the number of correct top-1 matches and the anchor count.
+    every segment of the same group is a positive, all others are negatives. The candidates of
+    each direction are the other halves of every worker's pairs. Returns the loss averaged over the
+    N local pairs and over the two directions, (L_12 + L_21) / 2, as the paper and the reference
+    (fairseq-signals' ``cmsc`` criterion) define it; the number of correct top-1 matches over the
+    2N local anchors; and 2N.
+
+    Per direction and anchor, the loss is the mean of -log softmax over the anchor's positives
+    (CLOCS), then the mean over anchors. With record positives each anchor has exactly one positive
+    (its pair's other half: a batch holds one window per record), so this is the plain
+    cross-entropy of the similarity matrix. With patient positives the reference takes one flat
+    mean over all (anchor, positive) entries, which weights a patient with many records in the
+    batch more; the per-anchor mean weights every anchor once (the two agree whenever every anchor
+    has the same number of positives).
     """
     first, second = F.normalize(first.float(), dim=-1), F.normalize(second.float(), dim=-1)
     all_first, all_groups = gather_from_workers(first, groups)
     all_second, _ = gather_from_workers(second, groups)
     positives = groups.unsqueeze(1) == all_groups.unsqueeze(0)  # [N, M]
+    per_anchor = positives.sum(dim=1).clamp(min=1)
     total, correct = first.new_zeros(()), 0
     for anchors, candidates in ((first, all_second), (second, all_first)):
         logits = anchors @ candidates.t() / temperature
         log_prob = logits.log_softmax(dim=-1)
-        total = total - torch.logsumexp(log_prob.masked_fill(~positives, -math.inf), dim=-1).sum()
+        total = total - (log_prob.masked_fill(~positives, 0.0).sum(dim=-1) / per_anchor).mean()
         correct += int(positives.gather(1, logits.argmax(dim=-1, keepdim=True)).sum())
     return total / 2, correct, 2 * first.shape[0]
 
@@ -129,12 +141,14 @@ class Wav2Vec2CmscCriterion(Wav2vecCriterion):
             logging_output = {"ntokens": sample_size, "nsentences": sample_size, "sample_size": sample_size}
         logging_output["nforwards"] = 1
         if self.cmsc_weight > 0:
-            if "group" not in sample:
-                raise ValueError("the CMSC loss needs segment pairs: set task.cmsc=true")
+            if not sample.get("pairs"):
+                raise ValueError("the CMSC loss needs segment pairs: set task.pair_windows=true (the default)")
             global_repr, groups = net_output["global"], sample["group"][0::2]
-            summed, correct, anchors = cmsc_loss(global_repr[0::2], global_repr[1::2], groups, self.cmsc_temperature)
-            loss = loss + self.cmsc_weight * summed / anchors * sample_size
-            logging_output.update(loss_cmsc=summed.item() / anchors * sample_size, cmsc_correct=correct, cmsc_count=anchors)
+            mean, correct, anchors = cmsc_loss(global_repr[0::2], global_repr[1::2], groups, self.cmsc_temperature)
+            # Scaled by the local loss's sample size like the reference, so that fairseq's division by
+            # the sample size leaves L = w2v_weight * L_local + cmsc_weight * L_CMSC per update.
+            loss = loss + self.cmsc_weight * mean * sample_size
+            logging_output.update(loss_cmsc=mean.item() * sample_size, cmsc_correct=correct, cmsc_count=anchors)
         logging_output["loss"] = loss.item()
         return loss, sample_size, logging_output
 

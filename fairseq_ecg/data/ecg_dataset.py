@@ -6,10 +6,21 @@ zeroed: a reduced-lead input is the 12-channel input with absent leads at zero),
 normalises each lead, and collates ``[batch, leads, time]`` tensors with a padding mask.
 
 Three ways to cut a record into items:
-- ``crop``: one random segment per record and epoch (wav2vec 2.0 pretraining, fine-tuning);
-- ``pairs``: adjacent, non-overlapping segment pairs, as many as the record holds (CMSC); the
-  collated batch interleaves them, rows 2i and 2i+1 being the two halves of pair i;
+- ``crop``: one random segment per record and epoch (fine-tuning);
+- ``pairs``: one random window of two adjacent, non-overlapping segments per record and epoch
+  (pretraining, every variant: CMSC reads the two halves as a positive pair, wav2vec 2.0 takes both
+  as items, so all variants see the same segments per update); records shorter than two segments
+  give no item (counted in a warning). The collated batch interleaves the halves: rows 2i and
+  2i+1 are the two halves of item i. One window per record means no two items of a batch come
+  from the same record, so a record's own other pairs are never CMSC negatives or extra positives;
 - ``consecutive``: every consecutive segment of the record (evaluation, aggregated per record).
+
+Training items change every epoch: crops, pair windows and the batches they fall in are drawn
+from ``(seed, epoch, ...)``, and the dataset tells fairseq that its epoch iterator cannot be reused
+(``can_reuse_epoch_itr_across_epochs``). Otherwise fairseq builds the batches once and keeps its
+data-loader workers alive with the first epoch's copy of the dataset, so ``set_epoch`` would never
+reach them and every epoch would repeat the first one's crops. A run resumed mid-epoch rebuilds
+the same batches from the same ``(seed, epoch)`` and skips the ones already done.
 """
 from __future__ import annotations
 
@@ -63,7 +74,7 @@ class EcgSegmentDataset(FairseqDataset):
         if self.cut == "crop":
             counts = np.ones_like(lengths)
         elif self.cut == "pairs":
-            counts = lengths // (2 * self.segment_samples)
+            counts = (lengths >= 2 * self.segment_samples).astype(np.int64)
             short = int((counts == 0).sum())
             if short:
                 logger.warning(
@@ -79,6 +90,12 @@ class EcgSegmentDataset(FairseqDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        # Items depend on the epoch: fairseq must rebuild the batches and its data-loader
+        # workers (which hold a copy of this dataset) every epoch, see the module docstring.
+        return False
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -93,10 +110,8 @@ class EcgSegmentDataset(FairseqDataset):
             slack = max(length - seg, 0)
             return [int(self._rng(index).integers(0, slack + 1)) if self.shuffle else slack // 2]
         if self.cut == "pairs":
-            pairs = length // (2 * seg)
-            slack = length - pairs * 2 * seg
-            offset = int(self._rng(row).integers(0, slack + 1)) if self.shuffle else 0
-            start = offset + number * 2 * seg
+            slack = length - 2 * seg
+            start = int(self._rng(index).integers(0, slack + 1)) if self.shuffle else slack // 2
             return [start, start + seg]
         return [number * seg]
 
@@ -151,6 +166,7 @@ class EcgSegmentDataset(FairseqDataset):
             "net_input": net_input,
             "group": torch.LongTensor([s["group"] for s in samples for _ in range(per_item)]),
             "row": torch.LongTensor([s["row"] for s in samples for _ in range(per_item)]),
+            "pairs": self.cut == "pairs",  # rows 2i, 2i+1 are the two halves of one window
         }
         if "target" in samples[0]:
             batch["target"] = torch.stack([torch.as_tensor(s["target"]) for s in samples])

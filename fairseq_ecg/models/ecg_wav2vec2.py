@@ -30,7 +30,8 @@ class EcgWav2Vec2Config(Wav2Vec2Config):
         default=0.0,
         metadata={
             "help": "random lead masking: each lead of each training segment is zeroed with this "
-            "probability (0 = off, 0.5 = the paper); never applied in eval mode"
+            "probability (0 = off, 0.5 = the paper, below 1); a draw that silences every lead is redrawn; "
+            "never applied in eval mode"
         },
     )
 
@@ -57,21 +58,33 @@ class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
 
 
 def random_lead_mask(source: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Keep-mask [batch, leads, 1] that zeroes each present lead with probability ``prob``.
+    """Keep-mask [batch, leads, 1] that zeroes each present lead independently with probability
+    ``prob``, as the paper and the reference implementation do.
 
-    A lead is "present" when it is not all zeros in the segment (absent leads stay zeros). When a
-    draw would silence every present lead of a segment, one present lead chosen at random is
-    kept instead, so no segment becomes all zeros (an all-zero input carries nothing to learn
-    from). The number of leads comes from ``source``.
+    A lead is "present" when it is not all zeros in the segment (absent leads stay zeros). The one
+    deviation from the reference (which lets a segment go all silent): a draw that silences every
+    present lead is redrawn, so each segment's mask follows the exact conditional distribution of
+    the independent draws given that at least one present lead survives (an all-zero segment
+    carries nothing to learn, and gives CMSC a constant vector). The redraw is exact, not a
+    rejection loop: the first surviving present lead (in lead order) is drawn with probability
+    proportional to ``prob**k * (1 - prob)`` for the k-th present lead, the leads before it are
+    silenced and each lead after it survives independently with probability ``1 - prob``.
+    A segment with no present lead stays empty. The number of leads comes from ``source``.
     """
+    if not 0.0 <= prob < 1.0:
+        raise ValueError(f"random lead masking probability must be in [0, 1), found {prob}")
     present = source.detach().abs().amax(dim=-1) > 0  # [B, L]
-    draw = torch.rand(present.shape, device=source.device, generator=generator)
-    keep = (draw >= prob) & present
+    keep = (torch.rand(present.shape, device=source.device, generator=generator) >= prob) & present
     silenced = ~keep.any(dim=1) & present.any(dim=1)
     if silenced.any():
-        scores = torch.rand(present.shape, device=source.device, generator=generator).masked_fill(~present, -1.0)
-        rescue = torch.zeros_like(keep).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
-        keep = keep | (rescue & silenced.unsqueeze(1))
+        rows = present[silenced]
+        rank = rows.long().cumsum(dim=1) - 1  # position among the segment's present leads
+        weights = torch.where(rows, prob ** rank.double() * (1.0 - prob), torch.zeros((), dtype=torch.float64,
+                                                                                      device=source.device))
+        first = torch.multinomial(weights, 1, generator=generator)  # [S, 1]
+        first_rank = rank.gather(1, first)
+        later = (torch.rand(rows.shape, device=source.device, generator=generator) >= prob) & rows & (rank > first_rank)
+        keep[silenced] = later.scatter(1, first, True)
     return keep.unsqueeze(-1)
 
 
@@ -87,6 +100,8 @@ def masked_time_mean(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> t
 class EcgWav2Vec2Model(Wav2Vec2Model):
     def __init__(self, cfg: EcgWav2Vec2Config) -> None:
         super().__init__(cfg)
+        if not 0.0 <= cfg.rlm_prob < 1.0:
+            raise ValueError(f"model.rlm_prob={cfg.rlm_prob}: the lead masking probability must be in [0, 1)")
         self.rlm_prob = cfg.rlm_prob
         self.feature_extractor = MultiLeadFeatureEncoder(
             input_leads=cfg.input_leads,
@@ -119,8 +134,10 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
         """fairseq's time masking, drawn repeatably: its ``compute_mask_indices`` seeds each span
         draw from fresh OS entropy unless given seeds, so two runs with the same ``common.seed``
-        masked different frames. The seeds now come from torch's generator, which fairseq seeds."""
-        if self.training and self.mask_prob > 0 and mask_indices is None:
+        masked different frames, and two validations of one run different frames. The seeds now
+        come from torch's generator, which fairseq seeds for training and the pretraining task's
+        ``valid_step`` keys by the batch for validation."""
+        if self.mask_prob > 0 and mask_indices is None:
             batch, frames, _ = x.shape
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
             mask_indices = torch.from_numpy(compute_mask_indices(
