@@ -1,5 +1,7 @@
 """CMSC negatives come from every worker: with two real gloo processes, the summed loss and each
-worker's gradients equal those of one process holding the whole batch."""
+worker's gradients equal those of one process holding the whole batch. ``cmsc_loss`` is a mean
+over the worker's pairs; like the criterion (which scales it by the worker's sample size before
+fairseq sums over workers), each worker weights it by its number of pairs here."""
 import os
 import socket
 
@@ -30,6 +32,7 @@ def _worker(rank: int, port: int, results) -> None:
     local_first = first[rows].clone().requires_grad_(True)
     local_second = second[rows].clone().requires_grad_(True)
     loss, correct, count = cmsc_loss(local_first, local_second, groups[rows], temperature=0.1)
+    loss = loss * (count // 2)
     loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total)
@@ -47,6 +50,7 @@ def test_two_workers_equal_one_worker_with_the_whole_batch():
     first.requires_grad_(True)
     second.requires_grad_(True)
     loss, _, count = cmsc_loss(first, second, groups, temperature=0.1)
+    loss = loss * 6
     loss.backward()
 
     assert abs(results[0][0] - loss.item()) < 1e-4 and abs(results[1][0] - loss.item()) < 1e-4
