@@ -13,6 +13,8 @@ the RLM probability. ``random_init`` (same architecture, fresh weights) is the b
 import argparse
 import csv
 import json
+import logging
+import math
 import os
 import re
 import shlex
@@ -23,6 +25,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
+
+from omegaconf import OmegaConf
 
 from .leads import lead_set_name, parse_leads
 from .manifest import ManifestError, read_manifest
@@ -39,10 +43,12 @@ PRESETS = {
         "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=250",
                      "dataset.batch_size=32",
                      "checkpoint.no_epoch_checkpoints=true"],
-        "classification": ["+size=tiny", "optimization.max_epoch=10", "dataset.batch_size=16",
+        # max_update=0: the tiny size's 100-update limit off, these runs are measured in epochs
+        "classification": ["+size=tiny", "optimization.max_epoch=10", "optimization.max_update=0", "dataset.batch_size=16",
                            "dataset.validate_interval=5", "checkpoint.save_interval=5",
                            "checkpoint.best_checkpoint_metric=auroc", "checkpoint.no_epoch_checkpoints=true"],
-        "identification": ["+size=tiny", "optimization.max_epoch=10", "checkpoint.no_epoch_checkpoints=true"],
+        "identification": ["+size=tiny", "optimization.max_epoch=10", "optimization.max_update=0",
+                           "checkpoint.no_epoch_checkpoints=true"],
         "linear_probe": ["optimization.lr=[0.01]"],
         "variants": ["w2v", "w2v_cmsc_rlm"],
         "leads": ["12", "6", "3", "2", "1"],
@@ -340,8 +346,105 @@ def without_empty_tasks(s: Settings) -> Settings:
     return replace(s, tasks=tuple(kept))
 
 
+# Rough seconds per training update on a 2-core CPU, by model size, for --dry-run's estimate: the
+# tiny size from the demo (19.3 minutes for about 8,300 updates, process start-up and evaluations
+# included), the paper's size from a measured ~2 minutes per update (batch 64, CMSC pairs).
+SECONDS_PER_UPDATE_CPU = {"tiny": 0.14, "paper": 120.0}
+
+
+def _override(command: list[str], key: str) -> Optional[str]:
+    """The value of the last ``key=VALUE`` override in a command line, if any."""
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def run_length(run: Run) -> tuple[str, int, int, int, Optional[int]]:
+    """(size, max_epoch, max_update, batch size, training records or None) of a training run, from
+    its YAMLs (``base.yaml`` for pretraining, ``size/tiny.yaml`` with ``+size=tiny``) and its
+    overrides; 0 means no limit, as in fairseq."""
+    command = run.command
+    config_dir = Path(command[command.index("--config-dir") + 1])
+    name = command[command.index("--config-name") + 1]
+    cfg = OmegaConf.create()
+    for path in (config_dir / "base.yaml", config_dir / f"{name}.yaml"):
+        if path.is_file():
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    tiny = "+size=tiny" in command
+    if tiny and (config_dir / "size" / "tiny.yaml").is_file():
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_dir / "size" / "tiny.yaml"))
+
+    def value(key: str, default: int) -> int:
+        given = _override(command, key)
+        found = OmegaConf.select(cfg, key, default=default) if given is None else given
+        return int(float(found or 0))
+
+    records = None
+    data = _override(command, "task.data")
+    try:
+        if data and (Path(data) / "train.tsv").is_file():
+            records = len(read_manifest(Path(data) / "train.tsv").rows)
+    except ManifestError:
+        records = None
+    return ("tiny" if tiny else "paper", value("optimization.max_epoch", 0), value("optimization.max_update", 0),
+            value("dataset.batch_size", 1), records)
+
+
+def updates_of(run: Run) -> Optional[int]:
+    """Training updates of a run (None when its epochs cannot be counted: no manifest yet)."""
+    _, epochs, updates, batch, records = run_length(run)
+    by_epochs = epochs * math.ceil(records / max(batch, 1)) if epochs and records is not None else None
+    if updates and by_epochs is not None:
+        return min(updates, by_epochs)
+    return updates or by_epochs
+
+
+def kind_of(run: Run) -> str:
+    if run.labels is not None:
+        return "evaluation"
+    return "pretraining" if run.name.startswith("pretrain/") else run.name.split("/", 1)[0].replace("_", " ")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        minutes = max(1, round(seconds / 60))
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds / 3600:,.1f} hours" if seconds < 48 * 3600 else f"{seconds / 86400:,.0f} days"
+
+
+def plan_summary(runs: list[Run]) -> list[str]:
+    """``--dry-run``'s closing lines: runs per kind with their length, and a rough CPU time."""
+    lines, seconds, unknown = [], 0.0, 0
+    kinds: dict[str, list[Run]] = {}
+    for run in runs:
+        kinds.setdefault(kind_of(run), []).append(run)
+    for kind, members in kinds.items():
+        if kind == "evaluation":
+            lines.append(f"{len(members)} evaluations (fairseq-validate, one pass over the test split each)")
+            continue
+        counts = [updates_of(run) for run in members]
+        known = [c for c in counts if c is not None]
+        unknown += len(counts) - len(known)
+        for run, count in zip(members, counts):
+            if count is not None:
+                seconds += count * SECONDS_PER_UPDATE_CPU[run_length(run)[0]]
+        size, epochs, updates, _, _ = run_length(members[0])
+        length = (f"about {sum(known) // max(len(known), 1):,} updates each" if known
+                  else f"{epochs} epochs each" if epochs else f"{updates} updates each")
+        lines.append(f"{len(members)} {kind} runs ({size} size, {length})")
+    counted = sum(1 for r in runs if r.labels is None) - unknown
+    estimate = (f"rough cost of {counted:,} training runs: about {_duration(seconds)} of a 2-core CPU (~{SECONDS_PER_UPDATE_CPU['tiny']:g} s per update of the tiny size, "
+                f"~{SECONDS_PER_UPDATE_CPU['paper'] / 60:g} min of the paper's size; a GPU is far faster)")
+    if unknown:
+        estimate += (f"; {unknown} runs measured in epochs are not counted: --data holds no manifest to count "
+                     "their records")
+    return [f"{len(runs)} runs: " + "; ".join(lines), estimate]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # importing fairseq (through the package) sets the root logger to DEBUG; matplotlib's font
+    # manager would then log every font it looks at while the report is drawn
+    logging.getLogger().setLevel(logging.WARNING)
     s = settings_from_args(args)
     if not args.dry_run and not (s.data / "pretrain" / "train.tsv").is_file():
         raise SystemExit(f"fairseq-ecg-experiments: {s.data / 'pretrain' / 'train.tsv'} not found; "
@@ -351,6 +454,8 @@ def main(argv=None) -> int:
     if args.dry_run:
         for run in runs:
             print(shlex.join(run.command))
+        for line in plan_summary(runs):  # comments: the output stays a runnable script
+            print(f"# {line}")
         return 0
     s.out.mkdir(parents=True, exist_ok=True)
     done = sum((run.folder(s.out) / "done").exists() for run in runs)
@@ -362,6 +467,7 @@ def main(argv=None) -> int:
 
     report = write_report(rows, s.out)
     print(report.read_text())
+    print(f"[experiments] report: {report} (results: {s.out / 'results.csv'})", flush=True)
     if failed:
         print(f"[experiments] {len(failed)} runs failed: {', '.join(failed[:5])}", file=sys.stderr)
         return 1

@@ -37,10 +37,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def cell(values: list[float]) -> str:
+    """``mean ± std (n=seeds)``; one seed has no spread to show, so it reads ``value (n=1)``."""
     if not values:
         return "–"
-    spread = stdev(values) if len(values) > 1 else 0.0
-    return f"{mean(values):.3f} ± {spread:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (n=1)"
+    return f"{mean(values):.3f} ± {stdev(values):.3f} (n={len(values)})"
 
 
 def markdown_table(by_variant: dict) -> str:
@@ -112,7 +114,8 @@ def plot_rlm_sweep(table: dict, out: Path) -> list[Path]:
 def write_report(rows: list[dict], out: Path) -> Path:
     """Write ``report.md`` and the plots; returns the report's path."""
     table = summarise(rows)
-    lines = ["# Results", "", f"{len(rows)} measurements from `results.csv`. Cells: mean ± standard deviation over seeds.", ""]
+    lines = ["# Results", "", f"{len(rows)} measurements from `results.csv`. Cells: mean ± standard deviation over seeds, n = the number of seeds "
+             "(one seed: no spread).", ""]
     for experiment in sorted({key[0] for key in table}):
         lines += [f"## {EXPERIMENT_TITLES.get(experiment, f'Experiment {experiment}')}", ""]
         for (exp, task, metric) in sorted(k for k in table if k[0] == experiment):

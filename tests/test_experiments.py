@@ -22,6 +22,31 @@ def test_dry_run_prints_one_ordinary_command_per_run(tmp_path, capsys):
     # each trained then evaluated.
     assert programs.count("fairseq-hydra-train") == 2 + 30 and programs.count("fairseq-validate") == 30
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    # closing comments (the output stays a shell script): runs per kind, and a rough cost
+    summary = [line for line in lines if line.startswith("#")]
+    assert summary == lines[-2:] and len(summary) == 2
+    assert summary[0].startswith("# 62 runs: 2 pretraining runs (tiny size, about 250 updates each); "
+                                 "15 classification runs (tiny size, 10 epochs each); 15 classification linear probe")
+    assert "30 evaluations" in summary[0]
+    assert summary[1].startswith("# rough cost of 2 training runs: about") and "30 runs measured in epochs" in summary[1]
+
+
+def test_dry_run_counts_updates_from_the_manifests(tmp_path, capsys):
+    """With prepared manifests the epochs become updates: 40 records in batches of 16 are 3 updates an
+    epoch, 10 epochs in the demo preset; the explicit max_update of --pretrain-args wins."""
+    from conftest import write_random_manifest
+
+    write_random_manifest(tmp_path / "finetune", "train", 40, samples=10)
+    write_random_manifest(tmp_path / "pretrain", "train", 40, samples=10)
+    code = experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "demo",
+                             "--seeds", "1", "--leads", "12", "--no-linear-probe",
+                             "--pretrain-args", "optimization.max_update=7", "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert lines[-2] == ("# 8 runs: 2 pretraining runs (tiny size, about 7 updates each); 3 classification runs "
+                         "(tiny size, about 30 updates each); 3 evaluations (fairseq-validate, one pass over the "
+                         "test split each)")
+    assert lines[-1].startswith("# rough cost of 5 training runs: about 1 minute of a 2-core CPU")
 
 
 def test_plan_matrix_shapes(tmp_path):
@@ -64,6 +89,14 @@ def test_metrics_parsed_from_fairseq_validate_output():
                                               "f1": 0.5, "wps": 3000.0}
 
 
+def test_report_cell_with_one_seed_says_n_1():
+    from fairseq_ecg.report import cell
+
+    assert cell([0.5]) == "0.500 (n=1)"  # not "0.500 ± 0.000": one seed has no spread
+    assert cell([0.5, 0.7]) == "0.600 ± 0.141 (n=2)"
+    assert cell([]) == "–"
+
+
 def test_report_tables_and_plots(tmp_path):
     rows = []
     for seed, (random_value, pretrained_value) in enumerate([(0.60, 0.80), (0.64, 0.84)]):
@@ -75,8 +108,8 @@ def test_report_tables_and_plots(tmp_path):
     with open(tmp_path / "results.csv") as handle:
         assert list(csv.DictReader(handle))[0].keys() == set(experiments.RESULT_COLUMNS)
     report = write_report(rows, tmp_path).read_text()
-    assert "| random_init | 0.620 ± 0.028 | 0.620 ± 0.028 |" in report
-    assert "| w2v_cmsc_rlm | 0.820 ± 0.028 | 0.820 ± 0.028 |" in report
+    assert "| random_init | 0.620 ± 0.028 (n=2) | 0.620 ± 0.028 (n=2) |" in report
+    assert "| w2v_cmsc_rlm | 0.820 ± 0.028 (n=2) | 0.820 ± 0.028 (n=2) |" in report
     assert report.index("12 leads") < report.index("1 lead |")
     assert (tmp_path / "exp1_classification_auroc.png").stat().st_size > 1000
 
@@ -127,3 +160,29 @@ def test_a_task_with_an_empty_training_manifest_is_left_out_with_a_notice(tmp_pa
     assert code == 0
     assert "--task ecg_classification" in captured.out and "ecg_identification" not in captured.out
     assert f"identification left out: {tmp_path / 'identify' / 'train.tsv'} holds no record" in captured.err
+
+
+def test_finished_matrix_prints_a_quiet_report_and_its_path(tmp_path):
+    """The real console script over a matrix whose runs all finished (done markers and metrics, as
+    execute() leaves them): it only collects and reports, and its output holds no DEBUG lines
+    (matplotlib logs every font at DEBUG once fairseq set the root logger so), no tensorboardX
+    notice, cells with one seed read n=1, and the last line names report.md."""
+    from conftest import run_cli, write_random_manifest
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_random_manifest(data / "pretrain", "train", 2, samples=10)
+    write_random_manifest(data / "finetune", "train", 2, samples=10)
+    args = ["--data", str(data), "--out", str(out), "--preset", "demo", "--variants", "w2v", "--leads", "12",
+            "--seeds", "1", "--no-linear-probe", "--tasks", "classification"]
+    for run in experiments.plan(experiments.settings_from_args(experiments.parse_args(args))):
+        folder = run.folder(out)
+        folder.mkdir(parents=True)
+        (folder / "done").write_text("earlier\n")
+        if run.labels is not None:
+            (folder / "metrics.json").write_text('{"auroc": 0.75, "challenge_metric": 0.1, "f1": 0.5}\n')
+    result = run_cli("fairseq-ecg-experiments", *args)
+    output = result.stdout + result.stderr
+    assert "DEBUG" not in output and "tensorboardX" not in output, output[:2000]
+    assert "| w2v | 0.750 (n=1) |" in result.stdout and "± 0.000" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == (f"[experiments] report: {out / 'report.md'} "
+                                                      f"(results: {out / 'results.csv'})")
