@@ -29,7 +29,7 @@ import torch
 
 from .checkpoints import CheckpointError, encoder_state, load_checkpoint
 from .data import EcgSegmentDataset
-from .leads import mask_to_string, parse_leads
+from .leads import lead_set_name, mask_to_string, parse_leads
 from .manifest import (Manifest, ManifestError, ManifestRow, atomic_save_npy, atomic_write_text,
                        check_waveforms, read_manifest)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
@@ -117,6 +117,16 @@ def embed_records(encoder: EcgWav2Vec2Model, dataset: EcgSegmentDataset, batch_s
     return (sums / counts.clamp(min=1).unsqueeze(1)).float().numpy(), counts.long().numpy()
 
 
+def note_other_leads(asked: Optional[str], task: dict) -> None:
+    """One line on stderr when ``--leads`` is not the lead set the model was trained on (allowed)."""
+    if asked is None or "leads" not in task:
+        return
+    trained, now = lead_set_name(task["leads"]), lead_set_name(asked)
+    if trained != now:
+        print(f"fairseq-ecg-embed: the model was trained on leads {trained}; embedding with leads {now} "
+              "(--leads): the other leads are zeroed", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-ecg-embed", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or a folder of WFDB records")
@@ -146,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         trained = task.get("leads", "12")  # a preset, or a list (task.leads=[I,II,V2])
         leads = args.leads if args.leads is not None else (trained if isinstance(trained, (str, int)) else list(trained))
         parse_leads(leads)
+        note_other_leads(args.leads, task)
         rate = float(task.get("sample_rate", 500))
         segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))
         with tempfile.TemporaryDirectory(prefix="fairseq-ecg-embed-") as workdir:

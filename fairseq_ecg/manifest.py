@@ -67,12 +67,24 @@ class Manifest:
         return self.root / self.rows[index].relative_path
 
 
+# The process's umask, read once at import (reading it means setting it; one thread runs imports).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _normal_mode(fd: int) -> None:
+    """Give a temporary file the mode a plain ``open(path, "w")`` would (0666 less the umask):
+    ``mkstemp`` creates it 0600, and the rename into place would keep that."""
+    os.fchmod(fd, 0o666 & ~_UMASK)
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write a text file through a temporary name and a rename, so a crash leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _normal_mode(fd)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -90,6 +102,7 @@ def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
     try:
+        _normal_mode(fd)
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, array)
         os.replace(tmp, path)

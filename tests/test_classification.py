@@ -217,6 +217,54 @@ def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
     values = _values(result.stdout + result.stderr, "test")
     assert set(values) == {"loss", "challenge_metric", "auroc", "auprc", "f1", "accuracy"}
     assert -2 <= values["challenge_metric"] <= 1 and 0 <= values["accuracy"] <= 1
+    assert state["task_state"]["trained_leads"] == "12"
+    assert "the model was trained on leads" not in result.stdout + result.stderr  # its own lead set: no notice
+
+
+def test_fairseq_validate_on_other_leads_says_so_in_one_line(classify_data, tiny_classifier, tmp_path):
+    """Evaluating a 12-lead model on 6 leads is allowed, with one line saying so; so is embedding."""
+    result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3", "--leads", "6")
+    notices = [line for line in (result.stdout + result.stderr).splitlines() if "trained on leads" in line]
+    assert len(notices) == 1 and notices[0].endswith(
+        "the model was trained on leads 12; this run uses leads 6 (task.leads / --leads): the other leads are zeroed")
+    assert "auroc" in _values(result.stdout + result.stderr, "test")
+    result = run_cli("fairseq-ecg-embed", "--checkpoint", str(tiny_classifier), str(classify_data / "test.tsv"),
+                     "--out", str(tmp_path / "six.npy"), "--leads", "[I,II,III,aVR,aVL,aVF]")
+    assert result.stderr.strip() == ("fairseq-ecg-embed: the model was trained on leads 12; embedding with leads 6 "
+                                     "(--leads): the other leads are zeroed")
+    assert (tmp_path / "six.npy").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
+    result = run_cli("fairseq-ecg-embed", "--checkpoint", str(tiny_classifier), str(classify_data / "test.tsv"),
+                     "--out", str(tmp_path / "twelve.npy"), "--leads", "12")
+    assert result.stderr.strip() == ""
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_finetuning_into_the_folder_of_a_run_with_other_leads_stops(classify_data, tiny_classifier, tiny_pretrained):
+    """The new user's case: a 1-lead fine-tuning run started into the folder of a finished 12-lead
+    run resumed it (done training in 0.0 seconds, exit 0). Now it stops, naming the setting and the
+    ways out, and the folder is left as it was."""
+    folder = tiny_classifier.parent
+    before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
+                     "+size=tiny", f"task.data={classify_data}", f"model.model_path={tiny_pretrained}",
+                     f"checkpoint.save_dir={folder}", "optimization.max_epoch=1", "task.tune_thresholds=true",
+                     "task.leads=1", check=False)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines()
+              if line.startswith("fairseq_ecg.run_settings.RunSettingsError: ")]
+    assert len(errors) == 1, (result.stdout + result.stderr)[-3000:]
+    assert (f"checkpoint.save_dir={folder} holds the checkpoints of a run with other settings "
+            '(task.leads: "12" there, "1" now)') in errors[0]
+    assert "its own checkpoint.save_dir=" in errors[0] and "+resume_anyway=true" in errors[0]
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
 
 
 # --- inputs that do not fit -------------------------------------------------------------------

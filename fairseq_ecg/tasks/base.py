@@ -12,13 +12,14 @@ from omegaconf import II, MISSING, OmegaConf, open_dict
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 
-from ..leads import parse_leads
+from ..leads import lead_set_name, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 
 logger = logging.getLogger(__name__)
 
 # The subfolder of fairseq-ecg-manifest's output (DEST) that each registered task reads.
 TASK_FOLDERS = {"ecg_pretraining": "pretrain", "ecg_classification": "finetune", "ecg_identification": "identify"}
+TRAINED_LEADS = "trained_leads"  # task state saved in each checkpoint: the lead set the model trained on
 
 
 @dataclass
@@ -47,6 +48,17 @@ class EcgTask(FairseqTask):
     def __init__(self, cfg: EcgTaskConfig) -> None:
         super().__init__(cfg)
         parse_leads(cfg.leads)  # fail at start-up on an unknown lead name, not in a worker
+        self.state.merge_state_dict({TRAINED_LEADS: lead_set_name(cfg.leads)})
+
+    def load_state_dict(self, state_dict) -> None:
+        """A checkpoint's task state (fairseq-validate, ``load_model_ensemble_and_task``): one line
+        when this run's lead set is not the one the model was trained on (allowed: evaluating a
+        12-lead model on 6 leads is an experiment of its own)."""
+        trained, now = state_dict.get(TRAINED_LEADS), lead_set_name(self.cfg.leads)
+        if trained is not None and trained != now:
+            logger.warning(f"the model was trained on leads {trained}; this run uses leads {now} (task.leads / "
+                           "--leads): the other leads are zeroed")
+        super().load_state_dict(state_dict)
 
     @classmethod
     def setup_task(cls, cfg: EcgTaskConfig, **kwargs) -> "EcgTask":
@@ -85,11 +97,41 @@ class EcgTask(FairseqTask):
     def read_split(self, split: str) -> Manifest:
         manifest = read_manifest(self.data_file(f"{split}.tsv"))
         if not manifest.rows:
-            raise ManifestError(f"{manifest.path}: no records; check the preparation's skipped.tsv")
+            raise ManifestError(self.empty_split_message(manifest.path, split))
         if self.cfg.check_files:
             check_waveforms(manifest)
         logger.info(f"{manifest.path}: {len(manifest)} records")
         return manifest
+
+    def empty_split_message(self, path: Path, split: str) -> str:
+        """Why ``split`` has no records and what to do: when the training split of the same folder
+        has records, the patient split left this one empty (a small archive); else records were
+        skipped or none were found."""
+        train = Path(self.cfg.data) / "train.tsv"
+        try:
+            split_left_it_empty = not split.startswith("train") and train.is_file() and bool(read_manifest(train).rows)
+        except ManifestError:
+            split_left_it_empty = False
+        if not split_left_it_empty:
+            return f"{path}: no records; check the preparation's skipped.tsv"
+        share = "--test-percent" if split.startswith("test") else "--valid-percent"
+        fix = (f"prepare again with a larger {share} (fairseq-ecg-manifest; the default is 10, a share of the patients)")
+        if split.startswith("valid"):
+            fix += ", or train without validation: dataset.disable_validation=true"
+        return (f"{path}: no records: the patient split of fairseq-ecg-manifest left '{split}' empty (too few "
+                f"patients for its share; nothing was skipped for it); {fix}")
+
+    def warn_other_task_folder(self) -> None:
+        """One line when ``task.data`` is the folder that fairseq-ecg-manifest wrote for another
+        task (e.g. pretraining on ``finetune/``: fewer records, chosen for another purpose)."""
+        data = Path(self.cfg.data)
+        own = TASK_FOLDERS.get(self.task_name, "")
+        meant_for = {sub: task for task, sub in TASK_FOLDERS.items()}.get(data.name)
+        if own and meant_for and meant_for != self.task_name:
+            sibling = data.parent / own
+            instead = f"; {sibling} is the one for {self.task_name}" if sibling.is_dir() else ""
+            logger.warning(f"task.data={data} is fairseq-ecg-manifest's folder for {meant_for}, not for "
+                           f"{self.task_name} (DEST/{own}){instead}; training on it anyway")
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         """Build the model, and keep what it filled in at build time where fairseq saves it.
@@ -105,6 +147,7 @@ class EcgTask(FairseqTask):
         """
         if not from_checkpoint:  # a training run: a wrong task.data fails here, in one line
             self.data_file("train.tsv")
+            self.warn_other_task_folder()
         if from_checkpoint and cfg.get("encoder_args") is not None and cfg.get("model_path"):
             cfg = copy.deepcopy(cfg)
             with open_dict(cfg):

@@ -1,0 +1,177 @@
+"""The settings that define a training run, saved beside its checkpoints, and a stop when a run is
+started into a folder that holds a run with other settings.
+
+fairseq resumes whatever ``checkpoint_last.pt`` its ``checkpoint.save_dir`` holds, whatever the
+overrides of the new command say: a 1-lead fine-tuning run started into the folder of a finished
+6-lead run prints "done training in 0.0 seconds", exits 0, and leaves the 6-lead model where the
+1-lead one was expected. Importing the plugin wraps ``fairseq.checkpoint_utils.load_checkpoint``
+(the call with which ``fairseq-hydra-train`` resumes, after it built the model and before it
+trains) for the plugin's own tasks:
+
+* the run's defining settings (``KEYS``: task, leads, normalisation, the variant's loss weights,
+  the initialisation, ``model_path``, the RLM probability, ...) are written to
+  ``SAVE_DIR/run_settings.json``;
+* when that folder already holds checkpoints of a run whose saved settings differ (read from its
+  ``run_settings.json``, or, in a folder written before this file existed, from the configuration
+  stored in its ``checkpoint_last.pt``), the run stops with one line that names the differing
+  settings and the two ways out: another ``checkpoint.save_dir``, or ``+resume_anyway=true`` to
+  resume that run with the new settings all the same.
+
+Settings that only say how long or how fast to train (``max_update``, ``max_epoch``, batch size,
+workers, logging) are not compared: raising ``max_update`` to continue a finished run is normal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from fairseq import checkpoint_utils
+from omegaconf import OmegaConf
+
+from .checkpoints import CheckpointError
+from .checkpoints import load_checkpoint as read_checkpoint
+from .leads import lead_set_name
+from .manifest import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "run_settings.json"
+OVERRIDE = "resume_anyway"  # the top-level hydra override: +resume_anyway=true
+PLUGIN_TASKS = ("ecg_pretraining", "ecg_classification", "ecg_identification")
+# Dotted config keys that define what a run trains; a key a configuration lacks is left out.
+KEYS = (
+    "task._name", "task.leads", "task.normalize", "task.sample_rate", "task.segment_seconds",
+    "task.cmsc", "task.cmsc_positive",
+    "model._name", "model.init", "model.model_path", "model.rlm_prob", "model.freeze_encoder_updates",
+    "model.encoder_layers", "model.encoder_embed_dim",
+    "criterion._name", "criterion.w2v_weight", "criterion.cmsc_weight", "criterion.loss_weights",
+)
+PATH_KEYS = ("model.model_path",)
+
+
+class RunSettingsError(ValueError):
+    """A training run started into a folder that holds a run with other settings."""
+
+
+def _lookup(cfg: Any, dotted: str) -> tuple[bool, Any]:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return False, None
+        try:
+            if part not in node:
+                return False, None
+            node = node[part]
+        except (TypeError, KeyError):
+            return False, None
+    return True, node
+
+
+def _plain(key: str, value: Any) -> Any:
+    """A JSON value that compares equal for equal settings however they were spelled."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if key == "task.leads":
+        try:
+            return lead_set_name(value)
+        except ValueError:
+            return str(value)
+    if key in PATH_KEYS and isinstance(value, str) and value not in ("", "???"):
+        return os.path.abspath(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+        return value
+    return str(value)  # enums and the like: their plain name
+
+
+def settings_of(cfg: Any) -> dict:
+    """The defining settings of a run from its full configuration (``trainer.cfg``, or the
+    ``cfg`` stored in a checkpoint)."""
+    found = {}
+    for key in KEYS:
+        present, value = _lookup(cfg, key)
+        if present:
+            try:
+                found[key] = _plain(key, value)
+            except Exception:  # an unresolvable interpolation: not comparable, leave it out
+                continue
+    return found
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """``key: SAVED there, CURRENT now`` for each key both know with different values."""
+    return [f"{key}: {json.dumps(saved[key])} there, {json.dumps(current[key])} now"
+            for key in KEYS if key in saved and key in current and saved[key] != current[key]]
+
+
+def _checkpoints_in(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.pt")) if folder.is_dir() else []
+
+
+def saved_settings(folder: Path) -> Optional[dict]:
+    """The settings of the run whose checkpoints ``folder`` holds, or None when it holds none
+    (a settings file without checkpoints is from a run that never saved: nothing to resume)."""
+    if not _checkpoints_in(folder):
+        return None
+    path = folder / SETTINGS_FILE
+    if path.is_file():
+        try:
+            return dict(json.loads(path.read_text())["settings"])
+        except (ValueError, KeyError, TypeError, OSError):
+            logger.warning(f"{path}: unreadable, the settings of the run in this folder are not compared")
+            return None
+    last = folder / "checkpoint_last.pt"
+    if last.is_file():  # a folder written before run_settings.json existed
+        try:
+            return settings_of(read_checkpoint(last)["cfg"])
+        except CheckpointError:
+            return None  # fairseq's resume reports the file itself
+    return None
+
+
+def check_and_record(cfg: Any) -> None:
+    """Stop (``RunSettingsError``) when ``checkpoint.save_dir`` holds a run with other settings,
+    unless ``+resume_anyway=true``; then write this run's settings there (rank 0)."""
+    folder = Path(cfg.checkpoint.save_dir)
+    current = settings_of(cfg)
+    saved = saved_settings(folder)
+    changed = differences(saved, current) if saved is not None else []
+    earlier: list = []
+    if changed:
+        if not cfg.get(OVERRIDE, False):
+            raise RunSettingsError(
+                f"checkpoint.save_dir={folder} holds the checkpoints of a run with other settings "
+                f"({'; '.join(changed)}), which fairseq would resume instead of training this one; "
+                f"give this run its own checkpoint.save_dir=..., or add +{OVERRIDE}=true to resume that "
+                "run with these settings anyway")
+        logger.warning(f"{folder}: resuming a run with other settings ({'; '.join(changed)}), as "
+                       f"+{OVERRIDE}=true asks")
+        try:
+            earlier = json.loads((folder / SETTINGS_FILE).read_text()).get("earlier", [])
+        except (ValueError, OSError, AttributeError):
+            earlier = []
+        earlier = [*earlier, saved]
+    if cfg.distributed_training.distributed_rank == 0:
+        record = {"settings": current}
+        if earlier:
+            record["earlier"] = earlier  # the settings the resumed checkpoints were trained with
+        atomic_write_text(folder / SETTINGS_FILE, json.dumps(record, indent=1) + "\n")
+
+
+_fairseq_load_checkpoint = getattr(checkpoint_utils.load_checkpoint, "__wrapped__", checkpoint_utils.load_checkpoint)
+
+
+def load_checkpoint(cfg, trainer, **passthrough_args):
+    """fairseq's resume step, after the settings check for the plugin's tasks."""
+    full = getattr(trainer, "cfg", None)
+    if full is not None and _lookup(full, "task._name")[1] in PLUGIN_TASKS:
+        check_and_record(full)
+    return _fairseq_load_checkpoint(cfg, trainer, **passthrough_args)
+
+
+load_checkpoint.__wrapped__ = _fairseq_load_checkpoint
+checkpoint_utils.load_checkpoint = load_checkpoint
