@@ -21,6 +21,9 @@ $(STAMP): setup.py constraints.txt Makefile
 	$(PIP_ENV) $(BIN)/pip install --quiet numpy cython wheel setuptools
 	# fairseq builds against the torch above, not a fresh one in an isolated build environment.
 	$(PIP_ENV) $(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	# fairseq-fixed requires torchaudio, but PyPI has only CUDA builds of it, which cannot be imported
+	# with a CPU torch, and none for torch 2.13; nothing here uses it. Keep it only where it imports.
+	$(BIN)/python -c "import torchaudio" 2>/dev/null || $(BIN)/pip uninstall --quiet -y torchaudio
 	touch $(STAMP)
 
 test: $(STAMP)

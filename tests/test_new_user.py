@@ -160,3 +160,33 @@ def test_prepared_data_checkpoints_and_results_are_ignored_by_git(tmp_path):
                            "fairseq_ecg/data/ecg_dataset.py", "fairseq_ecg/data/new_module.py"],
                           cwd=REPO, capture_output=True, text=True)
     assert kept.stdout == ""
+
+
+IMPORT_EVERYTHING = """
+import importlib, importlib.metadata as md
+import torch, setuptools  # torch first, as its extensions expect; setuptools before distutils
+failed = []
+for dist in md.distributions():
+    top = dist.read_text("top_level.txt")
+    modules = top.split() if top else sorted({str(f).split("/")[0].removesuffix(".py") for f in dist.files or []
+                                             if str(f).endswith(".py") and not str(f).startswith("..")})
+    for module in modules:
+        if module.isidentifier() and not module.startswith("_"):
+            try:
+                importlib.import_module(module)
+            except BaseException as error:
+                failed.append(f"{dist.metadata['Name']}: import {module}: {type(error).__name__}: {error}")
+print("\\n".join(failed))
+"""
+
+
+def test_installed_environment_imports_cleanly():
+    """Every installed distribution imports (torchaudio's PyPI builds are CUDA builds that do not
+    import with the CPU torch; make install removes it where it does not), and pip check reports
+    nothing but fairseq-fixed's requirement of that torchaudio."""
+    result = subprocess.run([str(BIN / "python"), "-c", IMPORT_EVERYTHING], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout[-3000:] + result.stderr[-3000:]
+    check = subprocess.run([str(BIN / "python"), "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    problems = {line for line in check.stdout.splitlines() if line.strip() and line != "No broken requirements found."}
+    assert problems <= {"fairseq-fixed 0.12.3.1 requires torchaudio, which is not installed."}, check.stdout
