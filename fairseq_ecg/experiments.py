@@ -6,7 +6,7 @@ A run that finished (``done`` marker) is not repeated when the command is run ag
 matrix resumes where it stopped, and subsets (``--experiments``, ``--variants``, ``--leads``,
 ``--seeds``) can be run on different machines or as cluster jobs into the same RESULTS folder.
 
-Experiments (PAPER.md): 1 = pretrain on 12 leads, fine-tune/evaluate on each lead set; 2 = pretrain
+Experiments (docs/method.md): 1 = pretrain on 12 leads, fine-tune/evaluate on each lead set; 2 = pretrain
 and fine-tune on the same reduced lead set; 3 = each variant with and without RLM, plus a sweep of
 the RLM probability. ``random_init`` (same architecture, fresh weights) is the baseline row.
 """

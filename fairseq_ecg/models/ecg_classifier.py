@@ -1,5 +1,5 @@
 """``ecg_wav2vec2_classifier``: an ``ecg_wav2vec2`` encoder, its global vector (time-average of the
-context network's output) and one linear layer to a logit per class (PAPER.md, "Downstream tasks").
+context network's output) and one linear layer to a logit per class (docs/method.md, "Downstream tasks").
 
 The number of classes comes from the task (``classes.tsv``) and is saved with the checkpoint, so
 a checkpoint evaluated against a manifest with another class list fails at once, naming both.

@@ -1,4 +1,4 @@
-"""``ecg_classification``: multi-label arrhythmia classification (PhysioNet/CinC 2021, PAPER.md).
+"""``ecg_classification``: multi-label arrhythmia classification (PhysioNet/CinC 2021, docs/method.md).
 
 Data: a manifest folder (``DIR/finetune`` from fairseq-ecg-manifest) with ``SPLIT.tsv``, its labels
 ``SPLIT.lbl`` and the class list ``classes.tsv``; targets are multi-hot over those classes

@@ -1,4 +1,4 @@
-"""``ecg_identification``: recognise training patients, evaluate on held-out ones (PAPER.md).
+"""``ecg_identification``: recognise training patients, evaluate on held-out ones (docs/method.md).
 
 Splits (``DIR/identify/`` from fairseq-ecg-manifest):
 
