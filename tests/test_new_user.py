@@ -110,7 +110,7 @@ def test_empty_valid_split_names_the_split_and_the_fixes(tmp_path):
     assert result.returncode != 0 and len(errors) == 1, (result.stdout + result.stderr)[-3000:]
     assert errors[0] == (
         f"fairseq_ecg.manifest.ManifestError: {data / 'valid.tsv'}: no records: the patient split of "
-        "fairseq-ecg-manifest left 'valid' empty (too few patients for its share; nothing was skipped for it); "
+        "fairseq-ecg-manifest left 'valid' empty (too few patients for its share); "
         "prepare again with a larger --valid-percent (fairseq-ecg-manifest; the default is 10, a share of the "
         "patients), or train without validation: dataset.disable_validation=true")
     pretrain(data, tmp_path / "save", "optimization.max_update=1", "dataset.disable_validation=true")

@@ -119,7 +119,7 @@ class EcgTask(FairseqTask):
         if split.startswith("valid"):
             fix += ", or train without validation: dataset.disable_validation=true"
         return (f"{path}: no records: the patient split of fairseq-ecg-manifest left '{split}' empty (too few "
-                f"patients for its share; nothing was skipped for it); {fix}")
+                f"patients for its share); {fix}")
 
     def warn_other_task_folder(self) -> None:
         """One line when ``task.data`` is the folder that fairseq-ecg-manifest wrote for another
