@@ -44,7 +44,7 @@ PLUGIN_TASKS = ("ecg_pretraining", "ecg_classification", "ecg_identification")
 # Dotted config keys that define what a run trains; a key a configuration lacks is left out.
 KEYS = (
     "task._name", "task.leads", "task.normalize", "task.sample_rate", "task.segment_seconds",
-    "task.cmsc", "task.cmsc_positive",
+    "task.cmsc", "task.cmsc_positive", "task.pair_windows",
     "model._name", "model.init", "model.model_path", "model.rlm_prob", "model.freeze_encoder_updates",
     "model.encoder_layers", "model.encoder_embed_dim",
     "criterion._name", "criterion.w2v_weight", "criterion.cmsc_weight", "criterion.loss_weights",
