@@ -46,6 +46,7 @@ JOURNAL = "records.tsv"
 SKIPPED = "skipped.tsv"
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "note")
 SPLITS = ("train", "valid", "test")
+IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def remove_stale_temporaries(dest: Path) -> int:
                 removed += 1
     ours = {"": (JOURNAL, SKIPPED), "pretrain": ("train.tsv", "valid.tsv"),
             "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
-            "identify": ("train.tsv", "valid_gallery.tsv", "valid_probe.tsv")}
+            "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
     for sub, names in ours.items():
         folder = dest / sub
         if not folder.is_dir():
@@ -316,14 +317,16 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
         records_of.setdefault(good.row.patient, []).append(good)
     repeated = {p: rs for p, rs in records_of.items() if len(rs) >= 2}  # each in sorted record order
     identify_train = [g.row for g in goods if g.row.patient in repeated and g.split == "train"]
-    gallery, probe = [], []
-    for good in goods:  # the first record (sorted) of each held-out patient is its gallery record
-        rows = repeated.get(good.row.patient)
-        if rows and good.split != "train":
-            (gallery if good is rows[0] else probe).append(good.row)
     manifest("identify/train.tsv", identify_train)
-    manifest("identify/valid_gallery.tsv", gallery)
-    manifest("identify/valid_probe.tsv", probe)
+    # valid patients choose the checkpoint, test patients (never seen in that choice) are reported
+    for split in IDENTIFY_HELD_OUT:
+        gallery, probe = [], []
+        for good in by_split[split]:  # the first record (sorted) of each held-out patient is its gallery record
+            rows = repeated.get(good.row.patient)
+            if rows:
+                (gallery if good is rows[0] else probe).append(good.row)
+        manifest(f"identify/{split}_gallery.tsv", gallery)
+        manifest(f"identify/{split}_probe.tsv", probe)
     return counts
 
 
@@ -529,9 +532,10 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
             f"test {counts['finetune/test.tsv']} records of {patients['train']}/{patients['valid']}/"
             f"{patients['test']} patients, {len(labels)} classes; {unlabeled} record(s) with no scored "
             "class are included with an all-zero label line",
-            f"  identify: train {counts['identify/train.tsv']}, valid_gallery "
-            f"{counts['identify/valid_gallery.tsv']}, valid_probe {counts['identify/valid_probe.tsv']} "
-            "records (patients with >= 2 records)",
+            f"  identify: train {counts['identify/train.tsv']}, "
+            + ", ".join(f"{s}_{r} {counts[f'identify/{s}_{r}.tsv']}" for s in IDENTIFY_HELD_OUT
+                        for r in ("gallery", "probe"))
+            + " records (patients with >= 2 records; valid selects the checkpoint, test is reported)",
         ]
         empty = [name for name, n in counts.items() if n == 0]
         if empty:

@@ -25,7 +25,8 @@ from test_records import _bad_records, write_mat_record
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(sys.executable).parent / "fairseq-ecg-manifest"
 MANIFESTS = ["pretrain/train.tsv", "pretrain/valid.tsv", "finetune/train.tsv", "finetune/valid.tsv",
-             "finetune/test.tsv", "identify/train.tsv", "identify/valid_gallery.tsv", "identify/valid_probe.tsv"]
+             "finetune/test.tsv", "identify/train.tsv", "identify/valid_gallery.tsv", "identify/valid_probe.tsv",
+             "identify/test_gallery.tsv", "identify/test_probe.tsv"]
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -97,15 +98,21 @@ def test_splits_are_patient_disjoint_and_complete(prepared):
     # identification: patients with >= 2 records; held-out patients give one gallery record each
     count = {p: sum(r.patient == p for r in written) for p in {r.patient for r in written}}
     ident = {name: read_manifest(dest / "identify" / f"{name}.tsv").rows
-             for name in ("train", "valid_gallery", "valid_probe")}
+             for name in ("train", "valid_gallery", "valid_probe", "test_gallery", "test_probe")}
     assert {r.patient for r in ident["train"]} == {p for p in patients["train"] if count[p] >= 2}
-    held_out = {p for p in patients["valid"] | patients["test"] if count[p] >= 2}
-    gallery = [r.patient for r in ident["valid_gallery"]]
-    assert sorted(gallery) == sorted(held_out) and {r.patient for r in ident["valid_probe"]} == held_out
-    assert len(ident["valid_gallery"]) + len(ident["valid_probe"]) == sum(count[p] for p in held_out)
-    for row in ident["valid_gallery"]:  # the first record (sorted) of its patient
-        probes = [r.relative_path for r in ident["valid_probe"] if r.patient == row.patient]
-        assert row.relative_path < min(probes)
+    # valid patients choose the checkpoint, the test patients (others) are reported
+    for split in ("valid", "test"):
+        held_out = {p for p in patients[split] if count[p] >= 2}
+        assert held_out  # 20 patients of 3 records, 20 % each
+        gallery = [r.patient for r in ident[f"{split}_gallery"]]
+        assert sorted(gallery) == sorted(held_out) and {r.patient for r in ident[f"{split}_probe"]} == held_out
+        assert len(ident[f"{split}_gallery"]) + len(ident[f"{split}_probe"]) == sum(count[p] for p in held_out)
+        for row in ident[f"{split}_gallery"]:  # the first record (sorted) of its patient
+            probes = [r.relative_path for r in ident[f"{split}_probe"] if r.patient == row.patient]
+            assert row.relative_path < min(probes)
+    valid = {r.patient for name in ("valid_gallery", "valid_probe") for r in ident[name]}
+    test = {r.patient for name in ("test_gallery", "test_probe") for r in ident[name]}
+    assert not valid & test
 
 
 def test_split_of_is_deterministic_and_follows_the_percentages():
