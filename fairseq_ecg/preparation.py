@@ -1,7 +1,8 @@
 """``fairseq-ecg-manifest``: turn ECG archives into waveform files and the manifests of every task.
 
     fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout physionet2021|ptbxl|wfdb] [--labels CSV]
-        [--workers N] [--sample-rate 500] [--valid-percent 10] [--test-percent 10] [--seed S]
+        [--workers N] [--sample-rate 500] [--split-by auto|strat-fold|patient-hash]
+        [--valid-percent 10] [--test-percent 10] [--seed S]
         [--min-seconds 5] [--finetune-train-limit N] [--force]
 
 Records stream through a process pool one at a time (memory stays bounded whatever the archive
@@ -46,6 +47,7 @@ JOURNAL = "records.tsv"
 SKIPPED = "skipped.tsv"
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "note")
 SPLITS = ("train", "valid", "test")
+SPLIT_BY = ("auto", "strat-fold", "patient-hash")
 IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
 
 
@@ -355,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-rate", type=float, default=500.0, help="target rate in Hz")
     parser.add_argument("--valid-percent", type=float, default=10.0, help="share of patients")
     parser.add_argument("--test-percent", type=float, default=10.0, help="share of patients")
+    parser.add_argument("--split-by", choices=SPLIT_BY, default="auto",
+                        help="auto: an archive's own recommended split where it has one (PTB-XL's strat_fold: "
+                             "folds 1-8 train, 9 valid, 10 test), else patient-hash; strat-fold: require it; "
+                             "patient-hash: a hash of (--seed, patient) with --valid-percent/--test-percent")
     parser.add_argument("--seed", type=int, default=1, help="seed of the patient split")
     parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
                         help="records shorter than this are skipped")
@@ -370,15 +376,20 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path]) -> list[RecordRef]:
-    """Records of every source; with several sources, keys are prefixed with the folder name."""
+def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
+                  split_by: str = "auto") -> list[RecordRef]:
+    """Records of every source; with several sources, keys are prefixed with the folder name.
+    ``split_by``: see ``--split-by``; with ``patient-hash`` the archives' own splits are unused."""
     refs: list[RecordRef] = []
     for src in sources:
-        found = list(discover(src, layout, labels))
+        found = list(discover(src, layout, labels, use_folds=split_by != "patient-hash"))
         if not found:
             what = "rows in ptbxl_database.csv" if layout == "ptbxl" else "WFDB headers (*.hea)"
             raise LayoutError(f"no records found in {src} (layout {layout}: looked for {what}); "
                               "check the folder, or pick the right --layout")
+        if split_by == "strat-fold" and not any(ref.split for ref in found):
+            raise LayoutError(f"--split-by strat-fold: {src} has no recommended split (PTB-XL's "
+                              f"{PTBXL_DATABASE} with a strat_fold column); use --split-by patient-hash")
         if len(sources) > 1:
             found = [replace(ref, key=f"{src.name}/{ref.key}") for ref in found]
         refs.extend(found)
@@ -433,7 +444,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         return _fail(problem)
     try:
-        refs = _discover_all(args.sources, args.layout, args.labels)
+        refs = _discover_all(args.sources, args.layout, args.labels, args.split_by)
     except LayoutError as error:
         return _fail(str(error))
     keys = Counter(ref.key for ref in refs)
@@ -489,22 +500,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         row = ManifestRow(wave_relative_path(ref.key), outcome.num_samples, outcome.lead_mask, patient,
                           outcome.source_rate, _one_line(ref.name))
         codes = ref.codes if ref.codes is not None else outcome.dx
-        goods.append(Good(row, tuple(codes), split_of(patient, args.seed, args.valid_percent, args.test_percent)))
+        split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
+        goods.append(Good(row, tuple(codes), split))
     elapsed = time.perf_counter() - start
     if not goods:
         print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
         _print_summary(dest, refs, ordered, goods, {}, elapsed)
         return 1
     counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed)
-    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args))
+    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs))
     return 0
 
 
-def _notices(args: argparse.Namespace) -> list[str]:
-    """Summary lines about the inputs: a PhysioNet/CinC 2021 source without patient ids."""
+def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[str]:
+    """Summary lines about the inputs: the archive's own split in use, a PhysioNet/CinC 2021
+    source without patient ids."""
+    lines = []
+    if any(ref.split for ref in refs):
+        lines.append("  splits: PTB-XL's strat_fold (folds 1-8 train, 9 valid, 10 test; --valid-percent and "
+                     "--test-percent unused); --split-by patient-hash splits by a hash of the patient instead")
     if args.layout != "physionet2021" or args.labels is not None:
-        return []
-    return [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
+        return lines
+    return lines + [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
             "training/): each record is treated as its own patient, so the identify manifests are empty and "
             f"the splits are per record; put {PATIENTS_CSV} (columns record,patient) there or pass --labels CSV"
             for src in args.sources if not (src / PATIENTS_CSV).is_file()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import csv
 import math
+import re
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -67,6 +68,7 @@ class RecordRef:
     patient: str = ""
     codes: Optional[tuple[str, ...]] = None
     problem: str = ""
+    split: str = ""  # the archive's own recommended split (PTB-XL strat_fold); "" = by patient hash
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -149,7 +151,26 @@ def _wfdb_refs(src: Path, table: dict, patient_is_name: bool) -> Iterator[Record
         yield RecordRef(path=path, name=name, key=key, patient=patient, codes=codes)
 
 
-def _ptbxl_refs(src: Path, database: Path) -> Iterator[RecordRef]:
+# PTB-XL's recommended split: stratified folds 1-10, patient-disjoint; 9 and 10 hold the
+# records a cardiologist validated (PTB-XL paper, Wagner et al. 2020, "Usage Notes").
+PTBXL_FOLD_SPLITS = {**{fold: "train" for fold in range(1, 9)}, 9: "valid", 10: "test"}
+PTBXL_FOLD_COLUMN = "strat_fold"
+
+
+def _ptbxl_fold(row: dict, line: int) -> tuple[str, str]:
+    """(split, problem) of a ``ptbxl_database.csv`` row from its ``strat_fold``."""
+    text = (row.get(PTBXL_FOLD_COLUMN) or "").strip()
+    try:
+        fold = float(text)
+    except ValueError:
+        fold = 0.0
+    if fold not in PTBXL_FOLD_SPLITS:
+        return "", (f"{PTBXL_DATABASE} line {line}: strat_fold {text!r} is not a fold 1-10 "
+                    "(fix the row, or split by patient with --split-by patient-hash)")
+    return PTBXL_FOLD_SPLITS[int(fold)], ""
+
+
+def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True) -> Iterator[RecordRef]:
     try:
         handle = open(database, newline="")
     except OSError as error:
@@ -161,7 +182,9 @@ def _ptbxl_refs(src: Path, database: Path) -> Iterator[RecordRef]:
         if missing:
             raise LayoutError(f"{database}: missing column(s) {', '.join(sorted(missing))}; "
                               "is this a PTB-XL ptbxl_database.csv?")
+        folds = use_folds and PTBXL_FOLD_COLUMN in (reader.fieldnames or [])
         refs = []
+        split_of_patient: dict[str, tuple[str, int]] = {}
         for line, row in enumerate(reader, start=2):
             key = (row.get("filename_hr") or "").strip()
             problem = ""
@@ -171,6 +194,15 @@ def _ptbxl_refs(src: Path, database: Path) -> Iterator[RecordRef]:
                 patient = str(int(float(row["patient_id"])))
             except (TypeError, ValueError):
                 patient = (row.get("patient_id") or "").strip()
+            split = ""
+            if folds:
+                split, fold_problem = _ptbxl_fold(row, line)
+                problem = problem or fold_problem
+                first = split_of_patient.setdefault(patient, (split, line))
+                if split and first[0] and first[0] != split:
+                    raise LayoutError(f"{database} line {line}: patient {patient} is in strat_fold split {split} "
+                                      f"here and {first[0]} on line {first[1]}; PTB-XL's folds are patient-disjoint, "
+                                      "so fix the file or split by patient with --split-by patient-hash")
             try:
                 scp = ast.literal_eval(row["scp_codes"] or "{}")
                 if not isinstance(scp, dict):
@@ -180,18 +212,20 @@ def _ptbxl_refs(src: Path, database: Path) -> Iterator[RecordRef]:
                 codes = ()
                 problem = problem or f"{PTBXL_DATABASE} line {line}: scp_codes {row['scp_codes']!r} is not a dict"
             refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=patient,
-                                  codes=codes, problem=problem))
+                                  codes=codes, problem=problem, split=split))
     yield from sorted(refs, key=lambda ref: ref.key)
 
 
-def discover(src: Path, layout: str, labels_csv: Optional[Path] = None) -> Iterator[RecordRef]:
+def discover(src: Path, layout: str, labels_csv: Optional[Path] = None,
+             use_folds: bool = True) -> Iterator[RecordRef]:
     """The records of an archive, sorted by ``key`` so that every run sees them in the same order.
 
     - ``physionet2021``: every ``*.hea`` below ``src``; the patient is the record name unless a
       CSV (``labels_csv``, else ``src/patients.csv``) gives it (columns ``record,patient``);
     - ``ptbxl``: the rows of ``ptbxl_database.csv`` (``labels_csv`` overrides its location),
       ``filename_hr`` records, ``patient_id``, ``scp_codes`` mapped through
-      :data:`~fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`;
+      :data:`~fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`; with ``use_folds`` and a ``strat_fold``
+      column, ``split`` is the recommended one (:data:`PTBXL_FOLD_SPLITS`);
     - ``wfdb``: every ``*.hea`` below ``src``; an optional CSV (columns ``record`` and any of
       ``patient``, ``codes``) gives patients and labels; a record it does not list has patient ""
       (the preparation then makes it its own patient under its relative path: names may repeat
@@ -201,7 +235,7 @@ def discover(src: Path, layout: str, labels_csv: Optional[Path] = None) -> Itera
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if layout == "ptbxl":
-        yield from _ptbxl_refs(src, Path(labels_csv) if labels_csv else src / PTBXL_DATABASE)
+        yield from _ptbxl_refs(src, Path(labels_csv) if labels_csv else src / PTBXL_DATABASE, use_folds)
         return
     if labels_csv is None and layout == "physionet2021" and (src / PATIENTS_CSV).is_file():
         labels_csv = src / PATIENTS_CSV
@@ -267,6 +301,9 @@ def _checked_header(path: Path):
             raise RecordError(f"header {header.name} line {number} holds bytes outside ASCII, which wfdb drops "
                               "(a file or lead name changes, a unit µV becomes V); write it in ASCII (e.g. uV)",
                               "non-ASCII header")
+    problem = _header_field_problem(lines, header.name)
+    if problem:
+        raise RecordError(problem, "bad header field")
     try:
         info = wfdb.rdheader(str(path))
     except Exception:  # wfdb raises many types for a bad header
@@ -281,6 +318,62 @@ def _checked_header(path: Path):
     if problem is not None:
         raise problem
     return info
+
+
+# The header fields as the WFDB specification writes them (wfdb.io header grammar, "header(5)").
+_NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_FS_FIELD = re.compile(rf"(?P<fs>{_NUMBER})(?:/{_NUMBER}(?:\({_NUMBER}\))?)?")
+_FORMAT_FIELD = re.compile(r"(?P<fmt>[0-9]+)(?:x(?P<spf>[0-9]+))?(?::(?P<skew>[0-9]+))?(?:\+(?P<offset>[0-9]+))?")
+_GAIN_FIELD = re.compile(rf"(?P<gain>{_NUMBER})(?:\((?P<baseline>[-+]?[0-9]+)\))?(?:/(?P<units>\S+))?")
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_WFDB_FORMATS = {"8", "16", "24", "32", "61", "80", "160", "212", "310", "311", "508", "516", "524"}
+_SIGNAL_INTEGER_FIELDS = ("ADC resolution", "ADC zero", "initial value", "checksum", "block size")
+
+
+def _header_field_problem(lines: Sequence[bytes], header_name: str) -> str:
+    """What is missing or malformed in the record line and the signal lines as written, "" if
+    nothing. wfdb fills a missing sampling frequency (250 Hz), number of samples (the file's
+    length) or gain (200 per mV) with defaults, so a record could be played at the wrong speed or
+    scale without a word; here each must be written and well formed. An absent baseline is fine:
+    the WFDB specification makes it the ADC zero. A multi-segment record is left to wfdb."""
+    rows = [(number, line.decode("ascii", "replace").split())
+            for number, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith(b"#")]
+    if not rows:
+        return f"unreadable header {header_name}: no record line"
+    number, fields = rows[0]
+    where = f"header {header_name} line {number}"
+    if "/" in fields[0]:  # name/segments: a multi-segment record, each segment has its own header
+        return ""
+    if len(fields) < 2 or not fields[1].isdigit():
+        return f"unreadable {where}: the record line needs the number of signals after the record name"
+    if len(fields) < 3:
+        return f"{where}: no sampling frequency (wfdb would assume 250 Hz); write it after the number of signals"
+    match = _FS_FIELD.fullmatch(fields[2])
+    if not match or not 0 < float(match["fs"]) < math.inf:
+        return f"{where}: sampling frequency {fields[2]!r} is not a positive number"
+    if len(fields) < 4:
+        return f"{where}: no number of samples per signal; write it after the sampling frequency"
+    if not fields[3].isdigit() or int(fields[3]) == 0:
+        return f"{where}: number of samples {fields[3]!r} is not a positive integer"
+    count = int(fields[1])
+    for number, fields in rows[1:1 + count]:
+        where = f"header {header_name} line {number}"
+        if len(fields) < 2:
+            return f"{where}: the signal line needs a file name and a format"
+        fmt = _FORMAT_FIELD.fullmatch(fields[1])
+        if not fmt or fmt["fmt"] not in _WFDB_FORMATS:
+            return f"{where}: format {fields[1]!r} is not a WFDB storage format ({', '.join(sorted(_WFDB_FORMATS, key=int))})"
+        if len(fields) < 3:
+            return f"{where}: no ADC gain (wfdb would assume 200 per physical unit); write it after the format"
+        gain = _GAIN_FIELD.fullmatch(fields[2])
+        if not gain:
+            return f"{where}: ADC gain {fields[2]!r} is not gain[(baseline)][/units]"
+        if not (math.isfinite(float(gain["gain"])) and float(gain["gain"]) != 0):
+            return f"{where}: ADC gain {gain['gain']!r} is zero or not finite (uncalibrated: WFDB would assume 200)"
+        for name, value in zip(_SIGNAL_INTEGER_FIELDS, fields[3:8]):
+            if not _INTEGER.fullmatch(value):
+                return f"{where}: {name} {value!r} is not an integer"
+    return ""
 
 
 _WFDB_PATCH_LOCK = threading.Lock()

@@ -172,6 +172,77 @@ def test_ptbxl_layout_end_to_end(tmp_path):
     assert sorted((r.record, r.patient) for r in rows) == sorted((w.name, w.patient) for w in written)
 
 
+def _database(csv_path: Path) -> list[dict]:
+    import csv
+
+    with open(csv_path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_database(csv_path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_ptbxl_uses_the_recommended_strat_fold_split_unless_told_otherwise(tmp_path, capsys):
+    """PTB-XL's folds 1-8 train, 9 valid, 10 test (as the literature reports); --split-by
+    patient-hash keeps the hash split; a fold that is not 1-10 skips its record with the reason."""
+    src = tmp_path / "ptbxl"
+    synthesize_archive(src, records=40, patients=20, seed=4, layout="ptbxl")
+    database = src / "ptbxl_database.csv"
+    rows = _database(database)
+    fold = {Path(row["filename_hr"]).name: int(row["strat_fold"]) for row in rows}
+    rows[0]["strat_fold"] = "11"
+    _write_database(database, rows)
+    bad_name = Path(rows[0]["filename_hr"]).name
+    expected = {**{f: "train" for f in range(1, 9)}, 9: "valid", 10: "test"}
+
+    def splits(dest: Path) -> dict[str, str]:
+        return {r.record: split for split in ("train", "valid", "test")
+                for r in read_manifest(dest / "finetune" / f"{split}.tsv").rows}
+
+    assert main([str(src), "--dest", str(tmp_path / "folds"), "--layout", "ptbxl", "--workers", "1"]) == 0
+    assert "splits: PTB-XL's strat_fold" in capsys.readouterr().out
+    by_fold = splits(tmp_path / "folds")
+    assert by_fold == {name: expected[f] for name, f in fold.items() if name != bad_name}
+    assert set(by_fold.values()) == {"train", "valid", "test"}
+    skipped = (tmp_path / "folds" / "skipped.tsv").read_text()
+    assert skipped.count("\n") == 1 and "strat_fold '11' is not a fold 1-10" in skipped
+    assert main([str(src), "--dest", str(tmp_path / "strict"), "--layout", "ptbxl", "--split-by", "strat-fold",
+                 "--workers", "1"]) == 0
+    assert splits(tmp_path / "strict") == by_fold
+    assert main([str(src), "--dest", str(tmp_path / "hash"), "--layout", "ptbxl", "--split-by", "patient-hash",
+                 "--seed", "5", "--workers", "1"]) == 0
+    rows = [r for split in ("train", "valid", "test") for r in read_manifest(tmp_path / "hash" / "finetune" / f"{split}.tsv").rows]
+    assert len(rows) == 40 and (tmp_path / "hash" / "skipped.tsv").read_text() == ""
+    assert splits(tmp_path / "hash") == {r.record: split_of(r.patient, 5, 10, 10) for r in rows}
+
+
+def test_strat_fold_split_needs_an_archive_that_has_one(tmp_path, capsys):
+    write_mat_record(tmp_path / "src", "R1", np.full((12, 5000), 300))
+    assert main([str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--split-by", "strat-fold"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--split-by strat-fold" in err and "use --split-by patient-hash" in err and "\n" not in err
+
+
+def test_ptbxl_folds_that_mix_a_patient_are_refused(tmp_path, capsys):
+    src = tmp_path / "ptbxl"
+    synthesize_archive(src, records=6, patients=2, seed=4, layout="ptbxl")
+    database = src / "ptbxl_database.csv"
+    rows = _database(database)
+    other = next(row for row in rows[1:] if row["patient_id"] == rows[0]["patient_id"])
+    other["strat_fold"] = "10" if rows[0]["strat_fold"] != "10" else "1"  # one patient in two splits
+    _write_database(database, rows)
+    assert main([str(src), "--dest", str(tmp_path / "out"), "--layout", "ptbxl"]) == 2
+    err = capsys.readouterr().err
+    assert "folds are patient-disjoint" in err and "--split-by patient-hash" in err
+    assert main([str(src), "--dest", str(tmp_path / "out"), "--layout", "ptbxl", "--split-by", "patient-hash"]) == 0
+
+
 @pytest.mark.parametrize("case", ["missing", "layout", "empty", "ptbxl", "labels"])
 def test_bad_command_lines_exit_2_with_one_line_naming_the_folder(tmp_path, capsys, case):
     empty = tmp_path / "empty_archive"
