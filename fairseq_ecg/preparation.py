@@ -1,6 +1,6 @@
 """``fairseq-ecg-manifest``: turn ECG archives into waveform files and the manifests of every task.
 
-    fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout physionet2021|ptbxl|wfdb] [--labels CSV]
+    fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout auto|NAME] [--labels CSV]
         [--workers N] [--sample-rate 500] [--split-by auto|strat-fold|patient-hash]
         [--valid-percent 10] [--test-percent 10] [--seed S]
         [--min-seconds 5] [--finetune-train-limit N] [--force]
@@ -36,9 +36,9 @@ from .leads import NUM_LEADS, mask_to_string
 from .manifest import (
     ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
 )
-from .records import (
-    DEFAULT_MIN_SECONDS, LAYOUTS, PATIENTS_CSV, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, discover,
-    read_record, resample,
+from .sources import (
+    AUTO, DEFAULT_MIN_SECONDS, PATIENTS_CSV, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
+    discover, get_source, layouts, read_record, resample,
 )
 
 PROG = "fairseq-ecg-manifest"
@@ -346,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "the pretrain/finetune/identify manifests (see manifests/README.md).")
     parser.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="archive folder(s)")
     parser.add_argument("--dest", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--layout", default="physionet2021", metavar="|".join(LAYOUTS),
-                        help="physionet2021: tree of .hea/.mat (patients.csv at the root is used); "
-                             "ptbxl: ptbxl_database.csv + records500; wfdb: any folder of WFDB records")
+    parser.add_argument("--layout", default=AUTO, metavar="|".join((AUTO,) + layouts()),
+                        help="auto (default): recognise each source folder's layout on its own; "
+                             + "; ".join(f"{name}: {get_source(name).summary}" for name in layouts()))
     parser.add_argument("--labels", type=Path, metavar="CSV",
                         help="CSV with columns record[,patient][,codes] (physionet2021, wfdb) or the "
                              "ptbxl_database.csv to use (ptbxl)")
@@ -376,16 +376,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+def resolve_layouts(sources: Sequence[Path], layout: str) -> list[str]:
+    """The layout of each source folder: ``layout``, or each recognised on its own for ``auto``."""
+    return [detect_layout(src) if layout == AUTO else layout for src in sources]
+
+
 def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
                   split_by: str = "auto") -> list[RecordRef]:
     """Records of every source; with several sources, keys are prefixed with the folder name.
-    ``split_by``: see ``--split-by``; with ``patient-hash`` the archives' own splits are unused."""
+    ``layout`` is one name for all or ``auto``; ``split_by``: see ``--split-by``; with
+    ``patient-hash`` the archives' own splits are unused."""
     refs: list[RecordRef] = []
-    for src in sources:
-        found = list(discover(src, layout, labels, use_folds=split_by != "patient-hash"))
+    for src, name in zip(sources, resolve_layouts(sources, layout)):
+        found = list(discover(src, name, labels, use_folds=split_by != "patient-hash"))
         if not found:
-            what = "rows in ptbxl_database.csv" if layout == "ptbxl" else "WFDB headers (*.hea)"
-            raise LayoutError(f"no records found in {src} (layout {layout}: looked for {what}); "
+            raise LayoutError(f"no records found in {src} (layout {name}: {get_source(name).summary}); "
                               "check the folder, or pick the right --layout")
         if split_by == "strat-fold" and not any(ref.split for ref in found):
             raise LayoutError(f"--split-by strat-fold: {src} has no recommended split (PTB-XL's "
@@ -409,15 +414,15 @@ def _bad_key(ref: RecordRef) -> str:
 
 def _check_arguments(args: argparse.Namespace) -> str:
     """What is wrong with the command line, in one line that names the folder and the fix; "" if nothing."""
-    if args.layout not in LAYOUTS:
+    if args.layout != AUTO and args.layout not in layouts():
         return (f"unknown layout {args.layout!r} for {', '.join(map(str, args.sources))}; pass --layout "
-                f"{' or '.join(LAYOUTS)}")
+                f"{' or '.join((AUTO,) + layouts())}")
     for src in args.sources:
         if not src.is_dir():
             return (f"source folder {src} does not exist or is not a folder; pass the folder that "
                     "holds the archive (e.g. the one with training/ or ptbxl_database.csv)")
     for src in args.sources:
-        if args.layout != "ptbxl" and (src / PTBXL_DATABASE).is_file():
+        if args.layout not in (AUTO, "ptbxl") and (src / PTBXL_DATABASE).is_file():
             return (f"{src} holds {PTBXL_DATABASE}, a PTB-XL archive, but --layout is {args.layout}; "
                     "pass --layout ptbxl (it reads the patient ids and labels from that file)")
     if len({src.resolve().name for src in args.sources}) != len(args.sources):
@@ -444,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         return _fail(problem)
     try:
+        args.layouts = resolve_layouts(args.sources, args.layout)
         refs = _discover_all(args.sources, args.layout, args.labels, args.split_by)
     except LayoutError as error:
         return _fail(str(error))
@@ -456,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dest = args.dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
     settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force,
-                        sources=tuple(str(src.resolve()) for src in args.sources), layout=args.layout)
+                        sources=tuple(str(src.resolve()) for src in args.sources), layout=",".join(args.layouts))
     start = time.perf_counter()
     remove_stale_temporaries(dest)
     journal_path = dest / JOURNAL
@@ -519,12 +525,13 @@ def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[s
     if any(ref.split for ref in refs):
         lines.append("  splits: PTB-XL's strat_fold (folds 1-8 train, 9 valid, 10 test; --valid-percent and "
                      "--test-percent unused); --split-by patient-hash splits by a hash of the patient instead")
-    if args.layout != "physionet2021" or args.labels is not None:
+    if args.labels is not None:
         return lines
     return lines + [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
             "training/): each record is treated as its own patient, so the identify manifests are empty and "
             f"the splits are per record; put {PATIENTS_CSV} (columns record,patient) there or pass --labels CSV"
-            for src in args.sources if not (src / PATIENTS_CSV).is_file()]
+            for src, name in zip(args.sources, getattr(args, "layouts", [args.layout] * len(args.sources)))
+            if name == "physionet2021" and not (src / PATIENTS_CSV).is_file()]
 
 
 def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],

@@ -327,9 +327,23 @@ def test_physionet_without_patients_csv_gets_a_notice(tmp_path, capsys):
 
 def test_ptbxl_archive_without_ptbxl_layout_is_refused(tmp_path, capsys):
     synthesize_archive(tmp_path / "ptbxl", records=4, patients=2, seed=4, layout="ptbxl")
-    for layout in ([], ["--layout", "wfdb"]):
+    for layout in (["--layout", "wfdb"], ["--layout", "physionet2021"]):
         assert main([str(tmp_path / "ptbxl"), "--dest", str(tmp_path / "out"), *layout]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("fairseq-ecg-manifest: error:")
         assert f"{tmp_path / 'ptbxl'} holds ptbxl_database.csv" in err and "pass --layout ptbxl" in err
     assert not (tmp_path / "out").exists()
+    # --layout auto (the default) recognises it
+    assert main([str(tmp_path / "ptbxl"), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert "layout=ptbxl " in (tmp_path / "out" / "records.tsv").read_text().splitlines()[0]
+
+
+def test_a_folder_of_no_known_layout_is_refused_listing_the_layouts(tmp_path, capsys):
+    from fairseq_ecg.sources import layouts
+
+    (tmp_path / "mystery").mkdir()
+    (tmp_path / "mystery" / "notes.txt").write_text("not an ECG archive\n")
+    assert main([str(tmp_path / "mystery"), "--dest", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no known archive layout recognised" in err
+    assert all(name in err for name in layouts())
