@@ -275,6 +275,12 @@ class Good:
     row: ManifestRow
     codes: tuple[str, ...]
     split: str
+    known: Optional[tuple[str, ...]] = None  # codes whose presence the source records; None: all
+
+    @property
+    def labelled(self) -> bool:
+        """False for a source without labels (MIMIC-IV-ECG): pretraining and identification only."""
+        return self.known is None or bool(self.known)
 
 
 def labeled_subset(goods: Sequence[Good], limit: Optional[int], seed: int) -> list[Good]:
@@ -311,9 +317,10 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
     labels = scored_labels()
     write_classes(dest / "finetune", labels.names)
     for split in SPLITS:
-        chosen = labeled_subset(by_split[split], finetune_train_limit, seed) if split == "train" else by_split[split]
+        labelled = [g for g in by_split[split] if g.labelled]
+        chosen = labeled_subset(labelled, finetune_train_limit, seed) if split == "train" else labelled
         path = manifest(f"finetune/{split}.tsv", [g.row for g in chosen])
-        write_labels(path, [labels.canonical_codes(g.codes) for g in chosen])
+        write_labels(path, [labels.label_tokens(g.codes, g.known) for g in chosen])
     records_of: dict[str, list[Good]] = {}
     for good in goods:
         records_of.setdefault(good.row.patient, []).append(good)
@@ -507,7 +514,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           outcome.source_rate, _one_line(ref.name))
         codes = ref.codes if ref.codes is not None else outcome.dx
         split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
-        goods.append(Good(row, tuple(codes), split))
+        goods.append(Good(row, tuple(codes), split, ref.known))
     elapsed = time.perf_counter() - start
     if not goods:
         print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
@@ -547,15 +554,21 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
         lines.append(f"  {dropped} record(s) had channels with unknown lead names, dropped (see {JOURNAL})")
     if counts:
         labels = scored_labels()
-        unlabeled = sum(1 for g in goods if not labels.canonical_codes(g.codes))
+        unlabeled = sum(1 for g in goods if g.known is None and not labels.canonical_codes(g.codes))
+        partial = sum(1 for g in goods if g.known)
+        without = sum(1 for g in goods if not g.labelled)
         patients = {split: len({g.row.patient for g in goods if g.split == split}) for split in SPLITS}
+        tested = sum(1 for g in goods if g.split == "test")
         lines += [
             f"  pretrain: train {counts['pretrain/train.tsv']}, valid {counts['pretrain/valid.tsv']} records "
-            f"(the {counts['finetune/test.tsv']} test records are kept out)",
+            f"(the {tested} test records are kept out)",
             f"  finetune: train {counts['finetune/train.tsv']}, valid {counts['finetune/valid.tsv']}, "
             f"test {counts['finetune/test.tsv']} records of {patients['train']}/{patients['valid']}/"
             f"{patients['test']} patients, {len(labels)} classes; {unlabeled} record(s) with no scored "
-            "class are included with an all-zero label line",
+            "class are included with an all-zero label line"
+            + (f"; {partial} record(s) label only some classes (the others are marked unknown, ?CODE)" if partial else "")
+            + (f"; {without} record(s) of sources without labels are left out (pretrain/identify only)"
+               if without else ""),
             f"  identify: train {counts['identify/train.tsv']}, "
             + ", ".join(f"{s}_{r} {counts[f'identify/{s}_{r}.tsv']}" for s in IDENTIFY_HELD_OUT
                         for r in ("gallery", "probe"))

@@ -71,6 +71,7 @@ class RecordRef:
     item: int = -1  # position inside a multi-record file (CODE-15% HDF5 row), else -1
     known: Optional[tuple[str, ...]] = None  # codes whose presence is known; None = every class
     statement: str = ""  # free text kept per record in statements.tsv (machine report), not mapped
+    meta: tuple[str, ...] = ()  # what the source's discovery found for its reader (rate, leads, ...)
 
     def __post_init__(self) -> None:
         if not self.key:

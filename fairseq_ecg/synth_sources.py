@@ -1,0 +1,142 @@
+"""Synthetic archives in the on-disk formats of the other readers of :mod:`fairseq_ecg.sources`.
+
+The signals are those of :mod:`fairseq_ecg.synth` (a patient's heart vector projected to 12 leads);
+each writer stores them as the real archive does, with its file names, CSV columns, HDF5 datasets,
+XML elements or DICOM attributes, so that every reader can be tried without the real data:
+
+* ``numpy``: ``records.csv`` + ``arrays/NNNNN.npy`` (float32 mV; every other record samples-first,
+  every third an ``.npz``), 500 Hz, 10 or 12 s.
+* ``code15``: ``exams.csv`` + ``exams_part0.hdf5`` (and ``exams_part1.hdf5``): ``tracings``
+  [exams + 1, 4096, 12] float32 in mV at 400 Hz, 7 or 10 s zero-padded symmetrically, ``exam_id``
+  with the final padding row 0 (as in the real files).
+* ``mimic_iv_ecg``: ``record_list.csv``, ``machine_measurements.csv`` (free-text ``report_N``) and
+  WFDB records ``files/pNNNN/pNNNNNNNN/sNNNNNNNN/NNNNNNNN`` (format 16, 200/mV, 500 Hz, 10 s, leads
+  in MIMIC's order I, II, III, aVR, aVF, aVL, V1-V6).
+* ``muse_xml``: ``NNNNN.xml`` GE MUSE ``RestingECG`` exports: a ``Median`` and a ``Rhythm``
+  ``Waveform``, 8 stored leads (I, II, V1-V6) as base64 little-endian int16 at 4.88 uV per bit,
+  a patient name, id and birth date (which must not reach any output), diagnosis statements.
+* ``dicom``: ``NNNNN.dcm`` 12-lead ECG Waveform Storage objects (pydicom): a median-beat group and
+  a rhythm group, channel labels as MDC codes, sensitivities in uV.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .leads import LEADS
+from .synth import GAIN, SynthRecord, _plan_record, _render, _write_header, quantise
+
+CODE15_COLUMNS = ["exam_id", "age", "is_male", "nn_predicted_age", "1dAVb", "RBBB", "LBBB", "SB", "ST", "AF",
+                  "patient_id", "death", "timey", "normal_ecg", "trace_file"]
+MIMIC_ORDER = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
+MIMIC_GAIN = 200
+MUSE_UV_PER_BIT = 4.88
+MUSE_STORED = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def _records(people, owner: Sequence[int], seed: int, layout: str):
+    """(index, patient, plan, float signal in mV (12, T)) of every record, in order."""
+    for index, p in enumerate(owner):
+        patient = people[p]
+        plan = _plan_record(seed, index, patient)
+        yield index, p, patient, plan, _render(seed, index, patient, plan, noise=True)
+
+
+def _csv(path: Path, header: Sequence[str], rows) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_numpy(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+    written, rows = [], []
+    (out / "arrays").mkdir()
+    for index, p, patient, plan, signal in _records(people, owner, seed, "numpy"):
+        name = f"{index + 1:05d}"
+        samples_first = index % 2 == 1
+        array = (signal.T if samples_first else signal).astype(np.float32)
+        if index % 3 == 2:
+            path = out / "arrays" / f"{name}.npz"
+            np.savez(path, signal=array)
+        else:
+            path = out / "arrays" / f"{name}.npy"
+            np.save(path, array)
+        rows.append([path.relative_to(out).as_posix(), plan.fs, ",".join(LEADS),
+                     "samples-first" if samples_first else "leads-first", f"N{p + 1:04d}", ";".join(plan.codes)])
+        written.append(SynthRecord(name, path, f"N{p + 1:04d}", plan.fs, plan.num_samples, plan.codes,
+                                   "numpy", "numpy", seed, index, p))
+    _csv(out / "records.csv", ["record", "sample_rate", "leads", "axis", "patient", "codes"], rows)
+    return written
+
+
+def write_code15(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+    import h5py
+
+    from .sources.code15 import CODE15_SAMPLES, CODE15_TO_SNOMED
+    from .synth import AF, CLBBB, CRBBB, IAVB, SB, STACH
+
+    flags = {"1dAVb": IAVB, "RBBB": CRBBB, "LBBB": CLBBB, "SB": SB, "ST": STACH, "AF": AF}
+    rng = np.random.default_rng([seed, 15])
+    exam_ids = rng.choice(np.arange(100_000, 10_000_000), size=len(owner), replace=False)
+    parts = [list(range(len(owner)))[i::2] for i in range(2 if len(owner) > 1 else 1)]
+    rows, written = [], []
+    for part, members in enumerate(parts):
+        name = f"exams_part{part}.hdf5"
+        with h5py.File(out / name, "w") as h5:
+            tracings = h5.create_dataset("tracings", (len(members) + 1, CODE15_SAMPLES, 12), dtype="float32",
+                                         chunks=(1, CODE15_SAMPLES, 12))
+            ids = np.zeros(len(members) + 1, dtype=np.int64)  # the last row pads the file: exam id 0
+            for row, index in enumerate(members):
+                p = owner[index]
+                patient = people[p]
+                plan = _plan_record(seed, index, patient)
+                signal = _render(seed, index, patient, plan, noise=True).astype(np.float32)
+                pad = (CODE15_SAMPLES - signal.shape[1]) // 2
+                block = np.zeros((CODE15_SAMPLES, 12), np.float32)
+                block[pad:pad + signal.shape[1]] = signal.T
+                tracings[row] = block
+                ids[row] = exam_ids[index]
+                labels = {column: code in plan.codes for column, code in flags.items()}
+                rows.append([int(exam_ids[index]), patient.age, patient.sex == "Male", patient.age, *labels.values(),
+                             10_000 + p, False, 100.0, set(plan.codes) <= {"426783006"}, name])
+                codes = tuple(CODE15_TO_SNOMED[c] for c, flag in labels.items() if flag)
+                written.append(SynthRecord(str(exam_ids[index]), out / name, str(10_000 + p), plan.fs,
+                                           plan.num_samples, codes, "code15", "code15", seed, index, p))
+            h5.create_dataset("exam_id", data=ids)
+    _csv(out / "exams.csv", CODE15_COLUMNS, sorted(rows))
+    return sorted(written, key=lambda r: r.index)
+
+
+def write_mimic(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+    rng = np.random.default_rng([seed, 16])
+    studies = rng.choice(np.arange(40_000_000, 50_000_000), size=len(owner), replace=False)
+    listing, reports, written = [], [], []
+    order = [LEADS.index(name) for name in MIMIC_ORDER]
+    for index, p, patient, plan, signal in _records(people, owner, seed, "mimic_iv_ecg"):
+        subject, study = 10_000_000 + p, int(studies[index])
+        relative = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        val = np.clip(np.rint(signal[order] * MIMIC_GAIN), -32767, 32767).astype(np.int16)
+        path.with_suffix(".dat").write_bytes(np.ascontiguousarray(val.T).astype("<i2").tobytes())
+        _write_header(path.with_suffix(".hea"), f"{study} 12 {plan.fs} {val.shape[1]} 08:45:00 26/05/2180",
+                      f"{study}.dat", "16", f"{MIMIC_GAIN}.0(0)/mV", val, MIMIC_ORDER, [])
+        time = f"2180-05-26 08:{index % 60:02d}:00"
+        listing.append([subject, study, f"mimic-iv-ecg-demo/{relative}", time, relative])
+        text = ["Sinus rhythm" if "426783006" in plan.codes else "Abnormal rhythm", "Normal ECG", ""]
+        reports.append([subject, study, 6848296, time, *text, 150, "60 Hz notch", 800, 40, 150, 200, 300, 600, 50, 40, 30])
+        written.append(SynthRecord(str(study), path, str(subject), plan.fs, plan.num_samples, (), "mimic_iv_ecg",
+                                   "mimic_iv_ecg", seed, index, p))
+    _csv(out / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"], listing)
+    _csv(out / "machine_measurements.csv",
+         ["subject_id", "study_id", "cart_id", "ecg_time", "report_0", "report_1", "report_2", "bandwidth",
+          "filtering", "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis", "qrs_axis",
+          "t_axis"], reports)
+    return written
+
+
+WRITERS: dict[str, Callable[..., list]] = {"numpy": write_numpy, "code15": write_code15, "mimic_iv_ecg": write_mimic}

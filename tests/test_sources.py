@@ -1,0 +1,226 @@
+"""The archive sources of fairseq_ecg.sources: the registry and --layout auto, a round trip per
+source from its synthetic archive (fairseq-ecg-synth --layout) through fairseq-ecg-manifest, bad
+inputs with their reasons in skipped.tsv, CODE-15%'s label mapping and unknown labels, which the
+loss and every metric leave out."""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairseq_ecg.labels import UNKNOWN, scored_labels
+from fairseq_ecg.manifest import read_labels, read_manifest
+from fairseq_ecg.metrics import classification_metrics
+from fairseq_ecg.preparation import main
+from fairseq_ecg.sources import LayoutError, RecordError, detect_layout, discover, layouts, read_record, resample
+from fairseq_ecg.synth import synthesize_archive, synthesize_signal
+
+SPLITS = ("train", "valid", "test")
+
+
+def prepared_rows(dest: Path) -> dict:
+    """record name -> (wave, row, label tokens) over the finetune splits."""
+    out = {}
+    for split in SPLITS:
+        manifest = read_manifest(dest / "finetune" / f"{split}.tsv")
+        for row, tokens in zip(manifest.rows, read_labels(manifest)):
+            out[row.record] = (np.load(manifest.root / row.relative_path), row, tokens)
+    return out
+
+
+def skipped(dest: Path) -> dict:
+    return dict(line.split("\t", 1) for line in (dest / "skipped.tsv").read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    written = {}
+    for layout in ("numpy", "code15"):
+        written[layout] = (root / layout, synthesize_archive(root / layout, records=24, patients=8, seed=7, layout=layout))
+    return written
+
+
+def test_every_source_is_registered_and_recognised_on_its_own(archives, tmp_path):
+    assert {"physionet2021", "ptbxl", "wfdb", "numpy", "code15"} <= set(layouts())
+    for layout, (src, _) in archives.items():
+        assert detect_layout(src) == layout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="no known archive layout recognised.*numpy"):
+        detect_layout(tmp_path / "empty")
+
+
+# --- NumPy folder ---------------------------------------------------------------------------
+
+def test_numpy_round_trip_both_axes_and_npz(archives, tmp_path):
+    src, written = archives["numpy"]
+    assert {Path(w.path).suffix for w in written} == {".npy", ".npz"}
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "2"]) == 0
+    rows = prepared_rows(dest)
+    assert set(rows) == {w.name for w in written}
+    labels = scored_labels()
+    for record in written:  # 500 Hz float32 mV: nothing to resample
+        wave, row, tokens = rows[record.name]
+        np.testing.assert_allclose(wave, synthesize_signal(record), atol=1e-6)
+        assert row.patient == record.patient and row.lead_mask == "1" * 12
+        assert tokens == labels.canonical_codes(record.codes)
+
+
+def test_numpy_bad_rows_and_arrays_are_skipped_with_their_reason(tmp_path):
+    src = tmp_path / "arrays"
+    src.mkdir()
+    good = np.random.default_rng(0).standard_normal((3, 3000)).astype(np.float32)
+    np.save(src / "good.npy", good)
+    np.save(src / "wrong_axis.npy", good)
+    np.save(src / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(src / "flat.npy", good[0])
+    (src / "cut.npy").write_bytes((src / "good.npy").read_bytes()[:200])
+    rows = [("good.npy", "500", "I,II,V1", "leads-first"), ("wrong_axis.npy", "500", "I,II,V1", "samples-first"),
+            ("pickled.npy", "500", "I", "leads-first"), ("flat.npy", "500", "I", "leads-first"),
+            ("cut.npy", "500", "I,II,V1", "leads-first"), ("absent.npy", "500", "I", "leads-first"),
+            ("rate.npy", "fast", "I", "leads-first"), ("unknown.npy", "500", "I,II,MLII", "leads-first")]
+    np.save(src / "unknown.npy", good)
+    with open(src / "records.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["record", "sample_rate", "leads", "axis", "patient", "codes"])
+        writer.writerows([[*row, f"P{i}", ""] for i, row in enumerate(rows)])
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "1"]) == 0
+    reasons = skipped(dest)
+    assert set(reasons) == {"wrong_axis", "pickled", "flat", "cut", "absent", "rate"}
+    assert "3000 channels along the samples-first axis, records.csv names 3 leads" in reasons["wrong_axis"]
+    assert "unreadable array pickled.npy" in reasons["pickled"] and "1-D" in reasons["flat"]
+    assert "unreadable array cut.npy" in reasons["cut"] and "array file absent.npy is missing" in reasons["absent"]
+    assert "sample_rate 'fast' is not a positive number" in reasons["rate"]
+    rows = prepared_rows(dest)
+    assert rows["good"][1].lead_mask == "110000100000"
+    assert rows["unknown"][1].lead_mask == "110000000000"  # MLII dropped, noted in records.tsv
+    assert "dropped unknown lead 'MLII'" in (dest / "records.tsv").read_text()
+
+
+# --- CODE-15% -------------------------------------------------------------------------------
+
+def test_code15_round_trip_lengths_amplitudes_and_padding_row(archives, tmp_path):
+    src, written = archives["code15"]
+    refs = list(discover(src, "code15"))
+    assert len(refs) == len(written)  # the padding row (exam_id 0) of each file is not an exam
+    by_name = {w.name: w for w in written}
+    assert {r.num_samples for r in written} == {2800, 4000}  # 7 and 10 s at 400 Hz
+    amplitudes = []
+    for ref in refs:
+        record = read_record(ref)
+        expected = synthesize_signal(by_name[ref.name])
+        assert record.sample_rate == 400 and record.num_samples == expected.shape[1]  # cut by length
+        np.testing.assert_allclose(record.signal, expected, atol=1e-6)
+        amplitudes.append(np.ptp(record.signal[1]))
+    # read as mV: QRS amplitudes in lead II of a few tenths of a mV to a few mV, as in real ECGs
+    assert 0.3 < np.median(amplitudes) < 3.0 and max(amplitudes) < 5.0
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "2"]) == 0
+    rows = prepared_rows(dest)
+    for record in written:
+        wave, row, tokens = rows[record.name]
+        assert row.source_rate == 400 and row.patient == record.patient
+        np.testing.assert_allclose(wave, resample(synthesize_signal(record), 400, 500), atol=1e-5)
+
+
+def test_code15_labels_map_to_six_scored_classes_and_the_rest_are_unknown(archives, tmp_path):
+    from fairseq_ecg.sources.code15 import CODE15_TO_SNOMED
+
+    labels = scored_labels()
+    classes = {labels.index_of(code) for code in CODE15_TO_SNOMED.values()}
+    assert len(classes) == 6  # each of the six lands on its own CinC 2021 scored class
+    src, written = archives["code15"]
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "1"]) == 0
+    rows = prepared_rows(dest)
+    for record in written:
+        tokens = rows[record.name][2]
+        positives = [t for t in tokens if not t.startswith("?")]
+        unknown = [t[1:] for t in tokens if t.startswith("?")]
+        assert positives == labels.canonical_codes(record.codes)
+        assert len(unknown) == 20 and not {labels.index_of(c) for c in unknown} & classes
+        target = labels.encode(tokens)
+        assert (target == UNKNOWN).sum() == 20 and set(np.flatnonzero(target >= 0)) == classes
+    assert sum(bool(w.codes) for w in written) >= 3  # the CSV's True cells come through
+
+
+def test_code15_exam_that_starts_at_zero_keeps_its_length(tmp_path):
+    """Cut by the documented lengths, not by stripping zeros."""
+    from fairseq_ecg.sources.code15 import exam_length
+
+    tracing = np.zeros((4096, 12))
+    tracing[648:3448] = np.sin(np.arange(2800) / 20.0)[:, None]
+    tracing[648:700] = 0.0  # the recording itself begins flat
+    assert exam_length(tracing) == 2800
+    full = np.ones((4096, 12))
+    assert exam_length(full) == 4096
+
+
+def test_code15_bad_label_cell_is_skipped_with_its_line(archives, tmp_path):
+    import shutil
+
+    src = tmp_path / "code15"
+    shutil.copytree(archives["code15"][0], src)
+    with open(src / "exams.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["AF"] = "maybe"
+    with open(src / "exams.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "1"]) == 0
+    reasons = skipped(dest)
+    assert len(reasons) == 1 and "exams.csv line 2: AF 'maybe' is not True/False" in next(iter(reasons.values()))
+
+
+# --- unknown labels: not negatives ------------------------------------------------------------
+
+class _Logits(torch.nn.Module):
+    """A model that answers with the given logits (the criterion only reads them)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **_):
+        return {"logits": self.logits}
+
+
+def test_the_loss_leaves_unknown_labels_out():
+    from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion
+
+    class Task:  # what the criterion reads from its task
+        num_classes = 4
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [-2.0, 1.0, 0.0, -3.0]])
+    target = torch.tensor([[1.0, UNKNOWN, 0.0, UNKNOWN], [0.0, 1.0, UNKNOWN, 0.0]])
+    criterion = EcgBceCriterion(Task())
+    criterion.train()
+    loss, _, log = criterion(_Logits(logits), {"net_input": {}, "target": target})
+    known = target >= 0
+    expected = F.binary_cross_entropy_with_logits(logits[known], target[known], reduction="sum")
+    assert torch.isclose(loss, expected) and log["nlabels"] == 5
+    everything = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="sum")
+    assert not torch.isclose(loss, everything)  # unknown as negatives would differ
+
+
+def test_every_metric_leaves_unknown_labels_out():
+    rng = np.random.default_rng(3)
+    labels = rng.random((40, 26)) < 0.3
+    scores = np.clip(labels * 0.4 + rng.random((40, 26)) * 0.6, 0, 1)
+    known = np.ones_like(labels)
+    known[:20, 5:] = False  # 20 records (CODE-15%-like) know only 5 classes
+    masked = classification_metrics(labels, scores, 0.5, known=known)
+    # flipping every unknown label changes nothing
+    flipped = classification_metrics(np.where(known, labels, ~labels), scores, 0.5, known=known)
+    assert masked == flipped
+    # the Challenge metric uses the fully known records only
+    full = classification_metrics(labels[20:], scores[20:], 0.5)
+    assert masked["challenge_metric"] == full["challenge_metric"]
+    assert classification_metrics(labels, scores, 0.5, known=np.ones_like(labels)) == classification_metrics(
+        labels, scores, 0.5)
