@@ -42,6 +42,7 @@ class ManifestRow:
     patient: str = ""
     source_rate: float = 0.0
     record: str = ""
+    derived: str = ""  # optional 7th column: leads the source computed from others, e.g. III,aVR,aVL,aVF
 
     @property
     def present_leads(self) -> np.ndarray:
@@ -49,9 +50,8 @@ class ManifestRow:
 
     def to_line(self) -> str:
         rate = f"{self.source_rate:g}"
-        return "\t".join(
-            [self.relative_path, str(self.num_samples), self.lead_mask, self.patient, rate, self.record]
-        )
+        fields = [self.relative_path, str(self.num_samples), self.lead_mask, self.patient, rate, self.record]
+        return "\t".join(fields + ([self.derived] if self.derived else []))
 
 
 @dataclass
@@ -130,6 +130,7 @@ def _parse_row(fields: list[str], where: str) -> ManifestRow:
         patient=fields[3] if len(fields) > 3 else "",
         source_rate=rate,
         record=fields[5] if len(fields) > 5 else Path(fields[0]).stem,
+        derived=fields[6] if len(fields) > 6 else "",
     )
 
 

@@ -45,7 +45,9 @@ PROG = "fairseq-ecg-manifest"
 WAVES = "waves"
 JOURNAL = "records.tsv"
 SKIPPED = "skipped.tsv"
-JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "note")
+JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
+                   "statement", "note")
+STATEMENTS = "statements.tsv"
 SPLITS = ("train", "valid", "test")
 SPLIT_BY = ("auto", "strat-fold", "patient-hash")
 IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
@@ -81,6 +83,8 @@ class Outcome:
     dx: tuple[str, ...] = ()
     note: str = ""
     kind: str = ""
+    derived: str = ""  # leads the source computed from others (MUSE: III,aVR,aVL,aVF)
+    statement: str = ""  # free text kept in statements.tsv (machine report, diagnosis statements)
 
     @property
     def ok(self) -> bool:
@@ -88,7 +92,8 @@ class Outcome:
 
     def journal_line(self) -> str:
         fields = [_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
-                  f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), _one_line(self.note)]
+                  f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), self.derived,
+                  _one_line(self.statement), _one_line(self.note)]
         return "\t".join(fields)
 
     @classmethod
@@ -104,7 +109,8 @@ class Outcome:
         if num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}:
             return None
         dx = tuple(code for code in fields[6].split(",") if code)
-        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[7])
+        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[9],
+                   derived=fields[7], statement=fields[8])
 
 
 def _one_line(text: str) -> str:
@@ -150,7 +156,8 @@ def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]
         signal = resample(record.signal, record.sample_rate, settings.sample_rate)
         atomic_save_npy(target, signal)
         return Outcome(ref.key, "written", int(signal.shape[1]), mask_to_string(record.present),
-                       record.sample_rate, record.name, record.header_codes, "; ".join(record.notes))
+                       record.sample_rate, record.name, record.header_codes, "; ".join(record.notes),
+                       derived=",".join(record.derived), statement=record.statement)
     except RecordError as error:
         return Outcome(ref.key, "skipped", record=ref.name, note=error.reason, kind=error.kind)
     except Exception as error:  # a bad record must not stop the run; say what happened instead
@@ -203,7 +210,7 @@ def remove_stale_temporaries(dest: Path) -> int:
             if name.startswith(".") and name.endswith(".npy.tmp"):
                 os.unlink(os.path.join(folder, name))
                 removed += 1
-    ours = {"": (JOURNAL, SKIPPED), "pretrain": ("train.tsv", "valid.tsv"),
+    ours = {"": (JOURNAL, SKIPPED, STATEMENTS), "pretrain": ("train.tsv", "valid.tsv"),
             "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
             "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
     for sub, names in ours.items():
@@ -505,13 +512,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atomic_write_text(journal_path, journal_text(settings, ordered))
     skipped = [o for o in ordered if not o.ok]
     atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in skipped))
+    stated = [o for o in ordered if o.ok and o.statement]
+    if stated or (dest / STATEMENTS).exists():
+        atomic_write_text(dest / STATEMENTS, "".join(f"{_field(o.key)}\t{_one_line(o.statement)}\n" for o in stated))
     goods = []
     for ref, outcome in zip(refs, ordered):
         if not outcome.ok:
             continue
         patient = _one_line(ref.patient) or ref.key
         row = ManifestRow(wave_relative_path(ref.key), outcome.num_samples, outcome.lead_mask, patient,
-                          outcome.source_rate, _one_line(ref.name))
+                          outcome.source_rate, _one_line(ref.name), outcome.derived)
         codes = ref.codes if ref.codes is not None else outcome.dx
         split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
         goods.append(Good(row, tuple(codes), split, ref.known))

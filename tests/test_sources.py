@@ -224,3 +224,28 @@ def test_every_metric_leaves_unknown_labels_out():
     assert masked["challenge_metric"] == full["challenge_metric"]
     assert classification_metrics(labels, scores, 0.5, known=np.ones_like(labels)) == classification_metrics(
         labels, scores, 0.5)
+
+
+# --- MIMIC-IV-ECG -----------------------------------------------------------------------------
+
+def test_mimic_round_trip_patients_with_several_studies_reach_identification(tmp_path):
+    src = tmp_path / "mimic"
+    written = synthesize_archive(src, records=40, patients=10, seed=3, layout="mimic_iv_ecg")
+    assert detect_layout(src) == "mimic_iv_ecg"
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "2", "--valid-percent", "20",
+                 "--test-percent", "20"]) == 0
+    for split in SPLITS:  # no labels: nothing in finetune/
+        assert read_manifest(dest / "finetune" / f"{split}.tsv").rows == []
+    pretrain = {r.record: r for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows}
+    by_name = {w.name: w for w in written}
+    for name, row in pretrain.items():  # WFDB 200/mV in MIMIC's lead order, back in canonical order
+        wave = np.load(dest / row.relative_path)
+        np.testing.assert_allclose(wave, synthesize_signal(by_name[name]), atol=0.5 / 200 + 1e-6)
+        assert row.patient == by_name[name].patient
+    held_out = [r for split in ("valid", "test") for role in ("gallery", "probe")
+                for r in read_manifest(dest / "identify" / f"{split}_{role}.tsv").rows]
+    train = read_manifest(dest / "identify" / "train.tsv").rows
+    assert train and held_out and len({r.patient for r in train}) >= 3
+    statements = dict(line.split("\t", 1) for line in (dest / "statements.tsv").read_text().splitlines())
+    assert len(statements) == len(written) and all("Normal ECG" in text for text in statements.values())

@@ -94,6 +94,7 @@ class EcgRecord:
     header_codes: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     statement: str = ""
+    derived: tuple[str, ...] = ()  # leads computed from others by the source (not recorded)
 
     @property
     def num_samples(self) -> int:
@@ -118,6 +119,7 @@ class RawRecord:
     notes: tuple[str, ...] = ()
     statement: str = ""
     expected_samples: int = 0  # what the file says it holds (0: not stated)
+    derived: tuple[str, ...] = ()  # canonical names of leads the reader computed from others
 
 
 class Source:
@@ -315,7 +317,7 @@ def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAUL
         codes=ref.codes if ref.codes is not None else raw.header_codes, patient=ref.patient, key=ref.key,
         header_codes=raw.header_codes,
         notes=tuple(raw.notes) + tuple(f"dropped unknown lead {n!r}" for n in unknown),
-        statement=ref.statement or raw.statement,
+        statement=ref.statement or raw.statement, derived=tuple(raw.derived),
     )
 
 
