@@ -139,4 +139,73 @@ def write_mimic(out: Path, people, owner, seed: int) -> list[SynthRecord]:
     return written
 
 
-WRITERS: dict[str, Callable[..., list]] = {"numpy": write_numpy, "code15": write_code15, "mimic_iv_ecg": write_mimic}
+def _muse_leads(element, leads: dict, fs: int, count: int) -> None:
+    import base64
+    import xml.etree.ElementTree as ET
+
+    for name, values in leads.items():
+        data = ET.SubElement(element, "LeadData")
+        digital = np.clip(np.rint(values * 1000 / MUSE_UV_PER_BIT), -32767, 32767).astype("<i2")
+        for tag, text in (("LeadByteCountTotal", 2 * count), ("LeadTimeOffset", 0), ("LeadSampleCountTotal", count),
+                          ("LeadAmplitudeUnitsPerBit", MUSE_UV_PER_BIT), ("LeadAmplitudeUnits", "MICROVOLTS"),
+                          ("LeadHighLimit", 32767), ("LeadLowLimit", -32768), ("LeadID", name),
+                          ("LeadOffsetFirstSample", 0), ("FirstSampleBaseline", 0), ("LeadSampleSize", 2),
+                          ("LeadOff", "FALSE"), ("BaselineSway", "FALSE"),
+                          ("WaveFormData", base64.b64encode(digital.tobytes()).decode())):
+            ET.SubElement(data, tag).text = str(text)
+
+
+def muse_document(signal: np.ndarray, fs: int, patient_id: str, name: tuple[str, str], birth: str,
+                  statements: Sequence[str]) -> bytes:
+    """A GE MUSE ``RestingECG`` export of ``signal`` (12, T) in mV: a 600 ms median beat, then
+    the rhythm, each with the 8 leads MUSE stores."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("RestingECG")
+    ET.SubElement(ET.SubElement(root, "MuseInfo"), "MuseVersion").text = "9.0.9.18167"
+    demographics = ET.SubElement(root, "PatientDemographics")
+    for tag, text in (("PatientID", patient_id), ("PatientLastName", name[0]), ("PatientFirstName", name[1]),
+                      ("DateofBirth", birth), ("Gender", "FEMALE")):
+        ET.SubElement(demographics, tag).text = text
+    test = ET.SubElement(root, "TestDemographics")
+    ET.SubElement(test, "AcquisitionDate").text = "03-14-2019"
+    ET.SubElement(test, "AcquisitionTime").text = "10:21:07"
+    diagnosis = ET.SubElement(root, "Diagnosis")
+    ET.SubElement(diagnosis, "Modality").text = "RESTING"
+    for text in statements:
+        statement = ET.SubElement(diagnosis, "DiagnosisStatement")
+        ET.SubElement(statement, "StmtFlag").text = "ENDSLINE"
+        ET.SubElement(statement, "StmtText").text = text
+    stored = {lead: signal[LEADS.index(lead)] for lead in MUSE_STORED}
+    for kind, length in (("Median", int(0.6 * fs)), ("Rhythm", signal.shape[1])):
+        wave = ET.SubElement(root, "Waveform")
+        for tag, text in (("WaveformType", kind), ("WaveformStartTime", 0), ("NumberofLeads", len(stored)),
+                          ("SampleType", "CONTINUOUS_SAMPLES"), ("SampleBase", fs), ("SampleExponent", 0),
+                          ("HighPassFilter", 16), ("LowPassFilter", 150), ("ACFilter", 60)):
+            ET.SubElement(wave, tag).text = str(text)
+        part = {lead: values[:length] for lead, values in stored.items()}
+        _muse_leads(wave, part, fs, length)
+    body = ET.tostring(root, encoding="unicode")
+    return ('<?xml version="1.0" encoding="ISO-8859-1"?>\n<!DOCTYPE RestingECG SYSTEM "restecg.dtd">\n'
+            + body).encode("latin-1")
+
+
+SURNAMES = ("Müller", "Smith", "García", "Nguyen", "Kowalski", "Okafor")
+
+
+def write_muse(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+    written = []
+    for index, p, patient, plan, signal in _records(people, owner, seed, "muse_xml"):
+        patient_id = f"MRN{700000 + p}"
+        name = (SURNAMES[p % len(SURNAMES)], f"Pat{p}")
+        statements = ["Sinus rhythm" if "426783006" in plan.codes else "Abnormal rhythm", "Otherwise normal ECG"]
+        # hospital exports name files after the record number: it must not reach any output
+        path = out / f"{patient_id}_{index + 1:05d}.xml"
+        path.write_bytes(muse_document(signal, plan.fs, patient_id, name, f"0{p % 9 + 1}-11-1950", statements))
+        written.append(SynthRecord(path.stem, path, patient_id, plan.fs, plan.num_samples, (), "muse_xml",
+                                   "muse_xml", seed, index, p))
+    return written
+
+
+WRITERS: dict[str, Callable[..., list]] = {"numpy": write_numpy, "code15": write_code15, "mimic_iv_ecg": write_mimic,
+                                           "muse_xml": write_muse}

@@ -249,3 +249,77 @@ def test_mimic_round_trip_patients_with_several_studies_reach_identification(tmp
     assert train and held_out and len({r.patient for r in train}) >= 3
     statements = dict(line.split("\t", 1) for line in (dest / "statements.tsv").read_text().splitlines())
     assert len(statements) == len(written) and all("Normal ECG" in text for text in statements.values())
+
+
+# --- GE MUSE XML --------------------------------------------------------------------------------
+
+def _all_output_text(dest: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in dest.rglob("*") if p.is_file()
+                     and p.suffix != ".npy") + "\n".join(p.as_posix() for p in dest.rglob("*"))
+
+
+def test_muse_round_trip_derives_the_limb_leads_and_copies_nothing_identifying(tmp_path):
+    from fairseq_ecg.synth_sources import SURNAMES
+
+    src = tmp_path / "muse"
+    written = synthesize_archive(src, records=12, patients=4, seed=5, layout="muse_xml")
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "2", "--valid-percent", "25", "--test-percent", "25"]) == 0
+    rows = {r.record: r for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows}
+    refs = {ref.name: ref for ref in discover(src, "muse_xml")}
+    by_path = {w.path: w for w in written}
+    step = 4.88e-3  # mV per bit
+    checked = 0
+    for name, row in rows.items():
+        record = by_path[refs[name].path]
+        wave, expected = np.load(dest / row.relative_path), synthesize_signal(record)
+        stored = [0, 1, 6, 7, 8, 9, 10, 11]
+        np.testing.assert_allclose(wave[stored], expected[stored], atol=step / 2 + 1e-6)
+        # III, aVR, aVL, aVF from I and II: Einthoven and Goldberger reproduce the synthetic 12 leads
+        np.testing.assert_allclose(wave[[2, 3, 4, 5]], expected[[2, 3, 4, 5]], atol=step + 1e-6)  # III = II - I: two roundings
+        assert row.derived == "III,aVR,aVL,aVF"
+        checked += 1
+    assert checked >= 6
+    patients = {r.patient for r in rows.values()}
+    assert len(patients) >= 2 and all(len(p) == 16 and int(p, 16) >= 0 for p in patients)  # salted hashes
+    text = _all_output_text(dest)
+    for secret in ["MRN7000", "1950", "Pat1", *SURNAMES]:
+        assert secret not in text, secret
+    assert "Sinus rhythm" in (dest / "statements.tsv").read_text() or "Abnormal rhythm" in (dest / "statements.tsv").read_text()
+
+
+def _without_last(data: bytes, part: bytes) -> bytes:
+    at = data.rindex(part)  # in the Rhythm waveform, which follows the Median one
+    return data[:at] + data[at + len(part):]
+
+
+def test_muse_exports_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_path):
+    from fairseq_ecg.synth_sources import muse_document
+
+    src = tmp_path / "muse"
+    src.mkdir()
+    signal = np.sin(np.arange(5000) / 30.0)[None].repeat(12, 0) * 0.5
+    good = muse_document(signal, 500, "MRN1", ("Doe", "Jane"), "01-01-1950", ["Sinus rhythm"])
+    cases = {
+        "good": good,
+        "median_only": good.replace(b"<WaveformType>Rhythm</WaveformType>", b"<WaveformType>Median</WaveformType>"),
+        "no_rate": good.replace(b"<SampleBase>500</SampleBase>", b""),
+        "no_scale": _without_last(good, b"<LeadAmplitudeUnitsPerBit>4.88</LeadAmplitudeUnitsPerBit>"),
+        "unit": good.replace(b"MICROVOLTS", b"NANOFARADS"),
+        "lead": good.replace(b"<LeadID>V3</LeadID>", b"<LeadID>X7</LeadID>"),
+        "truncated": good.replace(b"<LeadSampleCountTotal>5000</LeadSampleCountTotal>",
+                                  b"<LeadSampleCountTotal>9000</LeadSampleCountTotal>"),
+        "broken": good[: len(good) // 2],
+    }
+    for name, data in cases.items():
+        (src / f"{name}.xml").write_bytes(data)
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "1", "--layout", "muse_xml"]) == 0
+    reasons = {next(ref.path.stem for ref in discover(src, "muse_xml") if ref.key == key): why
+               for key, why in skipped(dest).items()}
+    assert set(reasons) == set(cases) - {"good"}
+    assert "0 Waveform(s) with WaveformType Rhythm (found: Median, Median)" in reasons["median_only"]
+    assert "sampling rate (SampleBase) is missing" in reasons["no_rate"]
+    assert "amplitude per bit (LeadAmplitudeUnitsPerBit) is missing" in reasons["no_scale"]
+    assert "LeadAmplitudeUnits 'NANOFARADS'" in reasons["unit"] and "unknown LeadID 'X7'" in reasons["lead"]
+    assert "LeadSampleCountTotal says 9000" in reasons["truncated"] and "not well-formed XML" in reasons["broken"]
