@@ -207,5 +207,75 @@ def write_muse(out: Path, people, owner, seed: int) -> list[SynthRecord]:
     return written
 
 
+DICOM_UV_PER_BIT = 2.5
+
+
+def _dicom_group(signal: np.ndarray, fs: int, label: str, originality: str):
+    from pydicom.dataset import Dataset
+
+    from .sources.dicom import MDC_LEADS
+
+    code_of = {lead: code for code, lead in MDC_LEADS.items()}
+    group = Dataset()
+    group.MultiplexGroupTimeOffset = "0.0"
+    group.WaveformOriginality = originality
+    group.NumberOfWaveformChannels = signal.shape[0]
+    group.NumberOfWaveformSamples = signal.shape[1]
+    group.SamplingFrequency = str(fs)
+    group.MultiplexGroupLabel = label
+    definitions = []
+    for lead in LEADS:
+        channel, source, unit = Dataset(), Dataset(), Dataset()
+        source.CodeValue, source.CodingSchemeDesignator, source.CodeMeaning = code_of[lead], "MDC", f"Lead {lead}"
+        unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "uV", "UCUM", "microvolt"
+        channel.ChannelSourceSequence = [source]
+        channel.ChannelSensitivity = str(DICOM_UV_PER_BIT)
+        channel.ChannelSensitivityUnitsSequence = [unit]
+        channel.ChannelSensitivityCorrectionFactor = "1"
+        channel.ChannelBaseline = "0"
+        channel.ChannelSampleSkew = "0"
+        channel.WaveformBitsStored = 16
+        definitions.append(channel)
+    group.ChannelDefinitionSequence = definitions
+    group.WaveformBitsAllocated = 16
+    group.WaveformSampleInterpretation = "SS"
+    digital = np.clip(np.rint(signal * 1000 / DICOM_UV_PER_BIT), -32767, 32767).astype("<i2")
+    group.WaveformData = np.ascontiguousarray(digital.T).tobytes()  # interleaved: sample by sample
+    return group
+
+
+def dicom_dataset(signal: np.ndarray, fs: int, patient_id: str, name: str, birth: str):
+    """A 12-lead ECG Waveform Storage object: a 600 ms median-beat group, then the rhythm group."""
+    from pydicom.dataset import FileMetaDataset, Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.9.1.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid(entropy_srcs=[patient_id, name, str(signal.sum())])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "ECG"
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient_id, name, birth, "F"
+    ds.StudyInstanceUID = ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id])
+    ds.AccessionNumber = f"ACC{patient_id[-4:]}"
+    ds.WaveformSequence = [_dicom_group(signal[:, : int(0.6 * fs)], fs, "MEDIAN BEAT", "DERIVED"),
+                           _dicom_group(signal, fs, "RHYTHM", "ORIGINAL")]
+    return ds
+
+
+def write_dicom(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+    written = []
+    for index, p, patient, plan, signal in _records(people, owner, seed, "dicom"):
+        patient_id = f"MRN{700000 + p}"
+        ds = dicom_dataset(signal, plan.fs, patient_id, f"{SURNAMES[p % len(SURNAMES)]}^Pat{p}", f"19500{p % 9 + 1}11")
+        path = out / f"{patient_id}_{index + 1:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(SynthRecord(path.stem, path, patient_id, plan.fs, plan.num_samples, (), "dicom", "dicom",
+                                   seed, index, p))
+    return written
+
+
 WRITERS: dict[str, Callable[..., list]] = {"numpy": write_numpy, "code15": write_code15, "mimic_iv_ecg": write_mimic,
-                                           "muse_xml": write_muse}
+                                           "muse_xml": write_muse, "dicom": write_dicom}

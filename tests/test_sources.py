@@ -323,3 +323,74 @@ def test_muse_exports_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_
     assert "amplitude per bit (LeadAmplitudeUnitsPerBit) is missing" in reasons["no_scale"]
     assert "LeadAmplitudeUnits 'NANOFARADS'" in reasons["unit"] and "unknown LeadID 'X7'" in reasons["lead"]
     assert "LeadSampleCountTotal says 9000" in reasons["truncated"] and "not well-formed XML" in reasons["broken"]
+
+
+# --- DICOM ------------------------------------------------------------------------------------
+
+def test_dicom_round_trip_takes_the_rhythm_group_and_copies_nothing_identifying(tmp_path):
+    from fairseq_ecg.synth_sources import DICOM_UV_PER_BIT, SURNAMES
+
+    src = tmp_path / "dicom"
+    written = synthesize_archive(src, records=12, patients=4, seed=6, layout="dicom")
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "2", "--valid-percent", "25", "--test-percent", "25"]) == 0
+    refs = {ref.name: ref for ref in discover(src, "dicom")}
+    by_path = {w.path: w for w in written}
+    rows = [r for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows]
+    assert len(rows) >= 6
+    for row in rows:  # the 10 s rhythm group, not the 0.6 s median beat
+        wave = np.load(dest / row.relative_path)
+        expected = synthesize_signal(by_path[refs[row.record].path])
+        assert row.num_samples == expected.shape[1] == 5000 and row.derived == ""
+        np.testing.assert_allclose(wave, expected, atol=DICOM_UV_PER_BIT / 2000 + 1e-6)
+    text = _all_output_text(dest)
+    for secret in ["MRN7000", "ACC", "19500", "Pat1", *SURNAMES]:
+        assert secret not in text, secret
+
+
+def test_dicom_objects_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_path):
+    import pydicom
+
+    from fairseq_ecg.synth_sources import dicom_dataset
+
+    src = tmp_path / "dicom"
+    src.mkdir()
+    signal = np.sin(np.arange(5000) / 30.0)[None].repeat(12, 0) * 0.5
+
+    def case(name, edit=None):
+        ds = dicom_dataset(signal, 500, "MRN1", "Doe^Jane", "19500101")
+        if edit:
+            edit(ds)
+        ds.save_as(src / f"{name}.dcm", enforce_file_format=True)
+
+    rhythm = lambda ds: ds.WaveformSequence[1]  # noqa: E731
+    case("good")
+    case("two_rhythms", lambda ds: setattr(ds.WaveformSequence[0], "MultiplexGroupLabel", "RHYTHM"))
+
+    def unlabelled(ds):
+        for group in ds.WaveformSequence:
+            group.MultiplexGroupLabel, group.WaveformOriginality = "", "ORIGINAL"
+    case("unidentified", unlabelled)
+    case("no_sensitivity", lambda ds: delattr(rhythm(ds).ChannelDefinitionSequence[3], "ChannelSensitivity"))
+    case("unit", lambda ds: setattr(rhythm(ds).ChannelDefinitionSequence[0].ChannelSensitivityUnitsSequence[0],
+                                    "CodeValue", "mmHg"))
+
+    def unknown_label(ds):
+        source = rhythm(ds).ChannelDefinitionSequence[5].ChannelSourceSequence[0]
+        source.CodeValue, source.CodeMeaning = "2:999", "Lead XYZ"
+    case("label", unknown_label)
+    case("truncated", lambda ds: setattr(rhythm(ds), "WaveformData", rhythm(ds).WaveformData[:1000]))
+    case("rate", lambda ds: setattr(rhythm(ds), "SamplingFrequency", "0"))
+    (src / "not_dicom.dcm").write_bytes(b"\0" * 200)
+    dest = tmp_path / "out"
+    assert main([str(src), "--dest", str(dest), "--workers", "1"]) == 0
+    reasons = {next(ref.path.stem for ref in discover(src, "dicom") if ref.key == key): why
+               for key, why in skipped(dest).items()}
+    assert set(reasons) == {"two_rhythms", "unidentified", "no_sensitivity", "unit", "label", "truncated", "rate",
+                            "not_dicom"}
+    assert all("cannot identify the rhythm group" in reasons[k] for k in ("two_rhythms", "unidentified"))
+    assert "no ChannelSensitivity or its units" in reasons["no_sensitivity"]
+    assert "sensitivity unit 'mmHg'" in reasons["unit"] and "unknown channel label" in reasons["label"]
+    assert "WaveformData holds 1000 bytes" in reasons["truncated"] and "SamplingFrequency" in reasons["rate"]
+    assert "DICOM" in reasons["not_dicom"]
+    assert pydicom.dcmread(src / "good.dcm").PatientID == "MRN1"  # the export itself is left as it was

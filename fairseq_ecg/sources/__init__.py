@@ -11,7 +11,7 @@ from .base import (
     canonical_record, detect_layout, discover, get_source, layouts, read_record, read_record_table, register_source,
     resample, resample_factors, resampled_length, salted_patient, split_codes,
 )
-from . import wfdb_folder, physionet2021, ptbxl, numpy_folder, code15, mimic_iv_ecg, muse_xml  # noqa: F401,E402  (registration)
+from . import wfdb_folder, physionet2021, ptbxl, numpy_folder, code15, mimic_iv_ecg, muse_xml, dicom  # noqa: F401,E402  (registration)
 from .ptbxl import PTBXL_DATABASE, PTBXL_FOLD_SPLITS  # noqa: E402
 
 LAYOUTS = layouts()
