@@ -3,12 +3,13 @@
 A manifest follows fairseq's audio convention: the first line is the root folder, then one row per
 record, tab-separated::
 
-    relative_path  num_samples  lead_mask  patient  source_rate  record
+    relative_path  num_samples  lead_mask  patient  source_rate  record  [derived]
 
 ``relative_path`` points (from the root) to a float32 ``.npy`` array of shape (12, num_samples) in
 mV at the manifest's sampling rate, leads in canonical order; ``lead_mask`` is 12 characters of 0/1
 (0: the record lacks that lead and the channel is zeros); ``source_rate`` is the rate before
-resampling. Classification labels sit beside the manifest in ``SPLIT.lbl`` (one line per row,
+resampling; the optional ``derived`` column lists leads the source computed from others. Labels
+may mark a class unknown (``?CODE``, see ``fairseq_ecg.labels.UNKNOWN_MARK``). Classification labels sit beside the manifest in ``SPLIT.lbl`` (one line per row,
 comma-separated class codes) with the class list in ``classes.tsv`` (one class per line, in column
 order; equivalent codes joined by ``|``).
 """

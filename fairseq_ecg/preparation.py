@@ -409,8 +409,9 @@ def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
         if split_by == "strat-fold" and not any(ref.split for ref in found):
             raise LayoutError(f"--split-by strat-fold: {src} has no recommended split (PTB-XL's "
                               f"{PTBXL_DATABASE} with a strat_fold column); use --split-by patient-hash")
-        if len(sources) > 1:
-            found = [replace(ref, key=f"{src.name}/{ref.key}") for ref in found]
+        if len(sources) > 1:  # names and patient ids of different archives never meet
+            found = [replace(ref, key=f"{src.name}/{ref.key}", patient=f"{src.name}:{ref.patient}" if ref.patient else "")
+                     for ref in found]
         refs.extend(found)
     return refs
 

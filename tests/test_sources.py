@@ -394,3 +394,38 @@ def test_dicom_objects_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp
     assert "WaveformData holds 1000 bytes" in reasons["truncated"] and "SamplingFrequency" in reasons["rate"]
     assert "DICOM" in reasons["not_dicom"]
     assert pydicom.dcmread(src / "good.dcm").PatientID == "MRN1"  # the export itself is left as it was
+
+
+# --- several sources in one run ---------------------------------------------------------------
+
+def test_mixed_sources_in_one_run_keep_their_names_and_patients_apart(tmp_path):
+    """A CODE-15% folder, a NumPy folder and a PhysioNet/CinC 2021 folder, each recognised on its own."""
+    sources = []
+    for layout in ("code15", "numpy", "physionet2021"):
+        sources.append(tmp_path / layout)
+        synthesize_archive(sources[-1], records=9, patients=3, seed=2, layout=layout)
+    dest = tmp_path / "out"
+    assert main([*map(str, sources), "--dest", str(dest), "--workers", "2"]) == 0
+    assert "layout=code15,numpy,physionet2021 " in (dest / "records.tsv").read_text().splitlines()[0]
+    rows = [r for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows]
+    rows += read_manifest(dest / "finetune" / "test.tsv").rows
+    by_source = {}
+    for row in rows:
+        folder = row.relative_path.split("/")[1]
+        by_source.setdefault(folder, set()).add(row.patient)
+        assert row.patient.startswith(f"{folder}:")
+    assert set(by_source) == {"code15", "numpy", "physionet2021"}
+    assert (dest / "skipped.tsv").read_text() == ""
+    # the labelled CinC records keep all classes known, CODE-15% marks 20 unknown
+    manifest = read_manifest(dest / "finetune" / "train.tsv")
+    for row, tokens in zip(manifest.rows, read_labels(manifest)):
+        unknown = sum(t.startswith("?") for t in tokens)
+        assert unknown == (20 if row.relative_path.startswith("waves/code15/") else 0)
+
+
+def test_fairseq_ecg_synth_writes_every_layout(tmp_path):
+    from fairseq_ecg import synth
+
+    for layout in synth.LAYOUTS:
+        assert synth.main([str(tmp_path / layout), "--records", "3", "--patients", "2", "--layout", layout]) == 0
+        assert detect_layout(tmp_path / layout) == ("physionet2021" if layout == "physionet2021" else layout)
