@@ -97,7 +97,7 @@ def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str =
                                 record.sample_rate, ref.key))
         sources.append(str(ref.path))
     if not rows:
-        raise ManifestError(f"{folder}: no usable WFDB record (.hea) found")
+        raise ManifestError(f"{folder}: no usable record found")
     return Manifest(root=workdir, rows=rows, path=folder), sources
 
 
@@ -120,7 +120,7 @@ def embed_records(encoder: EcgWav2Vec2Model, dataset: EcgSegmentDataset, batch_s
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-ecg-embed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or a folder of WFDB records")
+    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or an archive folder (any --layout)")
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="checkpoint of ecg_wav2vec2, ecg_wav2vec2_classifier or ecg_wav2vec2_identifier")
     parser.add_argument("--out", type=Path, required=True, help="FILE.npy; the record list goes to FILE.tsv")

@@ -73,7 +73,7 @@ def write_numpy(out: Path, people, owner, seed: int) -> list[SynthRecord]:
     return written
 
 
-def write_code15(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+def write_code15(out: Path, people, owner, seed: int, parts: int = 2) -> list[SynthRecord]:
     import h5py
 
     from .sources.code15 import CODE15_SAMPLES, CODE15_TO_SNOMED
@@ -82,7 +82,7 @@ def write_code15(out: Path, people, owner, seed: int) -> list[SynthRecord]:
     flags = {"1dAVb": IAVB, "RBBB": CRBBB, "LBBB": CLBBB, "SB": SB, "ST": STACH, "AF": AF}
     rng = np.random.default_rng([seed, 15])
     exam_ids = rng.choice(np.arange(100_000, 10_000_000), size=len(owner), replace=False)
-    parts = [list(range(len(owner)))[i::2] for i in range(2 if len(owner) > 1 else 1)]
+    parts = [list(range(len(owner)))[i::parts] for i in range(min(parts, len(owner)))]
     rows, written = [], []
     for part, members in enumerate(parts):
         name = f"exams_part{part}.hdf5"

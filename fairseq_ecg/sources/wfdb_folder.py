@@ -17,8 +17,6 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
-
 from .base import (
     RawRecord, RecordError, RecordRef, Source, read_record_table, register_source, split_codes,
 )
