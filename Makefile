@@ -35,6 +35,7 @@ demo: $(STAMP)
 benchmark: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_preparation.py
 	$(BIN)/python benchmarks/bench_pretraining.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_sources.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

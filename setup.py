@@ -22,6 +22,9 @@ setup(
         "scipy",
         "soundfile",
         "wfdb",
+        # CODE-15% HDF5 files (read without loading a whole file) and DICOM waveform exports.
+        "h5py",
+        "pydicom",
         "scikit-learn",
         "matplotlib",
     ],

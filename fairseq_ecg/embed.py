@@ -34,6 +34,7 @@ from .manifest import (Manifest, ManifestError, ManifestRow, atomic_save_npy, at
                        check_waveforms, read_manifest)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.encoder import EcgEncoderConfig, EcgEncoderModel
+from .sources import AUTO, layouts
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
@@ -72,11 +73,11 @@ def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
     return encoder.eval(), dict(state["cfg"].get("task") or {})
 
 
-def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = "wfdb") -> tuple[Manifest, list[str]]:
+def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = AUTO) -> tuple[Manifest, list[str]]:
     """Read every WFDB record below ``folder``, resample to ``sample_rate`` and write them as a
     manifest in ``workdir``; unusable records are reported on stderr and left out. Returns the
     manifest and the WFDB path of each row."""
-    from .records import LayoutError, RecordError, discover, read_record, resample
+    from .sources import LayoutError, RecordError, discover, read_record, resample
 
     rows, sources = [], []
     try:
@@ -96,7 +97,7 @@ def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str =
                                 record.sample_rate, ref.key))
         sources.append(str(ref.path))
     if not rows:
-        raise ManifestError(f"{folder}: no usable WFDB record (.hea) found")
+        raise ManifestError(f"{folder}: no usable record found")
     return Manifest(root=workdir, rows=rows, path=folder), sources
 
 
@@ -129,15 +130,15 @@ def note_other_leads(asked: Optional[str], task: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-ecg-embed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or a folder of WFDB records")
+    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or an archive folder (any --layout)")
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="checkpoint of ecg_wav2vec2, ecg_wav2vec2_classifier or ecg_wav2vec2_identifier")
     parser.add_argument("--out", type=Path, required=True, help="FILE.npy; the record list goes to FILE.tsv")
     parser.add_argument("--leads", default=None,
                         help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
     parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
-    parser.add_argument("--layout", default="wfdb", choices=("wfdb", "physionet2021", "ptbxl"),
-                        help="archive layout of a folder input (fairseq_ecg.records)")
+    parser.add_argument("--layout", default=AUTO, choices=(AUTO,) + layouts(),
+                        help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     return parser
 

@@ -29,7 +29,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from .leads import lead_set_name, parse_leads
-from .manifest import ManifestError, read_manifest
+from .manifest import ManifestError, identify_test_missing, read_manifest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = PACKAGE_DIR.parent / "examples"
@@ -67,7 +67,8 @@ PRESETS = {
 }
 FINETUNE_CONFIG = {"classification": "classification", "identification": "identification"}
 FINETUNE_DATA = {"classification": "finetune", "identification": "identify"}
-VALID_SUBSET = {"classification": "test", "identification": "valid"}
+# reported figures come from the test patients; valid (other patients) chose checkpoint_best
+VALID_SUBSET = {"classification": "test", "identification": "test"}
 
 
 @dataclass
@@ -341,6 +342,8 @@ def without_empty_tasks(s: Settings) -> Settings:
         if empty:
             print(f"[experiments] {task} left out: {manifest} holds no record (it needs patients with at "
                   "least 2 records; PTB-XL has them)", file=sys.stderr)
+        elif task == "identification" and manifest.is_file() and identify_test_missing(manifest.parent):
+            raise SystemExit(f"fairseq-ecg-experiments: {identify_test_missing(manifest.parent)}")
         else:
             kept.append(task)
     return replace(s, tasks=tuple(kept))

@@ -19,6 +19,11 @@ WEIGHTS_CSV = TABLES_DIR / "weights.csv"
 SINUS_RHYTHM = "426783006"
 
 
+# A class whose presence the source does not record: ``?CODE`` in a label file, -1 in a target
+# vector; the loss and every metric leave such entries out (manifests/README.md).
+UNKNOWN_MARK = "?"
+UNKNOWN = -1.0
+
 @dataclass(frozen=True)
 class LabelSet:
     """An ordered set of classes, each a group of equivalent SNOMED CT codes."""
@@ -43,18 +48,35 @@ class LabelSet:
         return self.code_to_index[code]
 
     def encode(self, codes: Iterable[str]) -> np.ndarray:
-        """Multi-hot vector for a record's codes; codes outside the set are ignored."""
+        """Multi-hot vector for a record's codes; codes outside the set are ignored. A code written
+        ``?CODE`` marks its class unknown (:data:`UNKNOWN`, -1) unless another code makes it positive."""
         lookup = self.code_to_index
         target = np.zeros(len(self), dtype=np.float32)
+        unknown = []
         for code in codes:
             code = str(code).strip()
-            if code in lookup:
+            if code.startswith(UNKNOWN_MARK) and code[1:] in lookup:
+                unknown.append(lookup[code[1:]])
+            elif code in lookup:
                 target[lookup[code]] = 1.0
+        for index in unknown:
+            if target[index] == 0:
+                target[index] = UNKNOWN
         return target
+
+    def label_tokens(self, codes: Iterable[str], known: Optional[Iterable[str]] = None) -> list[str]:
+        """A label line's tokens: the representative code of each class present, then ``?CODE``
+        for each class the source does not label (``known``: the codes it does; None: all)."""
+        target = self.encode(codes)
+        tokens = [self.classes[i][0] for i in np.flatnonzero(target > 0)]
+        if known is not None:
+            labelled = self.encode(known) > 0
+            tokens += [UNKNOWN_MARK + self.classes[i][0] for i in np.flatnonzero(~labelled & (target <= 0))]
+        return tokens
 
     def canonical_codes(self, codes: Iterable[str]) -> list[str]:
         """The representative (first) code of each scored class present in ``codes``."""
-        return [self.classes[i][0] for i in np.flatnonzero(self.encode(codes))]
+        return [self.classes[i][0] for i in np.flatnonzero(self.encode(codes) > 0)]
 
 
 def read_weights_csv(path: Path | str = WEIGHTS_CSV) -> LabelSet:

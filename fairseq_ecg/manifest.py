@@ -3,12 +3,13 @@
 A manifest follows fairseq's audio convention: the first line is the root folder, then one row per
 record, tab-separated::
 
-    relative_path  num_samples  lead_mask  patient  source_rate  record
+    relative_path  num_samples  lead_mask  patient  source_rate  record  [derived]
 
 ``relative_path`` points (from the root) to a float32 ``.npy`` array of shape (12, num_samples) in
 mV at the manifest's sampling rate, leads in canonical order; ``lead_mask`` is 12 characters of 0/1
 (0: the record lacks that lead and the channel is zeros); ``source_rate`` is the rate before
-resampling. Classification labels sit beside the manifest in ``SPLIT.lbl`` (one line per row,
+resampling; the optional ``derived`` column lists leads the source computed from others. Labels
+may mark a class unknown (``?CODE``, see ``fairseq_ecg.labels.UNKNOWN_MARK``). Classification labels sit beside the manifest in ``SPLIT.lbl`` (one line per row,
 comma-separated class codes) with the class list in ``classes.tsv`` (one class per line, in column
 order; equivalent codes joined by ``|``).
 """
@@ -42,6 +43,7 @@ class ManifestRow:
     patient: str = ""
     source_rate: float = 0.0
     record: str = ""
+    derived: str = ""  # optional 7th column: leads the source computed from others, e.g. III,aVR,aVL,aVF
 
     @property
     def present_leads(self) -> np.ndarray:
@@ -49,9 +51,8 @@ class ManifestRow:
 
     def to_line(self) -> str:
         rate = f"{self.source_rate:g}"
-        return "\t".join(
-            [self.relative_path, str(self.num_samples), self.lead_mask, self.patient, rate, self.record]
-        )
+        fields = [self.relative_path, str(self.num_samples), self.lead_mask, self.patient, rate, self.record]
+        return "\t".join(fields + ([self.derived] if self.derived else []))
 
 
 @dataclass
@@ -143,6 +144,7 @@ def _parse_row(fields: list[str], where: str) -> ManifestRow:
         patient=fields[3] if len(fields) > 3 else "",
         source_rate=rate,
         record=fields[5] if len(fields) > 5 else Path(fields[0]).stem,
+        derived=fields[6] if len(fields) > 6 else "",
     )
 
 
@@ -241,7 +243,23 @@ def load_waveform(path: Path | str, start: int = 0, length: Optional[int] = None
     return np.array(array[:, start:stop], dtype=np.float32)
 
 
+def identify_test_missing(folder: Path | str) -> str:
+    """Why an ``identify/`` folder has no test gallery/probe, in one line with the fix; "" when it
+    has them. Folders prepared before the test split existed hold ``valid_gallery``/``valid_probe``
+    of the valid and test patients together (scores on them are optimistic: the checkpoint was
+    chosen there); re-running the same ``fairseq-ecg-manifest`` command reuses every waveform and
+    writes the four files from disjoint patients."""
+    folder = Path(folder)
+    needed = [folder / f"test_{role}.tsv" for role in ("gallery", "probe")]
+    if all(path.is_file() for path in needed):
+        return ""
+    return (f"{needed[0]} not found: {folder} was prepared before identification had a test split (its "
+            "valid_gallery/valid_probe joined the valid and test patients); re-run the same "
+            "fairseq-ecg-manifest command (it reuses the waveforms) to write valid_* and test_* from disjoint patients")
+
+
 __all__ = [
+    "identify_test_missing",
     "COLUMNS", "Manifest", "ManifestError", "ManifestRow", "atomic_save_npy", "atomic_write_text",
     "check_waveforms", "label_path", "load_waveform", "mask_to_string", "read_classes", "read_labels",
     "read_manifest", "write_classes", "write_labels", "write_manifest",

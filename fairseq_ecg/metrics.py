@@ -142,14 +142,56 @@ def aggregate_by_record(probs, rows, how: str = "mean") -> Tuple[np.ndarray, np.
     return records, out / np.bincount(inverse, minlength=len(records))[:, None]
 
 
+def _masked_macro(labels: np.ndarray, values: np.ndarray, known: np.ndarray, score) -> float:
+    """Mean over classes of ``score(labels, values)`` on the records where the class is known;
+    classes where it returns NaN (one label value only, nothing labelled or predicted) are left out."""
+    per_class = []
+    for k in range(labels.shape[1]):
+        rows = known[:, k]
+        if rows.any():
+            per_class.append(score(labels[rows, k:k + 1], values[rows, k:k + 1]))
+    per_class = [v for v in per_class if not np.isnan(v)]
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def tune_thresholds_known(labels, scores, known, default: float = 0.5) -> np.ndarray:
+    """:func:`tune_thresholds` per class on the records where that class is known."""
+    labels, scores, known = _boolean("labels", labels), np.asarray(scores, dtype=np.float64), _boolean("known", known)
+    thresholds = np.full(labels.shape[1], float(default))
+    for k in range(labels.shape[1]):
+        rows = known[:, k]
+        if rows.any():
+            thresholds[k] = tune_thresholds(labels[rows, k:k + 1], scores[rows, k:k + 1], default)[0]
+    return thresholds
+
+
 def classification_metrics(
     labels, scores, thresholds, weights: Optional[np.ndarray] = None, sinus_index: Optional[int] = None,
-    challenge: bool = True,
+    challenge: bool = True, known=None,
 ) -> Dict[str, float]:
     """Every metric of one evaluated subset, per record: ``scores`` are probabilities,
-    ``predictions = scores >= thresholds`` (one threshold per class, or one for all)."""
+    ``predictions = scores >= thresholds`` (one threshold per class, or one for all).
+
+    ``known`` [records, classes] (default: all True) marks the labels the source records; unknown
+    entries are left out of every metric: AUROC, AUPRC and F1 per class over the records where
+    that class is known, accuracy counts a record right when all its known classes are, and the
+    Challenge metric (which scores all classes of a record together) uses the records whose every
+    class is known (NaN if none)."""
     labels, scores = _boolean("labels", labels), np.asarray(scores, dtype=np.float64)
     predictions = scores >= np.asarray(thresholds, dtype=np.float64)
+    if known is not None and not np.all(known):
+        known = _boolean("known", known)
+        values = {
+            "auroc": _masked_macro(labels, scores, known, macro_auroc),
+            "auprc": _masked_macro(labels, scores, known, macro_auprc),
+            "f1": _masked_macro(labels, predictions, known, macro_f1),
+            "accuracy": float(np.mean(np.all((labels == predictions) | ~known, axis=1))),
+        }
+        if challenge:
+            full = known.all(axis=1)
+            values["challenge_metric"] = (challenge_metric(labels[full], predictions[full], weights, sinus_index)
+                                          if full.any() else float("nan"))
+        return values
     values = {
         "auroc": macro_auroc(labels, scores),
         "auprc": macro_auprc(labels, scores),

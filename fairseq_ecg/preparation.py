@@ -1,7 +1,8 @@
 """``fairseq-ecg-manifest``: turn ECG archives into waveform files and the manifests of every task.
 
-    fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout physionet2021|ptbxl|wfdb] [--labels CSV]
-        [--workers N] [--sample-rate 500] [--valid-percent 10] [--test-percent 10] [--seed S]
+    fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout auto|NAME] [--labels CSV]
+        [--workers N] [--sample-rate 500] [--split-by auto|strat-fold|patient-hash]
+        [--valid-percent 10] [--test-percent 10] [--seed S]
         [--min-seconds 5] [--finetune-train-limit N] [--force]
 
 Records stream through a process pool one at a time (memory stays bounded whatever the archive
@@ -35,17 +36,21 @@ from .leads import NUM_LEADS, mask_to_string
 from .manifest import (
     ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
 )
-from .records import (
-    DEFAULT_MIN_SECONDS, LAYOUTS, PATIENTS_CSV, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, discover,
-    read_record, resample,
+from .sources import (
+    AUTO, DEFAULT_MIN_SECONDS, PATIENTS_CSV, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
+    discover, get_source, layouts, read_record, resample,
 )
 
 PROG = "fairseq-ecg-manifest"
 WAVES = "waves"
 JOURNAL = "records.tsv"
 SKIPPED = "skipped.tsv"
-JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "note")
+JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
+                   "statement", "note")
+STATEMENTS = "statements.tsv"
 SPLITS = ("train", "valid", "test")
+SPLIT_BY = ("auto", "strat-fold", "patient-hash")
+IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Outcome:
     dx: tuple[str, ...] = ()
     note: str = ""
     kind: str = ""
+    derived: str = ""  # leads the source computed from others (MUSE: III,aVR,aVL,aVF)
+    statement: str = ""  # free text kept in statements.tsv (machine report, diagnosis statements)
 
     @property
     def ok(self) -> bool:
@@ -85,7 +92,8 @@ class Outcome:
 
     def journal_line(self) -> str:
         fields = [_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
-                  f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), _one_line(self.note)]
+                  f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), self.derived,
+                  _one_line(self.statement), _one_line(self.note)]
         return "\t".join(fields)
 
     @classmethod
@@ -101,7 +109,8 @@ class Outcome:
         if num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}:
             return None
         dx = tuple(code for code in fields[6].split(",") if code)
-        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[7])
+        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[9],
+                   derived=fields[7], statement=fields[8])
 
 
 def _one_line(text: str) -> str:
@@ -147,7 +156,8 @@ def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]
         signal = resample(record.signal, record.sample_rate, settings.sample_rate)
         atomic_save_npy(target, signal)
         return Outcome(ref.key, "written", int(signal.shape[1]), mask_to_string(record.present),
-                       record.sample_rate, record.name, record.header_codes, "; ".join(record.notes))
+                       record.sample_rate, record.name, record.header_codes, "; ".join(record.notes),
+                       derived=",".join(record.derived), statement=record.statement)
     except RecordError as error:
         return Outcome(ref.key, "skipped", record=ref.name, note=error.reason, kind=error.kind)
     except Exception as error:  # a bad record must not stop the run; say what happened instead
@@ -200,9 +210,9 @@ def remove_stale_temporaries(dest: Path) -> int:
             if name.startswith(".") and name.endswith(".npy.tmp"):
                 os.unlink(os.path.join(folder, name))
                 removed += 1
-    ours = {"": (JOURNAL, SKIPPED), "pretrain": ("train.tsv", "valid.tsv"),
+    ours = {"": (JOURNAL, SKIPPED, STATEMENTS), "pretrain": ("train.tsv", "valid.tsv"),
             "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
-            "identify": ("train.tsv", "valid_gallery.tsv", "valid_probe.tsv")}
+            "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
     for sub, names in ours.items():
         folder = dest / sub
         if not folder.is_dir():
@@ -272,6 +282,12 @@ class Good:
     row: ManifestRow
     codes: tuple[str, ...]
     split: str
+    known: Optional[tuple[str, ...]] = None  # codes whose presence the source records; None: all
+
+    @property
+    def labelled(self) -> bool:
+        """False for a source without labels (MIMIC-IV-ECG): pretraining and identification only."""
+        return self.known is None or bool(self.known)
 
 
 def labeled_subset(goods: Sequence[Good], limit: Optional[int], seed: int) -> list[Good]:
@@ -308,22 +324,25 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
     labels = scored_labels()
     write_classes(dest / "finetune", labels.names)
     for split in SPLITS:
-        chosen = labeled_subset(by_split[split], finetune_train_limit, seed) if split == "train" else by_split[split]
+        labelled = [g for g in by_split[split] if g.labelled]
+        chosen = labeled_subset(labelled, finetune_train_limit, seed) if split == "train" else labelled
         path = manifest(f"finetune/{split}.tsv", [g.row for g in chosen])
-        write_labels(path, [labels.canonical_codes(g.codes) for g in chosen])
+        write_labels(path, [labels.label_tokens(g.codes, g.known) for g in chosen])
     records_of: dict[str, list[Good]] = {}
     for good in goods:
         records_of.setdefault(good.row.patient, []).append(good)
     repeated = {p: rs for p, rs in records_of.items() if len(rs) >= 2}  # each in sorted record order
     identify_train = [g.row for g in goods if g.row.patient in repeated and g.split == "train"]
-    gallery, probe = [], []
-    for good in goods:  # the first record (sorted) of each held-out patient is its gallery record
-        rows = repeated.get(good.row.patient)
-        if rows and good.split != "train":
-            (gallery if good is rows[0] else probe).append(good.row)
     manifest("identify/train.tsv", identify_train)
-    manifest("identify/valid_gallery.tsv", gallery)
-    manifest("identify/valid_probe.tsv", probe)
+    # valid patients choose the checkpoint, test patients (never seen in that choice) are reported
+    for split in IDENTIFY_HELD_OUT:
+        gallery, probe = [], []
+        for good in by_split[split]:  # the first record (sorted) of each held-out patient is its gallery record
+            rows = repeated.get(good.row.patient)
+            if rows:
+                (gallery if good is rows[0] else probe).append(good.row)
+        manifest(f"identify/{split}_gallery.tsv", gallery)
+        manifest(f"identify/{split}_probe.tsv", probe)
     return counts
 
 
@@ -341,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "the pretrain/finetune/identify manifests (see manifests/README.md).")
     parser.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="archive folder(s)")
     parser.add_argument("--dest", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--layout", default="physionet2021", metavar="|".join(LAYOUTS),
-                        help="physionet2021: tree of .hea/.mat (patients.csv at the root is used); "
-                             "ptbxl: ptbxl_database.csv + records500; wfdb: any folder of WFDB records")
+    parser.add_argument("--layout", default=AUTO, metavar="|".join((AUTO,) + layouts()),
+                        help="auto (default): recognise each source folder's layout on its own; "
+                             + "; ".join(f"{name}: {get_source(name).summary}" for name in layouts()))
     parser.add_argument("--labels", type=Path, metavar="CSV",
                         help="CSV with columns record[,patient][,codes] (physionet2021, wfdb) or the "
                              "ptbxl_database.csv to use (ptbxl)")
@@ -352,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-rate", type=float, default=500.0, help="target rate in Hz")
     parser.add_argument("--valid-percent", type=float, default=10.0, help="share of patients")
     parser.add_argument("--test-percent", type=float, default=10.0, help="share of patients")
+    parser.add_argument("--split-by", choices=SPLIT_BY, default="auto",
+                        help="auto: an archive's own recommended split where it has one (PTB-XL's strat_fold: "
+                             "folds 1-8 train, 9 valid, 10 test), else patient-hash; strat-fold: require it; "
+                             "patient-hash: a hash of (--seed, patient) with --valid-percent/--test-percent")
     parser.add_argument("--seed", type=int, default=1, help="seed of the patient split")
     parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
                         help="records shorter than this are skipped")
@@ -367,17 +390,28 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path]) -> list[RecordRef]:
-    """Records of every source; with several sources, keys are prefixed with the folder name."""
+def resolve_layouts(sources: Sequence[Path], layout: str) -> list[str]:
+    """The layout of each source folder: ``layout``, or each recognised on its own for ``auto``."""
+    return [detect_layout(src) if layout == AUTO else layout for src in sources]
+
+
+def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
+                  split_by: str = "auto") -> list[RecordRef]:
+    """Records of every source; with several sources, keys are prefixed with the folder name.
+    ``layout`` is one name for all or ``auto``; ``split_by``: see ``--split-by``; with
+    ``patient-hash`` the archives' own splits are unused."""
     refs: list[RecordRef] = []
-    for src in sources:
-        found = list(discover(src, layout, labels))
+    for src, name in zip(sources, resolve_layouts(sources, layout)):
+        found = list(discover(src, name, labels, use_folds=split_by != "patient-hash"))
         if not found:
-            what = "rows in ptbxl_database.csv" if layout == "ptbxl" else "WFDB headers (*.hea)"
-            raise LayoutError(f"no records found in {src} (layout {layout}: looked for {what}); "
+            raise LayoutError(f"no records found in {src} (layout {name}: {get_source(name).summary}); "
                               "check the folder, or pick the right --layout")
-        if len(sources) > 1:
-            found = [replace(ref, key=f"{src.name}/{ref.key}") for ref in found]
+        if split_by == "strat-fold" and not any(ref.split for ref in found):
+            raise LayoutError(f"--split-by strat-fold: {src} has no recommended split (PTB-XL's "
+                              f"{PTBXL_DATABASE} with a strat_fold column); use --split-by patient-hash")
+        if len(sources) > 1:  # names and patient ids of different archives never meet
+            found = [replace(ref, key=f"{src.name}/{ref.key}", patient=f"{src.name}:{ref.patient}" if ref.patient else "")
+                     for ref in found]
         refs.extend(found)
     return refs
 
@@ -395,15 +429,15 @@ def _bad_key(ref: RecordRef) -> str:
 
 def _check_arguments(args: argparse.Namespace) -> str:
     """What is wrong with the command line, in one line that names the folder and the fix; "" if nothing."""
-    if args.layout not in LAYOUTS:
+    if args.layout != AUTO and args.layout not in layouts():
         return (f"unknown layout {args.layout!r} for {', '.join(map(str, args.sources))}; pass --layout "
-                f"{' or '.join(LAYOUTS)}")
+                f"{' or '.join((AUTO,) + layouts())}")
     for src in args.sources:
         if not src.is_dir():
             return (f"source folder {src} does not exist or is not a folder; pass the folder that "
                     "holds the archive (e.g. the one with training/ or ptbxl_database.csv)")
     for src in args.sources:
-        if args.layout != "ptbxl" and (src / PTBXL_DATABASE).is_file():
+        if args.layout not in (AUTO, "ptbxl") and (src / PTBXL_DATABASE).is_file():
             return (f"{src} holds {PTBXL_DATABASE}, a PTB-XL archive, but --layout is {args.layout}; "
                     "pass --layout ptbxl (it reads the patient ids and labels from that file)")
     if len({src.resolve().name for src in args.sources}) != len(args.sources):
@@ -430,7 +464,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         return _fail(problem)
     try:
-        refs = _discover_all(args.sources, args.layout, args.labels)
+        args.layouts = resolve_layouts(args.sources, args.layout)
+        refs = _discover_all(args.sources, args.layout, args.labels, args.split_by)
     except LayoutError as error:
         return _fail(str(error))
     keys = Counter(ref.key for ref in refs)
@@ -442,7 +477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dest = args.dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
     settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force,
-                        sources=tuple(str(src.resolve()) for src in args.sources), layout=args.layout)
+                        sources=tuple(str(src.resolve()) for src in args.sources), layout=",".join(args.layouts))
     start = time.perf_counter()
     remove_stale_temporaries(dest)
     journal_path = dest / JOURNAL
@@ -478,33 +513,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atomic_write_text(journal_path, journal_text(settings, ordered))
     skipped = [o for o in ordered if not o.ok]
     atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in skipped))
+    stated = [o for o in ordered if o.ok and o.statement]
+    if stated or (dest / STATEMENTS).exists():
+        atomic_write_text(dest / STATEMENTS, "".join(f"{_field(o.key)}\t{_one_line(o.statement)}\n" for o in stated))
     goods = []
     for ref, outcome in zip(refs, ordered):
         if not outcome.ok:
             continue
         patient = _one_line(ref.patient) or ref.key
         row = ManifestRow(wave_relative_path(ref.key), outcome.num_samples, outcome.lead_mask, patient,
-                          outcome.source_rate, _one_line(ref.name))
+                          outcome.source_rate, _one_line(ref.name), outcome.derived)
         codes = ref.codes if ref.codes is not None else outcome.dx
-        goods.append(Good(row, tuple(codes), split_of(patient, args.seed, args.valid_percent, args.test_percent)))
+        split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
+        goods.append(Good(row, tuple(codes), split, ref.known))
     elapsed = time.perf_counter() - start
     if not goods:
         print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
         _print_summary(dest, refs, ordered, goods, {}, elapsed)
         return 1
     counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed)
-    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args))
+    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs))
     return 0
 
 
-def _notices(args: argparse.Namespace) -> list[str]:
-    """Summary lines about the inputs: a PhysioNet/CinC 2021 source without patient ids."""
-    if args.layout != "physionet2021" or args.labels is not None:
-        return []
-    return [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
+def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[str]:
+    """Summary lines about the inputs: the archive's own split in use, a PhysioNet/CinC 2021
+    source without patient ids."""
+    lines = []
+    if any(ref.split for ref in refs):
+        lines.append("  splits: PTB-XL's strat_fold (folds 1-8 train, 9 valid, 10 test; --valid-percent and "
+                     "--test-percent unused); --split-by patient-hash splits by a hash of the patient instead")
+    if args.labels is not None:
+        return lines
+    return lines + [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
             "training/): each record is treated as its own patient, so the identify manifests are empty and "
             f"the splits are per record; put {PATIENTS_CSV} (columns record,patient) there or pass --labels CSV"
-            for src in args.sources if not (src / PATIENTS_CSV).is_file()]
+            for src, name in zip(args.sources, getattr(args, "layouts", [args.layout] * len(args.sources)))
+            if name == "physionet2021" and not (src / PATIENTS_CSV).is_file()]
 
 
 def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],
@@ -520,18 +565,25 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
         lines.append(f"  {dropped} record(s) had channels with unknown lead names, dropped (see {JOURNAL})")
     if counts:
         labels = scored_labels()
-        unlabeled = sum(1 for g in goods if not labels.canonical_codes(g.codes))
+        unlabeled = sum(1 for g in goods if g.known is None and not labels.canonical_codes(g.codes))
+        partial = sum(1 for g in goods if g.known)
+        without = sum(1 for g in goods if not g.labelled)
         patients = {split: len({g.row.patient for g in goods if g.split == split}) for split in SPLITS}
+        tested = sum(1 for g in goods if g.split == "test")
         lines += [
             f"  pretrain: train {counts['pretrain/train.tsv']}, valid {counts['pretrain/valid.tsv']} records "
-            f"(the {counts['finetune/test.tsv']} test records are kept out)",
+            f"(the {tested} test records are kept out)",
             f"  finetune: train {counts['finetune/train.tsv']}, valid {counts['finetune/valid.tsv']}, "
             f"test {counts['finetune/test.tsv']} records of {patients['train']}/{patients['valid']}/"
             f"{patients['test']} patients, {len(labels)} classes; {unlabeled} record(s) with no scored "
-            "class are included with an all-zero label line",
-            f"  identify: train {counts['identify/train.tsv']}, valid_gallery "
-            f"{counts['identify/valid_gallery.tsv']}, valid_probe {counts['identify/valid_probe.tsv']} "
-            "records (patients with >= 2 records)",
+            "class are included with an all-zero label line"
+            + (f"; {partial} record(s) label only some classes (the others are marked unknown, ?CODE)" if partial else "")
+            + (f"; {without} record(s) of sources without labels are left out (pretrain/identify only)"
+               if without else ""),
+            f"  identify: train {counts['identify/train.tsv']}, "
+            + ", ".join(f"{s}_{r} {counts[f'identify/{s}_{r}.tsv']}" for s in IDENTIFY_HELD_OUT
+                        for r in ("gallery", "probe"))
+            + " records (patients with >= 2 records; valid selects the checkpoint, test is reported)",
         ]
         empty = [name for name, n in counts.items() if n == 0]
         if empty:

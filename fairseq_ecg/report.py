@@ -115,7 +115,9 @@ def write_report(rows: list[dict], out: Path) -> Path:
     """Write ``report.md`` and the plots; returns the report's path."""
     table = summarise(rows)
     lines = ["# Results", "", f"{len(rows)} measurements from `results.csv`. Cells: mean ± standard deviation over seeds, n = the number of seeds "
-             "(one seed: no spread).", ""]
+             "(one seed: no spread).",
+             "Every figure is on the test patients (`finetune/test.tsv`, `identify/test_gallery.tsv` + "
+             "`test_probe.tsv`); `checkpoint_best.pt` was chosen on the valid patients, who are others.", ""]
     for experiment in sorted({key[0] for key in table}):
         lines += [f"## {EXPERIMENT_TITLES.get(experiment, f'Experiment {experiment}')}", ""]
         for (exp, task, metric) in sorted(k for k in table if k[0] == experiment):

@@ -13,6 +13,7 @@ noise and baseline wander. Deterministic for a seed: same arguments, same bytes.
   (cpsc_2018 and georgia 500 Hz, st_petersburg_incart 257 Hz, ptb 1000 Hz). The Challenge data
   carry no patient ids, so ``OUT/patients.csv`` (columns ``record,patient``) gives them; the
   manifest tool reads it as its optional labels/patients CSV.
+* ``numpy``, ``code15``, ``mimic_iv_ecg``, ``muse_xml``, ``dicom``: see :mod:`fairseq_ecg.synth_sources`.
 * ``ptbxl``: ``OUT/ptbxl_database.csv`` + ``OUT/scp_statements.csv`` and WFDB format-16 records in
   ``records500/00000/00001_hr`` (500 Hz) and ``records100/00000/00001_lr`` (100 Hz, decimated),
   10 s each, folds 1-10 assigned by patient, labels as SCP statements
@@ -39,7 +40,7 @@ import scipy.signal
 from .labels import PTBXL_SCP_TO_SNOMED as SCP
 from .leads import LEADS
 
-LAYOUTS = ("physionet2021", "ptbxl")
+LAYOUTS = ("physionet2021", "ptbxl", "numpy", "code15", "mimic_iv_ecg", "muse_xml", "dicom")
 GAIN = 1000  # ADC units per mV, as in both archives
 GROUP_SIZE = 500  # records per g<k> folder
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -90,6 +91,15 @@ SOURCES = (
     Source("ptb", "S", 1000, (10, 15, 20), (0.5, 0.3, 0.2), 0.13),
 )
 PTBXL_SOURCE = Source("ptb-xl", "", 500, (10,), (1.0,), 1.0)
+# The other layouts (fairseq_ecg.synth_sources): rates and lengths of the real archives.
+LAYOUT_SOURCES = {
+    "ptbxl": PTBXL_SOURCE,
+    "numpy": Source("numpy", "", 500, (10, 12), (0.5, 0.5), 1.0),
+    "code15": Source("code15", "", 400, (7, 10), (0.3, 0.7), 1.0),
+    "mimic_iv_ecg": Source("mimic_iv_ecg", "", 500, (10,), (1.0,), 1.0),
+    "muse_xml": Source("muse_xml", "", 500, (10,), (1.0,), 1.0),
+    "dicom": Source("dicom", "", 500, (10,), (1.0,), 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -170,8 +180,7 @@ def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patien
     rng = np.random.default_rng([seed, 1, index])
     weights = np.array([s.weight for s in SOURCES])
     source = SOURCES[rng.choice(len(SOURCES), p=weights / weights.sum())]
-    if layout == "ptbxl":
-        source = PTBXL_SOURCE
+    source = LAYOUT_SOURCES.get(layout, source)
     age, sex = int(rng.integers(18, 91)), ("Male", "Female")[int(rng.integers(2))]
     u_axis, u_cond, u_tinv, u_low, u_avb, u_af = rng.random(6)
     clbbb, crbbb = u_cond < 0.07, 0.07 <= u_cond < 0.17
@@ -435,6 +444,11 @@ def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed:
         raise FileExistsError(f"{out} already exists and is not an empty folder")
     owner = assign_patients(records, patients, np.random.default_rng([seed, 0]))
     people = [make_patient(seed, p, layout) for p in range(patients)]
+    if layout not in ("physionet2021", "ptbxl"):  # the formats of fairseq_ecg.sources' other readers
+        from .synth_sources import WRITERS
+
+        out.mkdir(parents=True, exist_ok=True)
+        return WRITERS[layout](out, people, owner.tolist(), seed)
     written: list[SynthRecord] = []
     per_source: Counter = Counter()
     table = []

@@ -186,3 +186,29 @@ def test_finished_matrix_prints_a_quiet_report_and_its_path(tmp_path):
     assert "| w2v | 0.750 (n=1) |" in result.stdout and "± 0.000" not in result.stdout
     assert result.stdout.strip().splitlines()[-1] == (f"[experiments] report: {out / 'report.md'} "
                                                       f"(results: {out / 'results.csv'})")
+
+
+def test_identification_is_reported_on_the_test_patients(tmp_path):
+    """checkpoint_best is chosen on identify/valid_*; the reported figures come from other patients."""
+    runs = plan_for(tmp_path, "--preset", "paper", "--variants", "w2v", "--leads", "12", "--seeds", "1",
+                    "--tasks", "identification")
+    evaluations = [r for r in runs if r.labels is not None]
+    assert evaluations and all(r.labels["task"] == "identification" for r in evaluations)
+    for run in evaluations:
+        assert run.command[run.command.index("--valid-subset") + 1] == "test"
+
+
+def test_an_identify_folder_prepared_before_the_test_split_is_refused_in_one_line(tmp_path):
+    from fairseq_ecg.manifest import ManifestRow, write_manifest
+
+    (tmp_path / "identify").mkdir()
+    row = ManifestRow("waves/a.npy", 5000, "1" * 12, "p1", 500.0, "a")
+    for name in ("train", "valid_gallery", "valid_probe"):  # what older preparations wrote
+        write_manifest(tmp_path / "identify" / f"{name}.tsv", tmp_path, [row])
+    with pytest.raises(SystemExit, match="test_gallery.tsv not found.*re-run the same fairseq-ecg-manifest command"):
+        experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "paper",
+                          "--variants", "w2v", "--leads", "12", "--seeds", "1", "--dry-run"])
+    for name in ("test_gallery", "test_probe"):
+        write_manifest(tmp_path / "identify" / f"{name}.tsv", tmp_path, [row])
+    assert experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "paper",
+                             "--variants", "w2v", "--leads", "12", "--seeds", "1", "--dry-run"]) == 0

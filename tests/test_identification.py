@@ -46,11 +46,14 @@ def _write_split(folder: Path, split: str, records: list, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def identify_data(tmp_path_factory) -> Path:
-    """6 training patients x 3 records; 4 held-out patients with one gallery and one probe record each."""
+    """6 training patients x 3 records; 4 valid and 3 test patients (others) with one gallery and one
+    probe record each."""
     folder = tmp_path_factory.mktemp("identify")
     _write_split(folder, "train", [(p, r) for p in range(6) for r in range(3)], seed=1)
     _write_split(folder, "valid_gallery", [(p, 0) for p in range(6, 10)], seed=2)
     _write_split(folder, "valid_probe", [(p, 1) for p in range(6, 10)], seed=3)
+    _write_split(folder, "test_gallery", [(p, 0) for p in range(10, 13)], seed=4)
+    _write_split(folder, "test_probe", [(p, 1) for p in range(10, 13)], seed=5)
     return folder
 
 
@@ -170,6 +173,21 @@ def test_task_splits(identify_data):
     assert sum(len(b["id"]) for b in batches) == 16
     with pytest.raises(ManifestError, match=r"not a training patient.*subset name without the suffix \(valid\)"):
         task.load_dataset("valid_probe")
+    task.load_dataset("test")
+    test = task.dataset("test")
+    assert isinstance(test, GalleryProbeDataset) and len(test) == 12  # 6 records x 2 segments
+    assert {r.patient for r in test.manifest.rows} == {"p10", "p11", "p12"}
+
+
+def test_a_folder_prepared_before_the_test_split_says_how_to_re_prepare(identify_data, tmp_path):
+    old = tmp_path / "identify"
+    old.mkdir()
+    for name in ("train", "valid_gallery", "valid_probe"):
+        shutil.copy(identify_data / f"{name}.tsv", old)
+    task = EcgIdentificationTask(EcgTaskConfig(data=str(old), seed=1))
+    task.load_dataset("valid")  # still reads what older preparations wrote
+    with pytest.raises(ManifestError, match=r"test_gallery.tsv not found.*re-run the same fairseq-ecg-manifest"):
+        task.load_dataset("test")
 
 
 # --- end to end: fairseq-hydra-train, fairseq-validate, fairseq-ecg-embed ---------------------
@@ -198,8 +216,8 @@ def test_train_then_fairseq_validate(identify_data, tiny_identifier):
     state = torch.load(tiny_identifier, weights_only=True)
     assert state["cfg"]["model"]["num_patients"] == 6 and state["cfg"]["model"]["encoder_args"]
     result = run_cli("fairseq-validate", str(identify_data), "--user-dir", "fairseq_ecg", "--task",
-                     "ecg_identification", "--path", str(tiny_identifier), "--valid-subset", "valid", "--batch-size", "3")
-    values = _values(result.stdout + result.stderr, "valid")
+                     "ecg_identification", "--path", str(tiny_identifier), "--valid-subset", "test", "--batch-size", "3")
+    values = _values(result.stdout + result.stderr, "test")
     # The templates differ per patient far more than the noise: even a one-epoch model tells them apart.
     assert values["top1_accuracy"] >= 0.5 and 0.0 <= values["eer"] <= 0.5
 

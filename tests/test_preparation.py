@@ -25,7 +25,8 @@ from test_records import _bad_records, write_mat_record
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(sys.executable).parent / "fairseq-ecg-manifest"
 MANIFESTS = ["pretrain/train.tsv", "pretrain/valid.tsv", "finetune/train.tsv", "finetune/valid.tsv",
-             "finetune/test.tsv", "identify/train.tsv", "identify/valid_gallery.tsv", "identify/valid_probe.tsv"]
+             "finetune/test.tsv", "identify/train.tsv", "identify/valid_gallery.tsv", "identify/valid_probe.tsv",
+             "identify/test_gallery.tsv", "identify/test_probe.tsv"]
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -97,15 +98,21 @@ def test_splits_are_patient_disjoint_and_complete(prepared):
     # identification: patients with >= 2 records; held-out patients give one gallery record each
     count = {p: sum(r.patient == p for r in written) for p in {r.patient for r in written}}
     ident = {name: read_manifest(dest / "identify" / f"{name}.tsv").rows
-             for name in ("train", "valid_gallery", "valid_probe")}
+             for name in ("train", "valid_gallery", "valid_probe", "test_gallery", "test_probe")}
     assert {r.patient for r in ident["train"]} == {p for p in patients["train"] if count[p] >= 2}
-    held_out = {p for p in patients["valid"] | patients["test"] if count[p] >= 2}
-    gallery = [r.patient for r in ident["valid_gallery"]]
-    assert sorted(gallery) == sorted(held_out) and {r.patient for r in ident["valid_probe"]} == held_out
-    assert len(ident["valid_gallery"]) + len(ident["valid_probe"]) == sum(count[p] for p in held_out)
-    for row in ident["valid_gallery"]:  # the first record (sorted) of its patient
-        probes = [r.relative_path for r in ident["valid_probe"] if r.patient == row.patient]
-        assert row.relative_path < min(probes)
+    # valid patients choose the checkpoint, the test patients (others) are reported
+    for split in ("valid", "test"):
+        held_out = {p for p in patients[split] if count[p] >= 2}
+        assert held_out  # 20 patients of 3 records, 20 % each
+        gallery = [r.patient for r in ident[f"{split}_gallery"]]
+        assert sorted(gallery) == sorted(held_out) and {r.patient for r in ident[f"{split}_probe"]} == held_out
+        assert len(ident[f"{split}_gallery"]) + len(ident[f"{split}_probe"]) == sum(count[p] for p in held_out)
+        for row in ident[f"{split}_gallery"]:  # the first record (sorted) of its patient
+            probes = [r.relative_path for r in ident[f"{split}_probe"] if r.patient == row.patient]
+            assert row.relative_path < min(probes)
+    valid = {r.patient for name in ("valid_gallery", "valid_probe") for r in ident[name]}
+    test = {r.patient for name in ("test_gallery", "test_probe") for r in ident[name]}
+    assert not valid & test
 
 
 def test_split_of_is_deterministic_and_follows_the_percentages():
@@ -163,6 +170,77 @@ def test_ptbxl_layout_end_to_end(tmp_path):
     rows = [r for split in ("train", "valid", "test")
             for r in read_manifest(tmp_path / "out" / "finetune" / f"{split}.tsv").rows]
     assert sorted((r.record, r.patient) for r in rows) == sorted((w.name, w.patient) for w in written)
+
+
+def _database(csv_path: Path) -> list[dict]:
+    import csv
+
+    with open(csv_path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_database(csv_path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_ptbxl_uses_the_recommended_strat_fold_split_unless_told_otherwise(tmp_path, capsys):
+    """PTB-XL's folds 1-8 train, 9 valid, 10 test (as the literature reports); --split-by
+    patient-hash keeps the hash split; a fold that is not 1-10 skips its record with the reason."""
+    src = tmp_path / "ptbxl"
+    synthesize_archive(src, records=40, patients=20, seed=4, layout="ptbxl")
+    database = src / "ptbxl_database.csv"
+    rows = _database(database)
+    fold = {Path(row["filename_hr"]).name: int(row["strat_fold"]) for row in rows}
+    rows[0]["strat_fold"] = "11"
+    _write_database(database, rows)
+    bad_name = Path(rows[0]["filename_hr"]).name
+    expected = {**{f: "train" for f in range(1, 9)}, 9: "valid", 10: "test"}
+
+    def splits(dest: Path) -> dict[str, str]:
+        return {r.record: split for split in ("train", "valid", "test")
+                for r in read_manifest(dest / "finetune" / f"{split}.tsv").rows}
+
+    assert main([str(src), "--dest", str(tmp_path / "folds"), "--layout", "ptbxl", "--workers", "1"]) == 0
+    assert "splits: PTB-XL's strat_fold" in capsys.readouterr().out
+    by_fold = splits(tmp_path / "folds")
+    assert by_fold == {name: expected[f] for name, f in fold.items() if name != bad_name}
+    assert set(by_fold.values()) == {"train", "valid", "test"}
+    skipped = (tmp_path / "folds" / "skipped.tsv").read_text()
+    assert skipped.count("\n") == 1 and "strat_fold '11' is not a fold 1-10" in skipped
+    assert main([str(src), "--dest", str(tmp_path / "strict"), "--layout", "ptbxl", "--split-by", "strat-fold",
+                 "--workers", "1"]) == 0
+    assert splits(tmp_path / "strict") == by_fold
+    assert main([str(src), "--dest", str(tmp_path / "hash"), "--layout", "ptbxl", "--split-by", "patient-hash",
+                 "--seed", "5", "--workers", "1"]) == 0
+    rows = [r for split in ("train", "valid", "test") for r in read_manifest(tmp_path / "hash" / "finetune" / f"{split}.tsv").rows]
+    assert len(rows) == 40 and (tmp_path / "hash" / "skipped.tsv").read_text() == ""
+    assert splits(tmp_path / "hash") == {r.record: split_of(r.patient, 5, 10, 10) for r in rows}
+
+
+def test_strat_fold_split_needs_an_archive_that_has_one(tmp_path, capsys):
+    write_mat_record(tmp_path / "src", "R1", np.full((12, 5000), 300))
+    assert main([str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--split-by", "strat-fold"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--split-by strat-fold" in err and "use --split-by patient-hash" in err and "\n" not in err
+
+
+def test_ptbxl_folds_that_mix_a_patient_are_refused(tmp_path, capsys):
+    src = tmp_path / "ptbxl"
+    synthesize_archive(src, records=6, patients=2, seed=4, layout="ptbxl")
+    database = src / "ptbxl_database.csv"
+    rows = _database(database)
+    other = next(row for row in rows[1:] if row["patient_id"] == rows[0]["patient_id"])
+    other["strat_fold"] = "10" if rows[0]["strat_fold"] != "10" else "1"  # one patient in two splits
+    _write_database(database, rows)
+    assert main([str(src), "--dest", str(tmp_path / "out"), "--layout", "ptbxl"]) == 2
+    err = capsys.readouterr().err
+    assert "folds are patient-disjoint" in err and "--split-by patient-hash" in err
+    assert main([str(src), "--dest", str(tmp_path / "out"), "--layout", "ptbxl", "--split-by", "patient-hash"]) == 0
 
 
 @pytest.mark.parametrize("case", ["missing", "layout", "empty", "ptbxl", "labels"])
@@ -249,9 +327,23 @@ def test_physionet_without_patients_csv_gets_a_notice(tmp_path, capsys):
 
 def test_ptbxl_archive_without_ptbxl_layout_is_refused(tmp_path, capsys):
     synthesize_archive(tmp_path / "ptbxl", records=4, patients=2, seed=4, layout="ptbxl")
-    for layout in ([], ["--layout", "wfdb"]):
+    for layout in (["--layout", "wfdb"], ["--layout", "physionet2021"]):
         assert main([str(tmp_path / "ptbxl"), "--dest", str(tmp_path / "out"), *layout]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("fairseq-ecg-manifest: error:")
         assert f"{tmp_path / 'ptbxl'} holds ptbxl_database.csv" in err and "pass --layout ptbxl" in err
     assert not (tmp_path / "out").exists()
+    # --layout auto (the default) recognises it
+    assert main([str(tmp_path / "ptbxl"), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert "layout=ptbxl " in (tmp_path / "out" / "records.tsv").read_text().splitlines()[0]
+
+
+def test_a_folder_of_no_known_layout_is_refused_listing_the_layouts(tmp_path, capsys):
+    from fairseq_ecg.sources import layouts
+
+    (tmp_path / "mystery").mkdir()
+    (tmp_path / "mystery" / "notes.txt").write_text("not an ECG archive\n")
+    assert main([str(tmp_path / "mystery"), "--dest", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no known archive layout recognised" in err
+    assert all(name in err for name in layouts())

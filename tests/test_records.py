@@ -1,5 +1,6 @@
 """Reading archives into records: discovery per layout, lead mapping, units, every bad-record case
 (each a RecordError with a one-line reason), and resampling that keeps band-limited content."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,55 @@ def test_read_then_resample_a_257_hz_record(tmp_path):
     assert out.shape == (12, 15000)
     expected = tone([5.0], 500, 30, amplitude=0.8)
     np.testing.assert_allclose(out[:, 250:-250], np.tile(expected, (12, 1))[:, 250:-250], atol=3e-3)
+
+
+def _edited_header(tmp_path, edit_first=None, edit_signal=None):
+    """A good record whose header's record line and/or first signal line (lead I) are edited."""
+    path = write_mat_record(tmp_path, "R", np.full((12, 5000), 100))
+    lines = path.with_suffix(".hea").read_text().splitlines()
+    if edit_first:
+        lines[0] = edit_first(lines[0].split())
+    if edit_signal:
+        lines[1] = edit_signal(lines[1].split())
+    path.with_suffix(".hea").write_text("\n".join(lines) + "\n")
+    return path
+
+
+HEADER_FIELD_CASES = {
+    # record line: name nsig fs nsamp [time date]; wfdb would take 250 Hz or the file's length
+    "no sampling frequency": (lambda f: " ".join(f[:2]), None, "no sampling frequency (wfdb would assume 250 Hz)"),
+    "sampling frequency zero": (lambda f: " ".join(f[:2] + ["0"] + f[3:]), None, "sampling frequency '0' is not a positive"),
+    "sampling frequency text": (lambda f: " ".join(f[:2] + ["500Hz"] + f[3:]), None, "sampling frequency '500Hz'"),
+    "no number of samples": (lambda f: " ".join(f[:3]), None, "no number of samples per signal"),
+    "number of samples text": (lambda f: " ".join(f[:3] + ["5e3"] + f[4:]), None, "number of samples '5e3' is not"),
+    # signal line: file format gain[(baseline)][/units] adcres adczero initval checksum blocksize name
+    "no gain": (None, lambda f: " ".join(f[:2]), "no ADC gain (wfdb would assume 200"),
+    "gain zero": (None, lambda f: " ".join(f[:2] + ["0/mV"] + f[3:]), "ADC gain '0' is zero or not finite"),
+    "gain text": (None, lambda f: " ".join(f[:2] + ["high/mV"] + f[3:]), "ADC gain 'high/mV' is not"),
+    "format unknown": (None, lambda f: " ".join(f[:1] + ["17"] + f[2:]), "format '17' is not a WFDB storage format"),
+    "format malformed": (None, lambda f: " ".join(f[:1] + ["16+x"] + f[2:]), "format '16+x' is not"),
+    "adc resolution text": (None, lambda f: " ".join(f[:3] + ["sixteen"] + f[4:]), "ADC resolution 'sixteen' is not an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_FIELD_CASES))
+def test_missing_or_malformed_header_fields_skip_the_record_instead_of_wfdb_defaults(tmp_path, case):
+    edit_first, edit_signal, words = HEADER_FIELD_CASES[case]
+    path = _edited_header(tmp_path, edit_first, edit_signal)
+    with pytest.raises(RecordError, match=re.escape(words)) as caught:
+        read_record(ref_of(path))
+    assert caught.value.kind == "bad header field" and "R.hea line " in caught.value.reason
+
+
+def test_well_formed_header_variants_still_read(tmp_path):
+    """An absent baseline is the ADC zero (WFDB specification); a baseline, a counter frequency and
+    a gain without units are well formed too."""
+    cases = [
+        (None, lambda f: " ".join(f[:2] + ["1000(0)/mV"] + f[3:])),
+        (lambda f: " ".join(f[:2] + ["500/500(0)"] + f[3:]), None),
+        (None, lambda f: " ".join(f[:2] + ["1000"] + f[3:])),
+    ]
+    for edit_first, edit_signal in cases:
+        record = read_record(ref_of(_edited_header(tmp_path / str(len(list(tmp_path.iterdir()))), edit_first, edit_signal)))
+        assert record.sample_rate == 500 and record.present[0]
+        np.testing.assert_allclose(record.signal[0], 0.1, rtol=1e-6)

@@ -12,6 +12,10 @@ spans the subset: both read the same meter at the end, so both give the whole-su
 The metrics need the task's settings (label set and reward table, per-record aggregation,
 thresholds), which a criterion's static ``reduce_metrics`` cannot see; ``ecg_classification``
 calls ``log_classification`` from its own ``reduce_metrics`` with them.
+
+Unknown labels (target -1: a source that does not record that class, ``?CODE`` in the label
+file) are not negatives: they carry no loss (nor count in ``nlabels``) and every metric leaves
+them out (:func:`fairseq_ecg.metrics.classification_metrics`).
 """
 
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
 
-from ..metrics import aggregate_by_record, classification_metrics, tune_thresholds
+from ..metrics import aggregate_by_record, classification_metrics, tune_thresholds, tune_thresholds_known
 
 METRICS = ("challenge_metric", "auroc", "auprc", "f1", "accuracy")
 
@@ -52,6 +56,7 @@ class ScoredSegments:
     targets: np.ndarray
     probs: np.ndarray
     split: str = ""
+    known: Optional[np.ndarray] = None  # False where the label is unknown (not a negative)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -107,12 +112,18 @@ class ClassificationMeter(Meter):
                 return {name: float("nan") for name in METRICS}, np.zeros(0)
             rows = np.concatenate([p.rows for p in parts])
             records, probs = aggregate_by_record(np.concatenate([p.probs for p in parts]), rows, self.scoring.aggregate)
-            targets = np.concatenate([p.targets for p in parts])[np.unique(rows, return_index=True)[1]]
+            first = np.unique(rows, return_index=True)[1]
+            targets = np.concatenate([p.targets for p in parts])[first]
+            known = None
+            if all(p.known is not None for p in parts):
+                known = np.concatenate([p.known for p in parts])[first]
             thresholds = self.scoring.thresholds
             if thresholds is None:
-                thresholds = tune_thresholds(targets, probs, self.scoring.default_threshold)
+                thresholds = (tune_thresholds(targets, probs, self.scoring.default_threshold) if known is None
+                              else tune_thresholds_known(targets, probs, known, self.scoring.default_threshold))
             values = classification_metrics(targets, probs, thresholds, self.scoring.weights,
-                                             self.scoring.sinus_index, challenge=self.scoring.weights is not None)
+                                             self.scoring.sinus_index, challenge=self.scoring.weights is not None,
+                                             known=known)
             self._result = values, np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (probs.shape[1],))
         return self._result
 
@@ -152,16 +163,17 @@ class EcgBceCriterion(FairseqCriterion):
             raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ: the model's "
                              "classes must be those of classes.tsv")
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight,
-                                                  reduction="sum" if reduce else "none")
+        known = target >= 0  # unknown labels (-1, "?CODE" in the label file) are no negatives: left out
+        loss = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), weight=known.float(),
+                                                  pos_weight=pos_weight, reduction="sum" if reduce else "none")
         count = target.shape[0]
         logging_output = {"loss": loss.detach().sum().item(), "ntokens": count, "nsentences": count,
-                          "sample_size": count, "nlabels": target.numel()}
+                          "sample_size": count, "nlabels": int(known.sum().item())}
         if not self.training:
             logging_output["scored"] = ScoredSegments(
                 ids=sample["id"].cpu().numpy(), rows=sample["row"].cpu().numpy(),
                 targets=target.cpu().numpy() > 0.5, probs=torch.sigmoid(logits).detach().cpu().numpy(),
-                split=str(sample.get("split", "")),
+                split=str(sample.get("split", "")), known=known.cpu().numpy(),
             )
         return loss, count, logging_output
 

@@ -5,11 +5,11 @@ Splits (``DIR/identify/`` from fairseq-ecg-manifest):
 * ``train`` (or any ``S.tsv``): random 5 s crops; the target is the patient's class, its index in
   the sorted patient ids of ``train.tsv``.
 * ``S`` where ``S_gallery.tsv`` and ``S_probe.tsv`` exist (``valid``, ``test``): held-out
-  patients, each record cut into all its consecutive segments; every segment carries its
+  patients (``valid`` selects the checkpoint, ``test``, of other patients, is reported), each record cut into all its consecutive segments; every segment carries its
   record, its role (gallery or probe) and its patient. One subset holds both roles, so
   fairseq's own validation loop (batching, sharding, logging) embeds everything in one pass and
   the ``arcface`` criterion matches probes against the gallery over the whole subset. Hence
-  ``--valid-subset valid``, not ``valid_probe``.
+  ``--valid-subset test`` (or ``valid``), not ``test_probe``.
 """
 
 import dataclasses
@@ -23,7 +23,7 @@ import torch
 from fairseq.tasks import register_task
 
 from ..data import EcgSegmentDataset
-from ..manifest import Manifest, ManifestError, read_manifest
+from ..manifest import Manifest, ManifestError, identify_test_missing, read_manifest
 from .base import EcgTask, EcgTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class EcgIdentificationTask(EcgTask):
             logger.info(f"{split}: {len(gallery)} gallery and {len(probe)} probe records of {len(ids)} patients")
             self.datasets[split] = GalleryProbeDataset(manifest, roles, targets=targets, **common)
             return
+        if split == "test" and self._pair_exists("valid") and not (Path(self.cfg.data) / "test.tsv").is_file():
+            raise ManifestError(identify_test_missing(self.cfg.data))  # a folder prepared before the test split
         index = {patient: i for i, patient in enumerate(self.patients)}  # first: says why train.tsv is empty
         manifest = self.read_split(split)
         unknown = [(n, row.patient) for n, row in enumerate(manifest.rows, start=2) if row.patient not in index]

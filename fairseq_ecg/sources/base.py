@@ -1,0 +1,377 @@
+"""What every source shares: the record types, the registry of layouts, and the steps that turn
+what a reader found into a usable record (lead mapping to the canonical order, presence mask,
+unit and value checks, minimum length) and resample it.
+
+A source module (one per archive layout) registers a :class:`Source` with :func:`register_source`:
+``recognise`` says whether a folder is of its layout (for ``--layout auto``), ``discover`` lists
+the records of a folder as :class:`RecordRef` (sorted by key, with patient ids and codes), and
+``read`` returns one record as a :class:`RawRecord` in physical units with its channel names.
+:func:`read_record` then applies the shared checks, so a new source touches no other module.
+Every way a record can be unusable raises :class:`RecordError` with a one-line reason, so that
+the preparation can skip that record, say why, and carry on with the others.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import scipy.signal
+
+from ..leads import LEADS, NUM_LEADS, UnknownLeadError, canonical_lead
+
+PATIENTS_CSV = "patients.csv"
+DEFAULT_MIN_SECONDS = 5.0
+AUTO = "auto"
+# Physical units accepted for ECG channels and their factor to mV. An empty unit is WFDB's default (mV).
+UNIT_TO_MV = {"": 1.0, "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
+              "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3}
+# Salt of the patient-id hashes of hospital exports (override with FAIRSEQ_ECG_PATIENT_SALT): an
+# id from a PACS or MUSE export never reaches a manifest, side file or log as written.
+PATIENT_SALT_ENV = "FAIRSEQ_ECG_PATIENT_SALT"
+_DEFAULT_SALT = "fairseq_ecg patient id"
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; ``reason`` is one line that says what is wrong, ``kind`` a
+    short category for the preparation summary (``too short``, ``NaN/Inf``, ...)."""
+
+    def __init__(self, reason: str, kind: str = "unreadable") -> None:
+        reason = " ".join(str(reason).split())  # one line, whatever the underlying message was
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+class LayoutError(ValueError):
+    """An archive that cannot be listed at all (missing database CSV, CSV without the needed
+    columns); the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """What to read: a WFDB record ``path`` (without extension), its ``name`` (the header's record
+    name), ``key`` (unique relative name within the archive, used for output files), ``patient``
+    ("" when unknown) and ``codes`` (``None``: take the ``#Dx`` line of the header). ``problem``
+    is set when discovery already knows that the record is unusable (e.g. a bad CSV row)."""
+
+    path: Path
+    name: str
+    key: str = ""
+    patient: str = ""
+    codes: Optional[tuple[str, ...]] = None
+    problem: str = ""
+    split: str = ""  # the archive's own recommended split (PTB-XL strat_fold); "" = by patient hash
+    layout: str = ""  # the source that reads it ("" = wfdb)
+    item: int = -1  # position inside a multi-record file (CODE-15% HDF5 row), else -1
+    known: Optional[tuple[str, ...]] = None  # codes whose presence is known; None = every class
+    statement: str = ""  # free text kept per record in statements.tsv (machine report), not mapped
+    meta: tuple[str, ...] = ()  # what the source's discovery found for its reader (rate, leads, ...)
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
+
+
+@dataclass
+class EcgRecord:
+    """A record as read: ``signal`` float32 (12, T) in mV at ``sample_rate``, canonical lead order,
+    zeros where ``present`` is False; ``codes`` are the labels in effect (table or header),
+    ``header_codes`` those of the header's ``#Dx`` line; ``notes`` say what was dropped."""
+
+    name: str
+    signal: np.ndarray
+    present: np.ndarray
+    sample_rate: float
+    codes: tuple[str, ...] = ()
+    patient: str = ""
+    key: str = ""
+    header_codes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    statement: str = ""
+    derived: tuple[str, ...] = ()  # leads computed from others by the source (not recorded)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.signal.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+@dataclass
+class RawRecord:
+    """What a reader found, before the shared checks: ``signal`` (channels, T) in the physical
+    ``units`` of each channel (``""`` = mV), channel ``names`` as written, ``sample_rate``, the
+    codes the file itself carries, notes (e.g. derived leads) and a free-text ``statement``."""
+
+    signal: np.ndarray
+    names: Sequence[str]
+    units: Sequence[str]
+    sample_rate: float
+    header_codes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    statement: str = ""
+    expected_samples: int = 0  # what the file says it holds (0: not stated)
+    derived: tuple[str, ...] = ()  # canonical names of leads the reader computed from others
+
+
+class Source:
+    """One archive layout. Subclasses set ``name`` and ``summary`` and implement the three methods."""
+
+    name = ""
+    summary = ""  # one line for --help
+    priority = 50  # --layout auto tries lower numbers first (specific layouts before generic ones)
+
+    def recognise(self, src: Path) -> bool:
+        """Whether ``src`` is a folder of this layout (cheap: looks at a few files only)."""
+        raise NotImplementedError
+
+    def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
+        """The records of ``src``, sorted by key; raises :class:`LayoutError` when it cannot list them."""
+        raise NotImplementedError
+
+    def read(self, ref: RecordRef) -> RawRecord:
+        """One record, or :class:`RecordError` with the reason."""
+        raise NotImplementedError
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(cls: type) -> type:
+    """Class decorator: make a :class:`Source` available as ``--layout NAME``."""
+    if not cls.name or cls.name in SOURCES or cls.name == AUTO:
+        raise ValueError(f"source name {cls.name!r} is empty, taken or reserved")
+    SOURCES[cls.name] = cls()
+    return cls
+
+
+def layouts() -> tuple[str, ...]:
+    """Registered layout names, in --layout auto's order of trying."""
+    return tuple(sorted(SOURCES, key=lambda n: (SOURCES[n].priority, n)))
+
+
+def get_source(name: str) -> Source:
+    if name not in SOURCES:
+        raise LayoutError(f"unknown layout {name!r}; choose one of {', '.join(layouts())} or {AUTO}")
+    return SOURCES[name]
+
+
+def detect_layout(src: Path) -> str:
+    """The layout of ``src`` (``--layout auto``); :class:`LayoutError` listing the known ones if none fits."""
+    for name in layouts():
+        if SOURCES[name].recognise(Path(src)):
+            return name
+    raise LayoutError(f"{src}: no known archive layout recognised (known: {', '.join(layouts())}); "
+                      "pass --layout NAME or check the folder")
+
+
+def discover(src: Path, layout: str, labels_csv: Optional[Path] = None,
+             use_folds: bool = True) -> Iterator[RecordRef]:
+    """The records of an archive, sorted by ``key`` so that every run sees them in the same order;
+    ``layout`` may be ``auto``. Each ref names its layout, so :func:`read_record` finds its reader."""
+    name = detect_layout(Path(src)) if layout == AUTO else layout
+    source = get_source(name)
+    for ref in source.discover(Path(src), Path(labels_csv) if labels_csv else None, use_folds):
+        yield ref if ref.layout else _with_layout(ref, name)
+
+
+def _with_layout(ref: RecordRef, name: str) -> RecordRef:
+    from dataclasses import replace
+
+    return replace(ref, layout=name)
+
+
+def salted_patient(value: str) -> str:
+    """A patient id from a hospital export as a salted hash (16 hex digits): stable for a salt,
+    the same patient in every export, and not the id itself. "" stays "" (unknown)."""
+    value = str(value).strip()
+    if not value:
+        return ""
+    salt = os.environ.get(PATIENT_SALT_ENV, _DEFAULT_SALT)
+    return hashlib.sha256(f"{salt}\0{value}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def split_codes(text: str) -> tuple[str, ...]:
+    """Codes from a ``#Dx`` value or a CSV cell: separated by commas, semicolons, ``|`` or spaces."""
+    for sep in ";| ":
+        text = text.replace(sep, ",")
+    return tuple(dict.fromkeys(code.strip() for code in text.split(",") if code.strip()))
+
+
+def read_record_table(path: Path) -> dict[str, tuple[str, Optional[tuple[str, ...]]]]:
+    """A CSV with a ``record`` column and optional ``patient`` and ``codes`` columns, as
+    ``record -> (patient, codes or None)``; ``record`` is a record name or a relative path
+    without extension (both are looked up)."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if "record" not in fields:
+                raise LayoutError(f"{path}: needs a 'record' column (and 'patient' and/or 'codes'); "
+                                  f"found columns {fields}")
+            table = {}
+            for row in reader:
+                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                if not row.get("record"):
+                    continue
+                codes = split_codes(row["codes"]) if "codes" in fields else None
+                table[row["record"].removesuffix(".hea")] = (row.get("patient", ""), codes)
+            return table
+    except OSError as error:
+        raise LayoutError(f"{path}: cannot read ({error.strerror}); pass an existing CSV with --labels") from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise LayoutError(f"{path}: not a readable CSV ({error})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared checks
+
+
+def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:
+    """Read one record through its source, then into the canonical 12-lead layout, or raise
+    :class:`RecordError`.
+
+    Lead names go through :func:`fairseq_ecg.leads.canonical_lead` (any case, ``AVR``/``avr``,
+    ``D1``...). A channel with an unknown name (``MLII`` is not lead II, a respiration channel,
+    ...) is dropped and noted in ``notes``; the record is skipped only when no known lead is left.
+    Two channels naming the same lead make the record ambiguous: skipped. A lead missing from the
+    record, or present but exactly zero throughout, is all zeros with ``present`` False, so that
+    the mask says which leads carry signal. Units must be mV or uV (converted to mV). Skipped
+    too: whatever the source refuses (each reader says why), any NaN/Inf sample in a kept lead or
+    a value beyond float32, an all-zero record, and records shorter than ``min_seconds``.
+    """
+    if ref.problem:
+        raise RecordError(ref.problem, "bad table row")
+    raw = get_source(ref.layout or "wfdb").read(ref)
+    return canonical_record(raw, ref, min_seconds)
+
+
+def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:
+    """The shared steps after a reader: rate, length, lead mapping, units, values, presence."""
+    fs = float(raw.sample_rate or 0)
+    if not fs > 0:
+        raise RecordError(f"sampling frequency {raw.sample_rate!r} is not positive", "unreadable header")
+    signal = raw.signal
+    if signal is None or signal.ndim != 2 or signal.shape[1] == 0:
+        raise RecordError("no samples in the record", "too short")
+    if raw.expected_samples and signal.shape[1] != raw.expected_samples:
+        raise RecordError(f"signal holds {signal.shape[1]} samples, the header says {raw.expected_samples}",
+                          "truncated signal file")
+    seconds = signal.shape[1] / fs
+    if seconds < min_seconds:
+        raise RecordError(f"too short: {seconds:.3g} s < {min_seconds:g} s minimum", "too short")
+
+    channels = signal.shape[0]
+    names = list(raw.names or [])[:channels]
+    names += [""] * (channels - len(names))
+    units = list(raw.units or [])[:channels]
+    units += [""] * (channels - len(units))
+    channel_of: dict[int, int] = {}
+    unknown: list[str] = []
+    for channel, name in enumerate(names):
+        try:
+            lead = LEADS.index(canonical_lead(name or ""))
+        except UnknownLeadError:
+            unknown.append(name or "")
+            continue
+        if lead in channel_of:
+            raise RecordError(f"duplicate lead name {LEADS[lead]!r} (channels {channel_of[lead] + 1} and "
+                              f"{channel + 1})", "duplicate lead")
+        channel_of[lead] = channel
+    if not channel_of:
+        listed = ", ".join(repr(n) for n in unknown) or "none"
+        plural = "s" if len(unknown) > 1 else ""
+        raise RecordError(f"unknown lead name{plural} {listed} (no known lead left)", "unknown lead names")
+
+    out = np.zeros((NUM_LEADS, signal.shape[1]), dtype=np.float32)
+    for lead, channel in channel_of.items():
+        unit = str(units[channel] or "").strip().lower()
+        if unit not in UNIT_TO_MV:
+            raise RecordError(f"lead {LEADS[lead]} is in unit {units[channel]!r}; expected mV or uV", "unknown unit")
+        column = np.asarray(signal[channel], dtype=np.float64)
+        if not np.isfinite(column).all():
+            bad = int((~np.isfinite(column)).sum())
+            raise RecordError(f"{bad} NaN/Inf sample(s) in lead {LEADS[lead]}", "NaN/Inf")
+        with np.errstate(over="ignore"):
+            out[lead] = column * UNIT_TO_MV[unit]
+        if not np.isfinite(out[lead]).all():  # finite in float64, beyond float32 (e.g. a wrong ADC gain)
+            raise RecordError(f"lead {LEADS[lead]} reaches {np.abs(column).max() * UNIT_TO_MV[unit]:.3g} mV, beyond "
+                              "float32; check the ADC gain in the header", "out of range")
+    present = np.any(out != 0, axis=1)
+    if not present.any():
+        raise RecordError("all-zero signal (every lead is 0 mV throughout)", "all-zero")
+    return EcgRecord(
+        name=ref.name, signal=out, present=present, sample_rate=fs,
+        codes=ref.codes if ref.codes is not None else raw.header_codes, patient=ref.patient, key=ref.key,
+        header_codes=raw.header_codes,
+        notes=tuple(raw.notes) + tuple(f"dropped unknown lead {n!r}" for n in unknown),
+        statement=ref.statement or raw.statement, derived=tuple(raw.derived),
+    )
+
+
+def sorted_refs(refs: Iterable[RecordRef]) -> list[RecordRef]:
+    return sorted(refs, key=lambda ref: ref.key)
+
+
+def walk_files(src: Path, suffixes: Sequence[str], limit: int = 0) -> Iterator[Path]:
+    """Files below ``src`` whose names end with one of ``suffixes`` (case-insensitive), hidden
+    ones left out, without following folder links (an archive may link to itself); stops after
+    ``limit`` files when given (for cheap recognition)."""
+    found = 0
+    suffixes = tuple(s.lower() for s in suffixes)
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or not name.lower().endswith(suffixes):
+                continue
+            path = Path(folder) / name
+            if path.is_file():
+                yield path
+                found += 1
+                if limit and found >= limit:
+                    return
+
+
+# ---------------------------------------------------------------------------------------------
+# resampling
+
+
+def resample_factors(source_rate: float, target_rate: float) -> tuple[int, int]:
+    """(up, down) with up/down = target/source, reduced, denominator at most 1000 (257 -> 500 Hz
+    is exactly 500/257)."""
+    if not (source_rate > 0 and target_rate > 0):
+        raise ValueError(f"sampling rates must be positive, got {source_rate} -> {target_rate}")
+    ratio = (Fraction(str(target_rate)) / Fraction(str(source_rate))).limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
+
+
+def resampled_length(num_samples: int, source_rate: float, target_rate: float) -> int:
+    """Number of samples :func:`resample` returns for ``num_samples`` input samples."""
+    up, down = resample_factors(source_rate, target_rate)
+    return -(-num_samples * up // down)
+
+
+def resample(signal: np.ndarray, source_rate: float, target_rate: float) -> np.ndarray:
+    """Resample along the last axis with a polyphase anti-aliasing filter (``resample_poly``):
+    content below both Nyquist frequencies keeps its amplitude, content above the target's
+    Nyquist is removed instead of folding back. Edges are padded with the local linear trend, so
+    a baseline offset does not ring at the start and end. Returns float32."""
+    up, down = resample_factors(source_rate, target_rate)
+    if up == down:
+        return np.asarray(signal, dtype=np.float32)
+    out = scipy.signal.resample_poly(np.asarray(signal, dtype=np.float64), up, down, axis=-1, padtype="line")
+    return out.astype(np.float32)
+
+

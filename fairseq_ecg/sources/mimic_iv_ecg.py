@@ -1,0 +1,73 @@
+"""MIMIC-IV-ECG (``--layout mimic_iv_ecg``): about 800,000 ten-second 12-lead ECGs of about 160,000
+patients, WFDB records under ``files/pNNNN/pNNNNNNNN/sNNNNNNNN/NNNNNNNN`` listed in
+``record_list.csv`` (``subject_id, study_id, file_name, ecg_time, path``).
+
+The patient is ``subject_id`` (already a pseudonym of the MIMIC de-identification), so the
+identification manifests get many patients with repeated ECGs. There are no diagnostic labels:
+the records go to pretraining and identification only (``known`` is empty, so they stay out of
+``finetune/``). The machine's free-text report (``report_0`` ... in ``machine_measurements.csv``)
+is kept per record in ``statements.tsv``, joined with `` | ``, not mapped to codes.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .base import LayoutError, RawRecord, RecordRef, Source, register_source
+from .wfdb_folder import read_wfdb
+
+RECORD_LIST = "record_list.csv"
+MEASUREMENTS = "machine_measurements.csv"
+
+
+def _reports(path: Path) -> dict[str, str]:
+    """study_id -> the report lines of machine_measurements.csv joined with " | " ({} if absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = sorted((c for c in reader.fieldnames or [] if c.startswith("report_")),
+                             key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)
+            return {(row.get("study_id") or "").strip(): " | ".join(t.strip() for c in columns if (t := row.get(c) or "").strip())
+                    for row in reader}
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        raise LayoutError(f"{path}: not a readable CSV ({error})") from None
+
+
+@register_source
+class MimicIvEcg(Source):
+    name = "mimic_iv_ecg"
+    summary = "MIMIC-IV-ECG: record_list.csv + files/pNNNN/... WFDB; no labels (pretrain/identify), reports kept"
+    priority = 15
+
+    def recognise(self, src: Path) -> bool:
+        return (src / RECORD_LIST).is_file() and (src / "files").is_dir()
+
+    def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
+        table = Path(labels_csv) if labels_csv else src / RECORD_LIST
+        reports = _reports(src / MEASUREMENTS)
+        try:
+            handle = open(table, newline="")
+        except OSError as error:
+            raise LayoutError(f"{table}: cannot read ({error.strerror}); the mimic_iv_ecg layout needs {RECORD_LIST}") from None
+        refs = []
+        with handle:
+            reader = csv.DictReader(handle)
+            missing = {"subject_id", "study_id", "path"} - set(reader.fieldnames or [])
+            if missing:
+                raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this MIMIC-IV-ECG's {RECORD_LIST}?")
+            for line, row in enumerate(reader, start=2):
+                key = (row.get("path") or "").strip().strip("/")
+                problem = ""
+                if not key:
+                    key, problem = f"{RECORD_LIST}:{line}", f"{RECORD_LIST} line {line}: empty path"
+                study = (row.get("study_id") or "").strip()
+                refs.append(RecordRef(path=src / key, name=Path(key).name, key=key,
+                                      patient=(row.get("subject_id") or "").strip(), codes=(), known=(),
+                                      problem=problem, statement=reports.get(study, "")))
+        yield from sorted(refs, key=lambda ref: ref.key)
+
+    def read(self, ref: RecordRef) -> RawRecord:
+        return read_wfdb(ref.path)

@@ -1,0 +1,41 @@
+"""The PhysioNet/CinC Challenge 2021 archive (``--layout physionet2021``): a tree of WFDB headers
+with MATLAB v4 ``.mat`` signals (``training/<source>/g<k>/<NAME>.hea``), labels in each header's
+``#Dx`` line as SNOMED CT codes. The Challenge data carry no patient ids: the patient is the
+record name unless a CSV (``--labels``, else ``patients.csv`` at the archive root; columns
+``record,patient``) gives it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .base import PATIENTS_CSV, RawRecord, RecordRef, Source, read_record_table, register_source, walk_files
+from .wfdb_folder import _wfdb_refs, read_wfdb
+
+
+@register_source
+class PhysioNet2021(Source):
+    name = "physionet2021"
+    summary = "PhysioNet/CinC 2021: tree of .hea + .mat (patients.csv at the root is used)"
+    priority = 80
+
+    def recognise(self, src: Path) -> bool:
+        """A WFDB tree whose first header points at a ``.mat`` signal file."""
+        header = next(walk_files(src, (".hea",), limit=1), None)
+        if header is None:
+            return False
+        try:
+            lines = header.read_bytes().splitlines()
+        except OSError:
+            return False
+        signals = [line.split() for line in lines[1:] if line.strip() and not line.startswith(b"#")]
+        return bool(signals) and signals[0][0].lower().endswith(b".mat")
+
+    def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
+        if labels_csv is None and (src / PATIENTS_CSV).is_file():
+            labels_csv = src / PATIENTS_CSV
+        table = read_record_table(labels_csv) if labels_csv else {}
+        yield from _wfdb_refs(src, table, patient_is_name=True)
+
+    def read(self, ref: RecordRef) -> RawRecord:
+        return read_wfdb(ref.path)

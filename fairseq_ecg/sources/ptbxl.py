@@ -1,0 +1,100 @@
+"""PTB-XL (``--layout ptbxl``): ``ptbxl_database.csv`` lists the records (``filename_hr``: the 500 Hz
+WFDB records under ``records500/``), their ``patient_id`` and ``scp_codes`` (SCP-ECG statements,
+mapped to SNOMED CT with :data:`~fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`); ``--labels`` overrides
+the CSV's location. With a ``strat_fold`` column, each record carries the recommended split.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..labels import PTBXL_SCP_TO_SNOMED
+from .base import LayoutError, RawRecord, RecordRef, Source, register_source
+from .wfdb_folder import read_wfdb
+
+PTBXL_DATABASE = "ptbxl_database.csv"
+
+
+# PTB-XL's recommended split: stratified folds 1-10, patient-disjoint; 9 and 10 hold the
+# records a cardiologist validated (PTB-XL paper, Wagner et al. 2020, "Usage Notes").
+PTBXL_FOLD_SPLITS = {**{fold: "train" for fold in range(1, 9)}, 9: "valid", 10: "test"}
+PTBXL_FOLD_COLUMN = "strat_fold"
+
+
+def _ptbxl_fold(row: dict, line: int) -> tuple[str, str]:
+    """(split, problem) of a ``ptbxl_database.csv`` row from its ``strat_fold``."""
+    text = (row.get(PTBXL_FOLD_COLUMN) or "").strip()
+    try:
+        fold = float(text)
+    except ValueError:
+        fold = 0.0
+    if fold not in PTBXL_FOLD_SPLITS:
+        return "", (f"{PTBXL_DATABASE} line {line}: strat_fold {text!r} is not a fold 1-10 "
+                    "(fix the row, or split by patient with --split-by patient-hash)")
+    return PTBXL_FOLD_SPLITS[int(fold)], ""
+
+
+def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True) -> Iterator[RecordRef]:
+    try:
+        handle = open(database, newline="")
+    except OSError as error:
+        raise LayoutError(f"{database}: cannot read ({error.strerror}); the ptbxl layout needs "
+                          f"{PTBXL_DATABASE} in the source folder (or pass it with --labels)") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = {"patient_id", "filename_hr", "scp_codes"} - set(reader.fieldnames or [])
+        if missing:
+            raise LayoutError(f"{database}: missing column(s) {', '.join(sorted(missing))}; "
+                              "is this a PTB-XL ptbxl_database.csv?")
+        folds = use_folds and PTBXL_FOLD_COLUMN in (reader.fieldnames or [])
+        refs = []
+        split_of_patient: dict[str, tuple[str, int]] = {}
+        for line, row in enumerate(reader, start=2):
+            key = (row.get("filename_hr") or "").strip()
+            problem = ""
+            if not key:
+                key, problem = f"{PTBXL_DATABASE}:{line}", f"{PTBXL_DATABASE} line {line}: empty filename_hr"
+            try:
+                patient = str(int(float(row["patient_id"])))
+            except (TypeError, ValueError):
+                patient = (row.get("patient_id") or "").strip()
+            split = ""
+            if folds:
+                split, fold_problem = _ptbxl_fold(row, line)
+                problem = problem or fold_problem
+                first = split_of_patient.setdefault(patient, (split, line))
+                if split and first[0] and first[0] != split:
+                    raise LayoutError(f"{database} line {line}: patient {patient} is in strat_fold split {split} "
+                                      f"here and {first[0]} on line {first[1]}; PTB-XL's folds are patient-disjoint, "
+                                      "so fix the file or split by patient with --split-by patient-hash")
+            try:
+                scp = ast.literal_eval(row["scp_codes"] or "{}")
+                if not isinstance(scp, dict):
+                    raise ValueError
+                codes = tuple(dict.fromkeys(PTBXL_SCP_TO_SNOMED[s] for s in scp if s in PTBXL_SCP_TO_SNOMED))
+            except (ValueError, SyntaxError):
+                codes = ()
+                problem = problem or f"{PTBXL_DATABASE} line {line}: scp_codes {row['scp_codes']!r} is not a dict"
+            refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=patient,
+                                  codes=codes, problem=problem, split=split))
+    yield from sorted(refs, key=lambda ref: ref.key)
+
+
+
+
+@register_source
+class PtbXl(Source):
+    name = "ptbxl"
+    summary = "PTB-XL: ptbxl_database.csv + records500/ (strat_fold gives the recommended split)"
+    priority = 10
+
+    def recognise(self, src: Path) -> bool:
+        return (src / PTBXL_DATABASE).is_file()
+
+    def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
+        yield from _ptbxl_refs(src, labels_csv or src / PTBXL_DATABASE, use_folds)
+
+    def read(self, ref: RecordRef) -> RawRecord:
+        return read_wfdb(ref.path)
