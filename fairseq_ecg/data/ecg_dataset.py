@@ -2,8 +2,8 @@
 
 One dataset serves every task: it cuts fixed-length segments out of the ``.npy`` waveforms of a
 manifest (memory-mapped, so a 5 s crop reads 5 s), keeps only the requested leads (the others are
-zeroed: a reduced-lead input is the 12-channel input with absent leads at zero), optionally
-normalises each lead, and collates ``[batch, leads, time]`` tensors with a padding mask.
+zeroed: a reduced-lead input is the 12-channel input with absent leads at zero), normalises
+each lead as ``normalize`` says (:mod:`fairseq_ecg.normalization`), and collates ``[batch, leads, time]`` tensors with a padding mask.
 
 Three ways to cut a record into items:
 - ``crop``: one random segment per record and epoch (fine-tuning);
@@ -34,6 +34,7 @@ from fairseq.data import FairseqDataset
 
 from ..leads import LeadSpec, lead_mask
 from ..manifest import Manifest, load_waveform
+from ..normalization import RecordStatistics, normalize_mode, normalize_segment
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class EcgSegmentDataset(FairseqDataset):
         segment_samples: int,
         cut: str = "crop",
         leads: LeadSpec = None,
-        normalize: bool = False,
+        normalize: str = "none",
         targets: Optional[Sequence] = None,
         groups: Optional[Sequence[int]] = None,
         shuffle: bool = True,
@@ -60,7 +61,8 @@ class EcgSegmentDataset(FairseqDataset):
         self.segment_samples = int(segment_samples)
         self.cut = cut
         self.keep_leads = torch.from_numpy(lead_mask(leads).astype(np.float32)).unsqueeze(-1)
-        self.normalize = normalize
+        self.normalize = normalize_mode(normalize, allow_auto=False)  # none, segment or record
+        self._record_statistics = RecordStatistics()
         self.targets = targets
         self.groups = np.asarray(groups if groups is not None else np.arange(len(manifest)), dtype=np.int64)
         self.shuffle = shuffle
@@ -116,13 +118,10 @@ class EcgSegmentDataset(FairseqDataset):
         return [number * seg]
 
     def _segment(self, row: int, start: int) -> torch.Tensor:
-        wave = torch.from_numpy(load_waveform(self.manifest.file_of(row), start, self.segment_samples))
-        wave = wave * self.keep_leads
-        if self.normalize:
-            mean = wave.mean(dim=-1, keepdim=True)
-            std = wave.std(dim=-1, keepdim=True)
-            wave = torch.where(std > 1e-6, (wave - mean) / std.clamp(min=1e-6), torch.zeros_like(wave))
-        return wave
+        path = self.manifest.file_of(row)
+        wave = torch.from_numpy(load_waveform(path, start, self.segment_samples))
+        wave = normalize_segment(wave, self.normalize, self._record_statistics(path))
+        return wave * self.keep_leads
 
     def __getitem__(self, index: int) -> dict:
         row = int(self.items[index][0])

@@ -5,7 +5,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import II, MISSING, OmegaConf, open_dict
 
@@ -14,6 +14,7 @@ from fairseq.tasks import FairseqTask
 
 from ..leads import lead_set_name, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
+from ..normalization import AUTO, checkpoint_normalization, normalize_mode, resolve_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,11 @@ class EcgTaskConfig(FairseqDataclass):
         metadata={"help": "leads the model sees: a preset (12, 6, 4, 3, 2, 1) or a list like [I,II,V2]; "
                   "the other leads are zeroed"},
     )
-    normalize: bool = field(
-        default=False, metadata={"help": "z-score each lead of each segment (records are already in mV)"}
+    normalize: Any = field(  # Any: older checkpoints saved a boolean (true = segment, false = none)
+        default="auto",
+        metadata={"help": "input normalisation: none (mV as prepared), segment (z-score each lead of each "
+                  "segment), record (z-score each lead over the whole record, constant leads zero; ECG-FM's), "
+                  "auto (the mode of model.model_path's checkpoint, else none); saved with the checkpoint"},
     )
     seed: int = II("common.seed")
     check_files: bool = field(
@@ -49,6 +53,8 @@ class EcgTask(FairseqTask):
         super().__init__(cfg)
         parse_leads(cfg.leads)  # fail at start-up on an unknown lead name, not in a worker
         self.state.merge_state_dict({TRAINED_LEADS: lead_set_name(cfg.leads)})
+        normalize_mode(cfg.normalize)  # and on an unknown normalisation
+        self._normalize: Optional[str] = None  # resolved in build_model
 
     def load_state_dict(self, state_dict) -> None:
         """A checkpoint's task state (fairseq-validate, ``load_model_ensemble_and_task``): one line
@@ -59,6 +65,43 @@ class EcgTask(FairseqTask):
             logger.warning(f"the model was trained on leads {trained}; this run uses leads {now} (task.leads / "
                            "--leads): the other leads are zeroed")
         super().load_state_dict(state_dict)
+
+    @property
+    def normalize_mode(self) -> str:
+        """The normalisation the datasets apply: resolved when the model is built (``auto`` needs
+        the checkpoint); datasets loaded before that are updated then."""
+        if self._normalize is not None:
+            return self._normalize
+        mode = normalize_mode(self.cfg.normalize)
+        return "none" if mode == AUTO else mode
+
+    def resolve_normalization(self, model_cfg, from_checkpoint: bool) -> str:
+        """``task.normalize`` against the checkpoint's: when rebuilt from a checkpoint, the mode
+        its task state records; when training from ``model.model_path``, that file's mode."""
+        if from_checkpoint:
+            recorded = self.state.state_dict.get("normalize")
+            recorded = None if recorded is None else normalize_mode(recorded, allow_auto=False)
+            return resolve_normalization(self.cfg.normalize, recorded, "this checkpoint")
+        path = model_cfg.get("model_path") if hasattr(model_cfg, "get") else None
+        if not path:
+            return resolve_normalization(self.cfg.normalize, None)
+        from ..checkpoints import load_checkpoint  # a training run from a checkpoint: read its mode
+
+        recorded = checkpoint_normalization(load_checkpoint(path))
+        return resolve_normalization(self.cfg.normalize, recorded, f"model.model_path={path}")
+
+    def _record_normalization(self, model_cfg, mode: str) -> None:
+        """Keep the resolved mode in the task state (saved in every checkpoint), in the saved
+        config's ``task.normalize`` where reachable, and in the datasets already loaded."""
+        self._normalize = mode
+        self.state.merge_state_dict({"normalize": mode})
+        root = model_cfg._get_parent() if OmegaConf.is_config(model_cfg) else None
+        if root is not None and "task" in root and OmegaConf.is_config(root.task) and "normalize" in root.task:
+            with open_dict(root.task):
+                root.task.normalize = mode
+        for dataset in self.datasets.values():
+            if hasattr(dataset, "normalize"):
+                dataset.normalize = mode
 
     @classmethod
     def setup_task(cls, cfg: EcgTaskConfig, **kwargs) -> "EcgTask":
@@ -148,6 +191,7 @@ class EcgTask(FairseqTask):
         if not from_checkpoint:  # a training run: a wrong task.data fails here, in one line
             self.data_file("train.tsv")
             self.warn_other_task_folder()
+        self._record_normalization(cfg, self.resolve_normalization(cfg, from_checkpoint))
         if from_checkpoint and cfg.get("encoder_args") is not None and cfg.get("model_path"):
             cfg = copy.deepcopy(cfg)
             with open_dict(cfg):

@@ -130,8 +130,16 @@ class EcgClassificationTask(EcgTask):
         train = split.startswith("train")
         self.datasets[split] = LabelledSegments(
             manifest, split, segment_samples=self.segment_samples, cut="crop" if train else "consecutive",
-            leads=self.cfg.leads, normalize=self.cfg.normalize, targets=targets, shuffle=train, seed=self.cfg.seed,
+            leads=self.cfg.leads, normalize=self.normalize_mode, targets=targets, shuffle=train, seed=self.cfg.seed,
         )
+
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        """As the base task's; a training run also keeps the class names in the task state (saved in
+        each checkpoint), so that predictions can name their columns without the manifests."""
+        model = super().build_model(cfg, from_checkpoint)
+        if not from_checkpoint:
+            self.state.merge_state_dict({"classes": list(self.label_set.names)})
+        return model
 
     @property
     def tuned_thresholds(self) -> Optional[np.ndarray]:

@@ -90,7 +90,7 @@ class EcgIdentificationTask(EcgTask):
         return all((Path(self.cfg.data) / f"{split}_{role}.tsv").is_file() for role in (GALLERY, PROBE))
 
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
-        common = dict(segment_samples=self.segment_samples, leads=self.cfg.leads, normalize=self.cfg.normalize,
+        common = dict(segment_samples=self.segment_samples, leads=self.cfg.leads, normalize=self.normalize_mode,
                       seed=self.cfg.seed)
         if self._pair_exists(split):
             gallery, probe = (self.read_split(f"{split}_{role}") for role in (GALLERY, PROBE))

@@ -64,7 +64,7 @@ class EcgPretrainingTask(EcgTask):
             segment_samples=self.segment_samples,
             cut="pairs" if self.cfg.pair_windows else "crop",
             leads=self.cfg.leads,
-            normalize=self.cfg.normalize,
+            normalize=self.normalize_mode,
             groups=groups,
             shuffle=split.startswith("train"),
             seed=self.cfg.seed,

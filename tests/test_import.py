@@ -1,0 +1,171 @@
+"""fairseq-ecg-import: fairseq-signals checkpoints (both weight-norm storages, pretrained and
+classifier) converted and checked against fairseq-signals' own order of operations; refusals."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fairseq_ecg import importer
+from fairseq_ecg.checkpoints import load_checkpoint
+from fairseq_ecg.embed import load_encoder
+from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
+from fairseq_ecg.models.encoder import EcgEncoderConfig, EcgEncoderModel
+from fairseq_ecg.normalization import checkpoint_normalization
+
+from conftest import run_cli
+from signals_reference import reference_forward, signals_checkpoint
+
+STORAGES = ("weight_g", "parametrizations")
+
+
+def _input(seed: int = 0, batch: int = 3, samples: int = 500) -> torch.Tensor:
+    return torch.randn(batch, 12, samples, generator=torch.Generator().manual_seed(seed))
+
+
+def _classifier_from(path):
+    state = load_checkpoint(path)
+    cfg = dict(state["cfg"]["model"])
+    cfg.pop("_name")
+    model = EcgClassifierModel.build_model(EcgClassifierConfig(**cfg))
+    model.load_state_dict(state["model"], strict=True)
+    return model.eval(), state
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("layer_norm_first", (False, True))
+def test_pretrained_matches_reference(tmp_path, storage, layer_norm_first):
+    source = tmp_path / "signals.pt"
+    state = signals_checkpoint(source, "pretrained", storage, seed=3, layer_norm_first=layer_norm_first)
+    out = tmp_path / "converted.pt"
+    assert importer.main([str(source), "--out", str(out)]) == 0
+    encoder, task = load_encoder(out)
+    x = _input()
+    with torch.no_grad():
+        got = encoder.extract_global(x)
+    want = reference_forward(state, x)
+    assert got["x"].shape == want["x"].shape
+    torch.testing.assert_close(got["x"].double(), want["x"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["global"].double(), want["global"], atol=1e-5, rtol=0)
+    converted = load_checkpoint(out)
+    assert converted["cfg"]["model"]["_name"] == "ecg_wav2vec2"
+    assert converted["cfg"]["model"]["input_leads"] == 12
+    assert checkpoint_normalization(converted) == "record" == task["normalize"]
+    # the converted file is what model.model_path reads for fine-tuning
+    downstream = EcgEncoderModel.build_encoder(EcgEncoderConfig(model_path=str(out)))
+    assert set(downstream.state_dict()) == set(encoder.state_dict())
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_classifier_matches_reference(tmp_path, storage, capsys):
+    source = tmp_path / "signals_cls.pt"
+    state = signals_checkpoint(source, "classifier", storage, seed=5, num_labels=4)
+    labels = tmp_path / "label_def.csv"
+    labels.write_text("name,pos_count_test\nPoor data quality,1\nSinus rhythm,2\nAtrial fibrillation,3\n"
+                      "Left bundle branch block,4\n")
+    out = tmp_path / "cls.pt"
+    assert importer.main([str(source), "--out", str(out), "--labels", str(labels)]) == 0
+    printed = capsys.readouterr().out
+    assert "renamed" in printed and "proj.weight -> head.weight" in printed
+    assert "conv_pos.pos_conv.0.bias -> encoder.encoder.pos_conv.0.bias" in printed
+    assert "added" in printed and "encoder.mask_emb" in printed  # fine-tuned without masking
+    model, converted = _classifier_from(out)
+    assert converted["task_state"]["classes"] == ["Poor data quality", "Sinus rhythm", "Atrial fibrillation",
+                                                  "Left bundle branch block"]
+    x = _input(seed=1, samples=700)
+    with torch.no_grad():
+        logits = model(x)["logits"]
+        context = model.encoder.extract_global(x)
+    want = reference_forward(state, x)
+    torch.testing.assert_close(context["x"].double(), want["x"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(context["global"].double(), want["global"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits.double(), want["logits"], atol=1e-5, rtol=0)
+
+
+def test_without_labels_names_outputs(tmp_path, capsys):
+    source = tmp_path / "s.pt"
+    signals_checkpoint(source, "classifier", num_labels=3)
+    out = tmp_path / "c.pt"
+    assert importer.main([str(source), "--out", str(out), "--normalize", "segment"]) == 0
+    assert "label_0 ... label_2" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    assert state["task_state"]["classes"] == ["label_0", "label_1", "label_2"]
+    assert checkpoint_normalization(state) == "segment" == state["cfg"]["task"]["normalize"]
+
+
+def _fails(capsys, *argv) -> str:
+    assert importer.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_misfits_fail_in_one_line(tmp_path, capsys):
+    source = tmp_path / "s.pt"
+    state = signals_checkpoint(source, "pretrained")
+    out = tmp_path / "o.pt"
+    # an unknown weight
+    state["model"]["encoder.layers.0.adapter.weight"] = torch.zeros(3)
+    torch.save(state, source)
+    err = _fails(capsys, source, "--out", out)
+    assert "'encoder.layers.0.adapter.weight'" in err and "does not fit" in err
+    # a shape that does not match the config
+    state = signals_checkpoint(source, "pretrained")
+    state["model"]["encoder.layers.1.fc1.weight"] = torch.zeros(7, 32)
+    torch.save(state, source)
+    err = _fails(capsys, source, "--out", out)
+    assert "'encoder.layers.1.fc1.weight'" in err and "(7, 32)" in err
+    # a missing weight
+    state = signals_checkpoint(source, "pretrained")
+    del state["model"]["encoder.layers.1.fc2.bias"]
+    torch.save(state, source)
+    err = _fails(capsys, source, "--out", out)
+    assert "encoder.layers.1.fc2.bias" in err
+    # an unknown config key
+    state = signals_checkpoint(source, "pretrained", rotary_embeddings=True)
+    err = _fails(capsys, source, "--out", out)
+    assert "'rotary_embeddings'" in err
+    # the wrong kind
+    signals_checkpoint(source, "pretrained")
+    err = _fails(capsys, source, "--out", out, "--kind", "classifier")
+    assert "--kind classifier" in err and "wav2vec2_cmsc" in err
+    # labels that do not match the outputs
+    signals_checkpoint(source, "classifier", num_labels=3)
+    labels = tmp_path / "l.txt"
+    labels.write_text("a\nb\n")
+    err = _fails(capsys, source, "--out", out, "--labels", labels)
+    assert "2 label names" in err and "3 outputs" in err
+    assert not out.exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_refused_without_running(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    source = tmp_path / "evil.pt"
+    state = signals_checkpoint(source, "pretrained")
+    state["extra_state"]["payload"] = _RunsCode(marker)
+    torch.save(state, source)
+    raw = tmp_path / "evil.pkl"  # a bare pickle too
+    raw.write_bytes(pickle.dumps({"model": {}, "x": _RunsCode(marker)}, protocol=2))
+    for path in (source, raw):
+        err = _fails(capsys, path, "--out", tmp_path / "o.pt")
+        assert "refused" in err and "system" in err and "nothing in it was run" in err
+    assert not marker.exists()
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_allowed_types_are_exactly_the_listed_ones(tmp_path, capsys):
+    source = tmp_path / "s.pt"
+    state = signals_checkpoint(source, "pretrained")
+    state["extra_state"]["when"] = np.datetime64("2024-01-01")  # a numpy type not on the list
+    torch.save(state, source)
+    err = _fails(capsys, source, "--out", tmp_path / "o.pt")
+    assert "refused" in err
