@@ -34,6 +34,8 @@ setup(
             "fairseq-ecg-synth=fairseq_ecg.synth:main",
             "fairseq-ecg-manifest=fairseq_ecg.preparation:main",
             "fairseq-ecg-embed=fairseq_ecg.embed:main",
+            "fairseq-ecg-import=fairseq_ecg.importer:main",
+            "fairseq-ecg-predict=fairseq_ecg.predict:main",
             "fairseq-ecg-experiments=fairseq_ecg.experiments:main",
             "fairseq-ecg-demo=fairseq_ecg.demo:main",
             "fairseq-ecg-userdir=fairseq_ecg:print_user_dir",

@@ -8,7 +8,8 @@ row: record, patient, source file, number of segments). A record's embedding is 
 Pretraining (``ecg_wav2vec2``), classifier and identifier checkpoints all work: only their
 encoder is used, so embeddings of all three are comparable in kind (the identifier's projection
 head is not applied). Segment length, sampling rate, normalisation and (by default) leads come
-from the checkpoint's task settings, so the input is prepared as in training.
+from the checkpoint's task settings, so the input is prepared as in training; ``--normalize``
+defaults to ``auto`` (the checkpoint's mode) and another mode is refused.
 
 A folder is read as WFDB records with :mod:`fairseq_ecg.records` (resampled like the preparation
 step) into a temporary manifest; a manifest is taken to be at the checkpoint's sampling rate.
@@ -34,6 +35,8 @@ from .manifest import (Manifest, ManifestError, ManifestRow, atomic_save_npy, at
                        check_waveforms, read_manifest)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.encoder import EcgEncoderConfig, EcgEncoderModel
+from .normalization import AUTO as NORMALIZE_AUTO
+from .normalization import MODES, checkpoint_normalization, resolve_normalization
 from .sources import AUTO, layouts
 
 
@@ -70,7 +73,9 @@ def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: encoder weights do not fit its settings ({first})") from None
-    return encoder.eval(), dict(state["cfg"].get("task") or {})
+    task = dict(state["cfg"].get("task") or {})
+    task["normalize"] = checkpoint_normalization(state)  # resolved: the mode it was trained with
+    return encoder.eval(), task
 
 
 def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = AUTO) -> tuple[Manifest, list[str]]:
@@ -139,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
     parser.add_argument("--layout", default=AUTO, choices=(AUTO,) + layouts(),
                         help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
+    parser.add_argument("--normalize", default=NORMALIZE_AUTO, choices=(NORMALIZE_AUTO,) + MODES,
+                        help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     return parser
 
@@ -158,6 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         leads = args.leads if args.leads is not None else (trained if isinstance(trained, (str, int)) else list(trained))
         parse_leads(leads)
         note_other_leads(args.leads, task)
+        normalize = resolve_normalization(args.normalize, task["normalize"], str(args.checkpoint))
         rate = float(task.get("sample_rate", 500))
         segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))
         with tempfile.TemporaryDirectory(prefix="fairseq-ecg-embed-") as workdir:
@@ -170,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 check_waveforms(manifest)
                 sources = [str(manifest.file_of(i)) for i in range(len(manifest))]
             dataset = EcgSegmentDataset(manifest, segment, cut="consecutive", leads=leads,
-                                        normalize=bool(task.get("normalize", False)), shuffle=False)
+                                        normalize=normalize, shuffle=False)
             device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
             embeddings, segments = embed_records(encoder, dataset, args.batch_size, device)
         lines = ["record\tpatient\tsource\tsegments"] + [

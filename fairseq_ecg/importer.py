@@ -327,6 +327,7 @@ def _full_config(task_name: str, task_args: dict, model_args: dict, criterion: s
     root.task = OmegaConf.merge(OmegaConf.structured(TASK_DATACLASS_REGISTRY[task_name]()), task_args)
     root.criterion = OmegaConf.structured(CRITERION_DATACLASS_REGISTRY[criterion]())
     root.model = OmegaConf.create(model_args)
+    root.task._name, root.criterion._name = task_name, criterion
     root.common.cpu = True
     return OmegaConf.to_container(root, resolve=True, enum_to_str=True)
 

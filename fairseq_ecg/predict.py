@@ -1,0 +1,355 @@
+"""``fairseq-ecg-predict``: class probabilities and labels for new records, from a classifier checkpoint.
+
+    fairseq-ecg-predict --checkpoint CLASSIFIER.pt INPUT --out predictions.csv [--leads 6]
+                        [--thresholds valid|0.5|FILE] [--normalize auto|none|segment|record]
+
+INPUT is a manifest (``.tsv`` of fairseq-ecg-manifest) or a folder of records in any layout the
+preparation reads (``--layout``). Each record is prepared as in training (resampled to the
+checkpoint's rate, its normalisation, the checkpoint's leads unless ``--leads``), cut into every
+consecutive segment, and the segment probabilities combined per record as in validation (the
+checkpoint's ``task.aggregate``). The CSV has one row per record: ``record``, ``segments``, one
+probability column per class named by the checkpoint's class names (a CinC 2021 class as its code
+and abbreviation, e.g. ``426783006 SNR``), and ``labels``, the classes at or above their threshold
+joined by ``;``.
+
+Thresholds: ``valid`` (default) takes those tuned on the validation subset and saved in the
+checkpoint (``task.tune_thresholds``), or 0.5 when it has none (said in one line); a number is used
+for every class; a FILE holds one threshold per class, one per line (``value`` or ``name,value``).
+
+A record that cannot be used is listed on stderr and in ``OUT.skipped.tsv`` (record, reason) and
+the run goes on. Records stream through: memory holds one record and one batch of segments,
+whatever the number of records; progress goes to stderr. Input problems that stop everything (an
+unusable checkpoint, manifest or threshold file) end with one line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoints import CheckpointError, load_checkpoint, model_name
+from .leads import NUM_LEADS, lead_mask, parse_leads
+from .manifest import ManifestError, read_manifest
+from .metrics import aggregate_by_record
+from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
+    resolve_normalization
+
+CLASSIFIER = "ecg_wav2vec2_classifier"
+
+
+@dataclass
+class Predictor:
+    """A classifier checkpoint ready to score records, with how its inputs must be prepared."""
+
+    model: torch.nn.Module
+    class_names: list[str]
+    columns: list[str]
+    sample_rate: float
+    segment_samples: int
+    leads: object
+    normalize: str
+    aggregate: str
+    tuned_thresholds: Optional[np.ndarray]
+
+
+def column_names(names: Sequence[str]) -> list[str]:
+    """CSV column per class: a CinC 2021 scored class as ``code abbreviation`` (``426783006 SNR``),
+    anything else (imported text names, unscored codes) as it is named."""
+    from .labels import scored_labels
+
+    scored = scored_labels()
+    abbreviation = {"|".join(c): a for c, a in zip(scored.classes, scored.abbreviations)}
+    return [f"{name} {abbreviation[name]}" if abbreviation.get(name) else name for name in names]
+
+
+def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
+    """Read a classifier checkpoint (safely) and build its model in eval mode."""
+    from .models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
+
+    state = load_checkpoint(path)
+    name = model_name(state)
+    if name != CLASSIFIER:
+        raise CheckpointError(f"{path}: a {name or 'unknown'} checkpoint; predictions need an {CLASSIFIER} "
+                              "(fine-tune one, or convert a fairseq-signals classifier with fairseq-ecg-import)")
+    cfg = dict(state["cfg"]["model"])
+    cfg.pop("_name", None)
+    if not cfg.get("encoder_args"):
+        raise CheckpointError(f"{path}: the checkpoint does not record its encoder settings (model.encoder_args)")
+    cfg["model_path"] = None  # the architecture is in encoder_args; the pretraining file is not needed
+    known = set(EcgClassifierConfig.__dataclass_fields__)
+    model = EcgClassifierModel.build_model(EcgClassifierConfig(**{k: v for k, v in cfg.items() if k in known}))
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit its settings ({str(error).strip().splitlines()[0]})") from None
+    task = dict(state["cfg"].get("task") or {})
+    task_state = state.get("task_state") or {}
+    num = model.cfg.num_classes
+    names = list(task_state.get("classes") or [])
+    if len(names) != num:
+        names = [f"class_{i}" for i in range(num)]
+        log(f"{path} does not record its class names (trained before they were saved); columns are "
+            f"class_0 ... class_{num - 1}, in the order of the training classes.tsv")
+    rate = float(task.get("sample_rate", 500))
+    thresholds = task_state.get("thresholds")
+    thresholds = None if thresholds is None or len(thresholds) != num else np.asarray(thresholds, dtype=np.float64)
+    return Predictor(
+        model=model.eval(), class_names=names, columns=column_names(names), sample_rate=rate,
+        segment_samples=int(round(float(task.get("segment_seconds", 5.0)) * rate)),
+        leads=task.get("leads", "12"),
+        normalize=resolve_normalization(normalize, checkpoint_normalization(state), str(path)),
+        aggregate=str(task.get("aggregate", "mean")), tuned_thresholds=thresholds,
+    )
+
+
+def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
+    """``valid``, a number, or a file (one threshold per class: ``value`` or ``name,value`` lines)."""
+    num = len(predictor.class_names)
+    if spec == "valid":
+        if predictor.tuned_thresholds is not None:
+            return predictor.tuned_thresholds
+        log("--thresholds valid: the checkpoint holds no thresholds tuned on validation "
+            "(train with task.tune_thresholds=true); using 0.5 for every class")
+        return np.full(num, 0.5)
+    try:
+        return np.full(num, float(spec))
+    except ValueError:
+        pass
+    path = Path(spec)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise ValueError(f"--thresholds {spec}: not 'valid', a number, or a readable file ({error.strerror})") from None
+    values = []
+    for number, line in enumerate(lines, start=1):
+        cells = next(csv.reader([line.replace("\t", ",")]))
+        if number == 1 and len(lines) == num + 1:  # a header line
+            continue
+        try:
+            value = float(cells[-1])
+        except ValueError:
+            raise ValueError(f"{path}:{number}: {cells[-1]!r} is not a number") from None
+        if len(cells) > 1:
+            k = len(values)
+            if k < num and cells[0].strip() not in (predictor.class_names[k], predictor.columns[k]):
+                raise ValueError(f"{path}:{number}: class {cells[0].strip()!r}, expected {predictor.class_names[k]!r} "
+                                 "(one line per class, in the checkpoint's order)")
+        values.append(value)
+    if len(values) != num:
+        raise ValueError(f"{path}: {len(values)} thresholds, the classifier has {num} classes")
+    return np.asarray(values, dtype=np.float64)
+
+
+def iter_records(inputs: Path, sample_rate: float, layout: str) -> tuple[int, Iterator[tuple[str, object]]]:
+    """(count, iterator of (name, waveform [12, T] float32 or the reason it is unusable))."""
+    if inputs.is_dir():
+        from .records import LayoutError, RecordError, discover, read_record, resample
+
+        try:
+            refs = list(discover(inputs, layout))
+        except LayoutError as error:
+            raise ManifestError(str(error)) from None
+        if not refs:
+            raise ManifestError(f"{inputs}: no records (.hea) found for layout {layout}")
+
+        def from_folder():
+            for ref in refs:
+                try:
+                    record = read_record(ref)
+                    yield ref.key, resample(record.signal, record.sample_rate, sample_rate).astype(np.float32)
+                except RecordError as error:
+                    yield ref.key, error.reason
+                except Exception as error:  # a record must never stop the run
+                    yield ref.key, f"{type(error).__name__}: {' '.join(str(error).split())}"
+        return len(refs), from_folder()
+    manifest = read_manifest(inputs)
+    if not manifest.rows:
+        raise ManifestError(f"{inputs}: no records")
+
+    def from_manifest():
+        for number, row in enumerate(manifest.rows):
+            name = row.record or row.relative_path
+            try:
+                wave = np.load(manifest.file_of(number), mmap_mode="r")
+                if wave.ndim != 2 or wave.shape[0] != NUM_LEADS:
+                    yield name, f"waveform of shape {wave.shape}, expected ({NUM_LEADS}, samples)"
+                    continue
+                yield name, np.asarray(wave, dtype=np.float32)
+            except Exception as error:
+                yield name, f"{manifest.file_of(number)}: {type(error).__name__}: {' '.join(str(error).split())}"
+    return len(manifest), from_manifest()
+
+
+def segments_of(wave: np.ndarray, predictor: Predictor, keep: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The consecutive segments of a record as evaluation cuts them (``cut="consecutive"`` of the
+    dataset: every whole segment, or the one shorter record), normalised and lead-masked."""
+    seg = predictor.segment_samples
+    statistics = record_statistics(wave) if predictor.normalize == "record" else None
+    for i in range(max(wave.shape[1] // seg, 1)):
+        part = torch.from_numpy(np.ascontiguousarray(wave[:, i * seg:(i + 1) * seg]))
+        yield normalize_segment(part, predictor.normalize, (lambda: statistics)) * keep
+
+
+class _Batcher:
+    """Collects segments of consecutive records into batches; returns finished records in order."""
+
+    def __init__(self, predictor: Predictor, batch_size: int, device: torch.device) -> None:
+        self.predictor, self.batch_size, self.device = predictor, batch_size, device
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.probs: dict[int, list[np.ndarray]] = {}
+        self.expected: dict[int, int] = {}
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        longest = max(s.shape[-1] for _, s in self.pending)
+        source = torch.zeros(len(self.pending), NUM_LEADS, longest)
+        padding = torch.zeros(len(self.pending), longest, dtype=torch.bool)
+        for i, (_, s) in enumerate(self.pending):
+            source[i, :, : s.shape[-1]] = s
+            padding[i, s.shape[-1]:] = True
+        net_input = {"source": source.to(self.device)}
+        if padding.any():
+            net_input["padding_mask"] = padding.to(self.device)
+        probs = torch.sigmoid(self.predictor.model(**net_input)["logits"].float()).cpu().numpy()
+        for (record, _), p in zip(self.pending, probs):
+            self.probs[record].append(p)
+        self.pending = []
+
+    def add(self, record: int, segments: Sequence[torch.Tensor]) -> None:
+        self.expected[record] = len(segments)
+        self.probs[record] = []
+        for s in segments:
+            self.pending.append((record, s))
+            if len(self.pending) >= self.batch_size:
+                self.flush()
+
+    def finished(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        """(record, aggregated probabilities, segments) of each record whose segments are all scored."""
+        for record in sorted(self.probs):
+            if len(self.probs[record]) < self.expected[record]:
+                break
+            parts = np.stack(self.probs.pop(record))
+            _, combined = aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.predictor.aggregate)
+            yield record, combined[0], self.expected.pop(record)
+
+
+def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarray, leads=None,
+            batch_size: int = 32, layout: str = "wfdb", device: Optional[torch.device] = None,
+            progress_seconds: float = 10.0, log=print) -> tuple[int, list[tuple[str, str]]]:
+    """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped)."""
+    device = device or torch.device("cpu")
+    predictor.model.to(device)
+    keep = torch.from_numpy(lead_mask(leads if leads is not None else predictor.leads).astype(np.float32)).unsqueeze(-1)
+    total, records = iter_records(inputs, predictor.sample_rate, layout)
+    batcher = _Batcher(predictor, batch_size, device)
+    skipped: list[tuple[str, str]] = []
+    names: dict[int, str] = {}
+    written = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    started = last = time.monotonic()
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["record", "segments", *predictor.columns, "labels"])
+
+            def write_finished() -> None:
+                nonlocal written
+                for record, probs, count in batcher.finished():
+                    labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
+                    writer.writerow([names.pop(record), count, *(f"{p:.6f}" for p in probs), labels])
+                    written += 1
+
+            for number, (name, wave) in enumerate(records):
+                if isinstance(wave, str):
+                    skipped.append((name, wave))
+                    log(f"skipped {name}: {wave}")
+                elif not np.isfinite(wave).all():
+                    skipped.append((name, "NaN or Inf samples"))
+                    log(f"skipped {name}: NaN or Inf samples")
+                else:
+                    names[number] = name
+                    batcher.add(number, list(segments_of(wave, predictor, keep)))
+                write_finished()
+                now = time.monotonic()
+                if now - last >= progress_seconds:
+                    last = now
+                    log(f"{number + 1}/{total} records ({len(skipped)} skipped), "
+                        f"{(number + 1) / (now - started):.1f} records/s")
+            batcher.flush()
+            write_finished()
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    skipped_file = out.with_suffix(".skipped.tsv")
+    if skipped:
+        skipped_file.write_text("record\treason\n" + "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped))
+    elif skipped_file.exists():
+        skipped_file.unlink()  # from an earlier run
+    return written, skipped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairseq-ecg-predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or a folder of records")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="an ecg_wav2vec2_classifier checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    parser.add_argument("--leads", default=None,
+                        help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
+    parser.add_argument("--thresholds", default="valid",
+                        help="valid (tuned on validation, saved in the checkpoint; else 0.5), a number, or a file "
+                             "with one threshold per class")
+    parser.add_argument("--normalize", default=AUTO, choices=(AUTO,) + MODES,
+                        help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
+    parser.add_argument("--layout", default="wfdb", choices=("wfdb", "physionet2021", "ptbxl"),
+                        help="archive layout of a folder input")
+    parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*weight_norm` is deprecated", category=FutureWarning)
+    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq sets the root logger to DEBUG
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    say = lambda text: print(f"fairseq-ecg-predict: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.leads is not None:
+            parse_leads(args.leads)
+        predictor = load_predictor(args.checkpoint, args.normalize, log=say)
+        thresholds = read_thresholds(args.thresholds, predictor, log=say)
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+        started = time.monotonic()
+        written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
+                                   args.layout, device, args.progress_seconds, log=say)
+    except (CheckpointError, ManifestError, ValueError, OSError) as error:
+        print(f"fairseq-ecg-predict: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    seconds = time.monotonic() - started
+    where = f"; skipped records in {args.out.with_suffix('.skipped.tsv')}" if skipped else ""
+    say(f"{written} records -> {args.out} ({len(skipped)} skipped, {seconds:.1f} s, "
+        f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.normalize}){where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Normalisation modes, and end to end from fairseq-signals checkpoints: fine-tune from an imported
+pretrained checkpoint, validate an imported classifier, embed with both, fairseq-ecg-predict on a
+manifest and on a folder of WFDB records (bad records listed, never stopping the run)."""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from fairseq_ecg.checkpoints import load_checkpoint
+from fairseq_ecg.data import EcgSegmentDataset
+from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
+from fairseq_ecg.manifest import ManifestRow, read_manifest, write_classes, write_labels, write_manifest
+from fairseq_ecg.normalization import checkpoint_normalization, normalize_mode, resolve_normalization
+from fairseq_ecg.predict import load_predictor
+from fairseq_ecg.synth import synthesize_archive
+from signals_reference import signals_checkpoint
+
+CODE_SETS = [["426783006"], ["164889003"], ["59118001", "426783006"], ["270492004"], []]
+
+
+# --- normalisation --------------------------------------------------------------------------
+
+def _dataset(tmp_path, wave, mode, segment=100):
+    (tmp_path / "w.npy").write_bytes(b"")
+    np.save(tmp_path / "w.npy", wave)
+    write_manifest(tmp_path / "m.tsv", tmp_path, [ManifestRow("w.npy", wave.shape[1], "1" * 12, "p", 500.0, "r")])
+    return EcgSegmentDataset(read_manifest(tmp_path / "m.tsv"), segment, cut="consecutive", normalize=mode,
+                             leads="12", shuffle=False)
+
+
+def test_record_mode_uses_the_whole_record(tmp_path):
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal((12, 300)) * 2 + 5).astype(np.float32)
+    wave[:, 200:] += 10.0  # the third segment is shifted: record and segment statistics differ
+    wave[3] = 1.25  # a constant lead
+    record = _dataset(tmp_path, wave, "record")
+    full = (wave - wave.mean(axis=1, keepdims=True)) / wave.std(axis=1, keepdims=True).clip(1e-12)
+    full[3] = 0.0
+    for i in range(3):
+        np.testing.assert_allclose(record[i]["segments"][0].numpy(), full[:, i * 100:(i + 1) * 100], atol=1e-5)
+    segment = _dataset(tmp_path, wave, "segment")[2]["segments"][0].numpy()
+    assert abs(segment[0].mean()) < 1e-5 and abs(full[0, 200:].mean()) > 0.5  # the two modes differ
+    assert np.all(segment[3] == 0)
+    none = _dataset(tmp_path, wave, False)[0]["segments"][0].numpy()  # an old boolean: none
+    np.testing.assert_array_equal(none, wave[:, :100])
+
+
+def test_mode_names_and_mismatch():
+    assert [normalize_mode(v) for v in (True, False, "true", "False", None, "record", "auto")] == \
+        ["segment", "none", "segment", "none", "none", "record", "auto"]
+    with pytest.raises(ValueError, match="expected one of"):
+        normalize_mode("zscore")
+    assert resolve_normalization("auto", "record") == "record"
+    assert resolve_normalization("auto", None) == "none"
+    with pytest.raises(ValueError, match="normalize=segment but X was trained with normalize=record"):
+        resolve_normalization("segment", "record", "X")
+    old = {"cfg": {"task": {"normalize": True}}}  # a checkpoint from before the modes
+    assert checkpoint_normalization(old) == "segment"
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+def _write_split(folder: Path, split: str, count: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    (folder / "waves").mkdir(parents=True, exist_ok=True)
+    rows, labels = [], []
+    for i in range(count):
+        name = f"{split}_{i}"
+        samples = 5000 if i % 3 else 3750
+        wave = (rng.standard_normal((12, samples)) * 0.3 + rng.standard_normal((12, 1))).astype(np.float32)
+        np.save(folder / "waves" / f"{name}.npy", wave)
+        rows.append(ManifestRow(f"waves/{name}.npy", samples, "1" * 12, f"p_{name}", 500.0, name))
+        labels.append(CODE_SETS[i % len(CODE_SETS)])
+    write_manifest(folder / f"{split}.tsv", folder, rows)
+    write_labels(folder / f"{split}.tsv", labels)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("finetune")
+    _write_split(folder, "train", 10, seed=1)
+    _write_split(folder, "valid", 5, seed=2)
+    _write_split(folder, "test", 6, seed=3)
+    write_classes(folder, SCORED_CLASSES)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> dict:
+    """An imported pretrained checkpoint (weight_g storage) and an imported 26-output classifier
+    (parametrizations storage, names from a label file)."""
+    root = tmp_path_factory.mktemp("imported")
+    signals_checkpoint(root / "pre_src.pt", "pretrained", "weight_g", seed=1)
+    signals_checkpoint(root / "cls_src.pt", "classifier", "parametrizations", seed=2, num_labels=26)
+    (root / "labels.txt").write_text("".join(f"{name}\n" for name in SCORED_CLASSES))
+    run_cli("fairseq-ecg-import", str(root / "pre_src.pt"), "--out", str(root / "pre.pt"))
+    run_cli("fairseq-ecg-import", str(root / "cls_src.pt"), "--out", str(root / "cls.pt"),
+            "--labels", str(root / "labels.txt"), "--kind", "classifier")
+    return {"pretrained": root / "pre.pt", "classifier": root / "cls.pt"}
+
+
+def _ours(stderr: str) -> list[str]:
+    """stderr lines of the plugin's programs (importing fairseq logs a tensorboardX notice)."""
+    return [line for line in stderr.splitlines() if line.startswith("fairseq-ecg-")]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_finetune_from_imported_then_predict(data, imported, tmp_path):
+    save = tmp_path / "ft"
+    run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
+            "+size=tiny", f"task.data={data}", f"model.model_path={imported['pretrained']}",
+            f"checkpoint.save_dir={save}", "optimization.max_epoch=1", "task.tune_thresholds=true")
+    best = save / "checkpoint_best.pt"
+    state = load_checkpoint(best)
+    # the mode came from the imported checkpoint (auto) and is recorded in the new one
+    assert state["task_state"]["normalize"] == "record" == state["cfg"]["task"]["normalize"]
+    assert state["task_state"]["classes"] == SCORED_CLASSES
+    assert len(state["task_state"]["thresholds"]) == 26
+    # another mode given on the command line is refused, naming both
+    refused = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
+                      "+size=tiny", f"task.data={data}", f"model.model_path={imported['pretrained']}",
+                      f"checkpoint.save_dir={tmp_path / 'ft2'}", "task.normalize=segment", check=False)
+    assert refused.returncode != 0
+    assert "normalize=segment but model.model_path=" in refused.stderr + refused.stdout
+    # predictions on the test manifest, at the thresholds tuned on valid
+    out = tmp_path / "pred.csv"
+    result = run_cli("fairseq-ecg-predict", "--checkpoint", str(best), str(data / "test.tsv"), "--out", str(out))
+    assert "6 records" in result.stderr and "normalize=record" in result.stderr
+    rows = _read_csv(out)
+    assert [r["record"] for r in rows] == [f"test_{i}" for i in range(6)]
+    assert "426783006 NSR" in rows[0] and "164889003 AF" in rows[0]
+    assert [int(r["segments"]) for r in rows] == [1, 2, 2, 1, 2, 2]
+    # the probabilities are the model's on the segments validation uses, averaged per record
+    predictor = load_predictor(best)
+    dataset = EcgSegmentDataset(read_manifest(data / "test.tsv"), 2500, cut="consecutive", normalize="record",
+                                shuffle=False)
+    batch = dataset.collater([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        probs = torch.sigmoid(predictor.model(**batch["net_input"])["logits"]).numpy()
+    columns = predictor.columns
+    for record in range(6):
+        expected = probs[batch["row"].numpy() == record].mean(axis=0)
+        got = np.array([float(rows[record][c]) for c in columns])
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        thresholds = np.asarray(state["task_state"]["thresholds"])
+        labels = [c for c, p, t in zip(columns, got, thresholds) if p >= t]
+        assert rows[record]["labels"] == ";".join(labels)
+
+
+def test_validate_and_embed_imported(data, imported, tmp_path):
+    result = run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(imported["classifier"]), "--valid-subset", "test", "--batch-size", "4")
+    assert "auroc" in result.stdout + result.stderr
+    refused = run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                      "--path", str(imported["classifier"]), "--valid-subset", "test", "--batch-size", "4",
+                      "--normalize", "none", check=False)
+    assert refused.returncode != 0
+    assert "normalize=none but this checkpoint was trained with normalize=record" in refused.stdout + refused.stderr
+    for kind in ("pretrained", "classifier"):
+        out = tmp_path / f"{kind}.npy"
+        run_cli("fairseq-ecg-embed", str(data / "test.tsv"), "--checkpoint", str(imported[kind]), "--out", str(out))
+        assert np.load(out).shape == (6, 32)
+    bad = run_cli("fairseq-ecg-embed", str(data / "test.tsv"), "--checkpoint", str(imported["pretrained"]),
+                  "--out", str(tmp_path / "x.npy"), "--normalize", "segment", check=False)
+    assert bad.returncode == 2 and len(_ours(bad.stderr)) == 1
+    assert "trained with normalize=record" in bad.stderr
+
+
+def test_predict_folder_with_bad_records(imported, tmp_path):
+    archive = tmp_path / "night"
+    written = synthesize_archive(archive, records=5, patients=5, seed=3)
+    headers = sorted(archive.rglob("*.hea"))
+    assert len(headers) == len(written) == 5
+    headers[1].write_text("garbage that is not a header\n")  # unreadable
+    mat = headers[3].with_suffix(".mat")
+    mat.write_bytes(mat.read_bytes()[:200])  # truncated signal
+    thresholds = tmp_path / "thr.txt"
+    thresholds.write_text("".join(f"{name},0.5\n" for name in SCORED_CLASSES))
+    out = tmp_path / "night.csv"
+    result = run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), str(archive),
+                     "--layout", "physionet2021", "--out", str(out), "--leads", "6", "--thresholds", str(thresholds),
+                     "--batch-size", "3", "--progress-seconds", "0")
+    rows = _read_csv(out)
+    assert len(rows) == 3
+    skipped = (tmp_path / "night.skipped.tsv").read_text().splitlines()
+    assert skipped[0] == "record\treason" and len(skipped) == 3
+    names = [line.split("\t")[0] for line in skipped[1:]] + [r["record"] for r in rows]
+    assert len(set(names)) == 5
+    assert "3 records" in result.stderr and "2 skipped" in result.stderr
+    assert "records/s" in result.stderr  # progress lines
+    columns = load_predictor(imported["classifier"]).columns
+    assert list(rows[0]) == ["record", "segments", *columns, "labels"] and columns[0] == "164889003 AF"
+    probs = np.array([[float(r[c]) for c in columns] for r in rows])
+    assert np.all((probs >= 0) & (probs <= 1))
+    # 0.5 for every class, as the file says; a number does the same
+    out2 = tmp_path / "night2.csv"
+    run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), str(archive),
+            "--layout", "physionet2021", "--out", str(out2), "--leads", "6", "--thresholds", "0.5")
+    assert [r["labels"] for r in _read_csv(out2)] == [r["labels"] for r in rows]
+    # an imported classifier has no tuned thresholds: valid falls back to 0.5, in one line
+    fallback = run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), str(archive),
+                       "--layout", "physionet2021", "--out", str(tmp_path / "n3.csv"), "--leads", "6")
+    assert sum("using 0.5" in line for line in fallback.stderr.splitlines()) == 1
+    # a mismatch of the normalisation is refused in one line
+    refused = run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), str(archive),
+                      "--out", str(tmp_path / "n4.csv"), "--normalize", "segment", check=False)
+    assert refused.returncode == 2 and len(_ours(refused.stderr)) == 1 and "error:" in _ours(refused.stderr)[0]
