@@ -100,6 +100,7 @@ class Settings:
     config_root: Path
     pretrain_args: tuple[str, ...] = ()  # extra hydra overrides, after the preset's
     finetune_args: tuple[str, ...] = ()
+    pretrained: tuple[tuple[str, Path], ...] = ()  # (row name, checkpoint) of outside pretrained models
 
 
 def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Optional[float] = None) -> Run:
@@ -117,13 +118,15 @@ def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Op
     return Run(name, command)
 
 
-def _finetune_runs(s: Settings, experiment: int, pretrain: Run, variant: str, pretrain_leads: str,
-                   leads: str, seed: int, task: str, linear: bool) -> list[Run]:
-    """Fine-tune (or linear-probe) then evaluate one cell of the matrix."""
+def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], variant: str, pretrain_leads: str,
+                   leads: str, seed: int, task: str, linear: bool, checkpoint: Optional[Path] = None) -> list[Run]:
+    """Fine-tune (or linear-probe) then evaluate one cell of the matrix, from the checkpoint of
+    the run ``pretrain`` or from a given ``checkpoint`` (``--pretrained``)."""
     mode = f"{task}_linear_probe" if linear else task
     name = f"{mode}/{variant}_P{lead_set_name(pretrain_leads)}_F{lead_set_name(leads)}_s{seed}"
     folder = s.out / "runs" / name
-    checkpoint = s.out / "runs" / pretrain.name / "checkpoint_best.pt"
+    if checkpoint is None:
+        checkpoint = s.out / "runs" / pretrain.name / "checkpoint_best.pt"
     train = [
         "fairseq-hydra-train", "--config-dir", str(s.config_root / "finetune"), "--config-name", FINETUNE_CONFIG[task],
         f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / FINETUNE_DATA[task]}", f"task.leads={leads}",
@@ -140,7 +143,8 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Run, variant: str, pr
     ]
     labels = dict(experiment=experiment, variant=variant, pretrain_leads=lead_set_name(pretrain_leads),
                   finetune_leads=lead_set_name(leads), task=mode, seed=seed)
-    return [Run(name, train, after=[pretrain.name]), Run(f"{name}/evaluate", evaluate, after=[name], labels=labels)]
+    after = [pretrain.name] if pretrain is not None else []
+    return [Run(name, train, after=after), Run(f"{name}/evaluate", evaluate, after=[name], labels=labels)]
 
 
 def plan(s: Settings) -> list[Run]:
@@ -174,6 +178,14 @@ def plan(s: Settings) -> list[Run]:
                             for linear in modes if task == "classification" else [False]:
                                 for run in _finetune_runs(s, experiment, pretrain, label, pretrain_leads,
                                                           leads, seed, task, linear):
+                                    add(run)
+            if experiment == 1:  # outside pretrained models (12 leads): rows fine-tuned like the others
+                for label, checkpoint in s.pretrained:
+                    for leads in s.leads:
+                        for task in s.tasks:
+                            for linear in modes if task == "classification" else [False]:
+                                for run in _finetune_runs(s, 1, None, label, "12", leads, seed, task, linear,
+                                                          checkpoint):
                                     add(run)
     return sorted(runs.values(), key=lambda r: (not r.name.startswith("pretrain/"), r.labels is not None))
 
@@ -297,6 +309,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "'optimization.max_update=50 dataset.batch_size=8'")
     parser.add_argument("--finetune-args", default="", metavar="OVERRIDES",
                         help="extra hydra overrides for every fine-tuning run, e.g. 'optimization.max_epoch=2'")
+    parser.add_argument("--pretrained", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="experiment 1: add a row NAME fine-tuned from this ecg_wav2vec2 checkpoint (e.g. "
+                             "ECG-FM's, converted with fairseq-ecg-import) like the pretrained variants; repeatable")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (the cores are shared out between them unless OMP_NUM_THREADS is set)")
     parser.add_argument("--config-root", type=Path, default=EXAMPLES_DIR, help="folder holding pretrain/ and finetune/ YAMLs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -319,7 +334,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     unknown = set(tasks) - set(METRICS)
     if unknown:
         raise SystemExit(f"fairseq-ecg-experiments: unknown task {sorted(unknown)[0]!r}; use {', '.join(METRICS)}")
+    pretrained = []
+    for item in args.pretrained:
+        label, _, path = item.partition("=")
+        if not label or not path or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise SystemExit(f"fairseq-ecg-experiments: --pretrained {item!r}: expected NAME=CHECKPOINT, NAME of "
+                             "letters, digits, '_', '-' or '.'")
+        if label in variants or label == BASELINE or label in dict(pretrained):
+            raise SystemExit(f"fairseq-ecg-experiments: --pretrained {item!r}: the row name {label} is taken")
+        if not Path(path).is_file():
+            raise SystemExit(f"fairseq-ecg-experiments: --pretrained {item!r}: {path} is not a file")
+        pretrained.append((label, Path(path).resolve()))
     return Settings(
+        pretrained=tuple(pretrained),
         data=args.data.resolve(), out=args.out.resolve(), preset=args.preset,
         experiments=tuple(int(e) for e in args.experiments.split(",")), variants=variants, leads=leads,
         rlm_probs=tuple(float(p) for p in args.rlm_probs.split(",") if p), seeds=args.seeds or preset["seeds"],

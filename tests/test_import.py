@@ -169,3 +169,26 @@ def test_allowed_types_are_exactly_the_listed_ones(tmp_path, capsys):
     torch.save(state, source)
     err = _fails(capsys, source, "--out", tmp_path / "o.pt")
     assert "refused" in err
+
+
+def test_experiments_runner_takes_an_imported_row(tmp_path, capsys):
+    from fairseq_ecg import experiments
+
+    source = tmp_path / "s.pt"
+    signals_checkpoint(source, "pretrained")
+    out = tmp_path / "ecgfm.pt"
+    assert importer.main([str(source), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert experiments.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--preset", "demo",
+                             "--leads", "12,1", "--tasks", "classification", "--pretrained", f"ecgfm={out}",
+                             "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    ours = [c for c in commands if "ecgfm_P12" in c and c.startswith("fairseq-hydra-train")]
+    seeds = experiments.PRESETS["demo"]["seeds"]
+    assert len(ours) == seeds * 2 * 2  # per seed and lead set: fine-tuned and linear-probed
+    assert all(f"model.model_path={out}" in c and "model.init=pretrained" in c for c in ours)
+    assert any("ecgfm_P12_F1" in c for c in ours) and any("linear_probe/ecgfm" in c for c in ours)
+    assert not any(c.startswith("fairseq-hydra-train") and "pretrain/ecgfm" in c for c in commands)
+    with pytest.raises(SystemExit, match="is not a file"):
+        experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--pretrained",
+                          f"ecgfm={tmp_path / 'missing.pt'}", "--dry-run"])
