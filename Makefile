@@ -36,6 +36,7 @@ benchmark: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_preparation.py
 	$(BIN)/python benchmarks/bench_pretraining.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_sources.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
