@@ -212,3 +212,9 @@ def test_predict_folder_with_bad_records(imported, tmp_path):
     refused = run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), str(archive),
                       "--out", str(tmp_path / "n4.csv"), "--normalize", "segment", check=False)
     assert refused.returncode == 2 and len(_ours(refused.stderr)) == 1 and "error:" in _ours(refused.stderr)[0]
+
+
+def test_pretraining_records_its_mode(tiny_pretrained):
+    state = load_checkpoint(tiny_pretrained)
+    assert state["task_state"]["normalize"] == "none" == state["cfg"]["task"]["normalize"]
+    assert checkpoint_normalization(state) == "none"

@@ -2,8 +2,9 @@
 
 One dataset serves every task: it cuts fixed-length segments out of the ``.npy`` waveforms of a
 manifest (memory-mapped, so a 5 s crop reads 5 s), keeps only the requested leads (the others are
-zeroed: a reduced-lead input is the 12-channel input with absent leads at zero), normalises
-each lead as ``normalize`` says (:mod:`fairseq_ecg.normalization`), and collates ``[batch, leads, time]`` tensors with a padding mask.
+zeroed: a reduced-lead input is the 12-channel input with absent leads at zero), normalises each
+lead as ``normalize`` says (:mod:`fairseq_ecg.normalization`), and collates ``[batch, leads, time]``
+tensors with a padding mask.
 
 Three ways to cut a record into items:
 - ``crop``: one random segment per record and epoch (fine-tuning);
