@@ -4,7 +4,7 @@
                         [--thresholds valid|0.5|FILE] [--normalize auto|none|segment|record]
 
 INPUT is a manifest (``.tsv`` of fairseq-ecg-manifest) or a folder of records in any layout the
-preparation reads (``--layout``). Each record is prepared as in training (resampled to the
+preparation reads (``--layout``, default ``auto``: recognised, :mod:`fairseq_ecg.sources`). Each record is prepared as in training (resampled to the
 checkpoint's rate, its normalisation, the checkpoint's leads unless ``--leads``), cut into every
 consecutive segment, and the segment probabilities combined per record as in validation (the
 checkpoint's ``task.aggregate``). The CSV has one row per record: ``record``, ``segments``, one
@@ -44,6 +44,8 @@ from .manifest import ManifestError, read_manifest
 from .metrics import aggregate_by_record
 from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
     resolve_normalization
+from .sources import AUTO as SOURCE_AUTO
+from .sources import layouts
 
 CLASSIFIER = "ecg_wav2vec2_classifier"
 
@@ -154,14 +156,14 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
 def iter_records(inputs: Path, sample_rate: float, layout: str) -> tuple[int, Iterator[tuple[str, object]]]:
     """(count, iterator of (name, waveform [12, T] float32 or the reason it is unusable))."""
     if inputs.is_dir():
-        from .records import LayoutError, RecordError, discover, read_record, resample
+        from .sources import LayoutError, RecordError, discover, read_record, resample
 
         try:
             refs = list(discover(inputs, layout))
         except LayoutError as error:
             raise ManifestError(str(error)) from None
         if not refs:
-            raise ManifestError(f"{inputs}: no records (.hea) found for layout {layout}")
+            raise ManifestError(f"{inputs}: no records found (layout {layout})")
 
         def from_folder():
             for ref in refs:
@@ -247,7 +249,7 @@ class _Batcher:
 
 
 def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarray, leads=None,
-            batch_size: int = 32, layout: str = "wfdb", device: Optional[torch.device] = None,
+            batch_size: int = 32, layout: str = SOURCE_AUTO, device: Optional[torch.device] = None,
             progress_seconds: float = 10.0, log=print) -> tuple[int, list[tuple[str, str]]]:
     """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped)."""
     device = device or torch.device("cpu")
@@ -316,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "with one threshold per class")
     parser.add_argument("--normalize", default=AUTO, choices=(AUTO,) + MODES,
                         help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
-    parser.add_argument("--layout", default="wfdb", choices=("wfdb", "physionet2021", "ptbxl"),
-                        help="archive layout of a folder input")
+    parser.add_argument("--layout", default=SOURCE_AUTO, choices=(SOURCE_AUTO,) + layouts(),
+                        help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
     parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     parser.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines")
