@@ -52,7 +52,7 @@ def test_other_settings_stop_and_resume_anyway_resumes(small_data, tmp_path):
     assert "run_settings" not in first.stdout + first.stderr
     saved = json.loads((save / "run_settings.json").read_text())["settings"]
     assert saved["task.leads"] == "12" and saved["model.rlm_prob"] == 0.0 and saved["criterion.cmsc_weight"] == 0.0
-    assert saved["task._name"] == "ecg_pretraining" and saved["task.normalize"] is False
+    assert saved["task._name"] == "ecg_pretraining" and saved["task.normalize"] == "none"
 
     pretrain(small_data, save, "optimization.max_update=4")  # how long is not a defining setting
     assert num_updates(save / "checkpoint_last.pt") == 4
@@ -131,7 +131,8 @@ def test_pretraining_on_the_finetune_folder_says_so(tmp_path):
     assert "fairseq-ecg-manifest's folder" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("program", ["fairseq-ecg-embed", "fairseq-ecg-experiments", "fairseq-ecg-manifest",
+@pytest.mark.parametrize("program", ["fairseq-ecg-embed", "fairseq-ecg-predict", "fairseq-ecg-import",
+                                     "fairseq-ecg-experiments", "fairseq-ecg-manifest",
                                      "fairseq-ecg-synth", "fairseq-ecg-demo"])
 def test_plugin_commands_print_no_tensorboardx_notice(program):
     result = run_cli(program, "--help")
