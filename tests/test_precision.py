@@ -167,10 +167,10 @@ def test_bf16_pretraining_checkpoint_is_fp32_and_validates_in_either_precision(p
                if torch.is_tensor(v) and v.is_floating_point() and v.numel() > 1]
     assert moments and all(v.dtype == torch.float32 for v in moments)
     losses = {}
-    for name in precision.PRECISIONS:  # the saved setting (bf16) is overridable like any task setting
+    for name in precision.PRECISIONS:  # fairseq-validate inherits the saved bf16; --precision overrides it
         result = run_cli("fairseq-validate", str(pretrain_data), "--user-dir", "fairseq_ecg", "--task", "ecg_pretraining",
                          "--path", str(checkpoint), "--valid-subset", "valid", "--batch-size", "4",
-                         "--model-overrides", f"{{'precision': '{name}'}}")
+                         *(["--precision", name] if name == "fp32" else []))  # bf16: the saved setting
         log = result.stdout + result.stderr
         assert f"'precision': '{name}'" in log
         losses[name] = float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", log)[-1])
@@ -188,7 +188,7 @@ def test_fp32_checkpoint_fine_tunes_in_bf16_and_validates_in_fp32(classify_folde
     assert "valid on 'valid' subset" in result.stdout + result.stderr
     result = run_cli("fairseq-validate", str(classify_folder), "--user-dir", "fairseq_ecg", "--task",
                      "ecg_classification", "--path", str(tmp_path / "checkpoint_last.pt"), "--valid-subset", "valid",
-                     "--batch-size", "4", "--model-overrides", "{'precision': 'fp32'}")
+                     "--batch-size", "4", "--precision", "fp32")
     log = result.stdout + result.stderr
     assert "'precision': 'fp32'" in log
     line = [l for l in log.splitlines() if "valid on 'valid' subset" in l][-1]
