@@ -106,8 +106,9 @@ def main() -> None:
     header = f"{'size':6s} {'threads':>7s} {'model':22s} {'fp32 /s':>9s} {'bf16 /s':>9s} {'bf16/fp32':>9s} {'fp32 vs fairseq':>15s}"
     if args.peak_tflops:
         header += f" {'TFLOP/step':>10s} {'MFU fp32':>8s} {'MFU bf16':>8s}"
-    lines, checks = [header], []
-    consumption = {}
+    print("\ntraining samples/s (full step: forward, loss, backward, Adam)")
+    print(header, flush=True)
+    checks, consumption = [], {}
     for size in sizes:
         batch, steps = (8, 3) if size != "base" else (4, 1)
         if args.device == "cuda":
@@ -127,7 +128,7 @@ def main() -> None:
                     mfu = [f"{rate * per_sample / (args.peak_tflops * 1e12):8.1%}" if rate else f"{'-':>8s}"
                            for rate in (fp32, bf16)]
                     line += f" {flops[name] / 1e12:10.3f} {mfu[0]} {mfu[1]}"
-                lines.append(line)
+                print(line, flush=True)
             w2v, full = rates[((W2V, "fp32"), n)], rates[((FULL, "fp32"), n)]
             where = f"{size}, {n or args.device} thread{'s' if n != 1 else ''}"
             checks.append((f"plugin W2V fp32 vs fairseq ({where})", w2v / reference, ">=", 0.97))
@@ -136,8 +137,6 @@ def main() -> None:
                 speedup = rates[((W2V, "bf16"), n)] / w2v
                 checks.append((f"bf16 vs fp32, plugin W2V ({where})", speedup, ">=", TARGETS[size]))
         consumption[size] = max(rates.values())
-    print("\ntraining samples/s (full step: forward, loss, backward, Adam)")
-    print("\n".join(lines))
     print("\nratios (targets of issue 13)")
     for label, value, _, target in checks:
         print(f"  {label:66s} {value:6.3f}  target >= {target:.2f}  {'ok' if value >= target else 'BELOW'}")
