@@ -34,7 +34,7 @@ demo: $(STAMP)
 
 benchmark: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_preparation.py
-	$(BIN)/python benchmarks/bench_pretraining.py
+	$(BIN)/python benchmarks/bench_precision.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_sources.py
 	$(BIN)/python benchmarks/bench_predict.py
 

@@ -40,7 +40,7 @@ def make_runs(size: str, batch: int, device: str):
     runs = {
         "a plugin W2V+CMSC+RLM": (EcgWav2Vec2Model(EcgWav2Vec2Config(**dims, rlm_prob=0.5)),
                                   Wav2Vec2CmscCriterion(None, **LOSS, w2v_weight=1.0, cmsc_weight=1.0),
-                                  {"id": torch.arange(batch), "group": torch.arange(batch) // 2,
+                                  {"id": torch.arange(batch), "group": torch.arange(batch) // 2, "pairs": True,
                                    "net_input": {"source": pairs}}),
         "b plugin W2V": (EcgWav2Vec2Model(EcgWav2Vec2Config(**dims)), Wav2Vec2CmscCriterion(None, **LOSS),
                          {"id": torch.arange(batch), "net_input": {"source": pairs}}),

@@ -1,6 +1,7 @@
 """``fairseq-ecg-embed``: one global embedding per record, from any checkpoint of the plugin.
 
     fairseq-ecg-embed --checkpoint CKPT MANIFEST.tsv|WFDB_FOLDER --out FILE.npy [--leads 6] [--batch-size N]
+                      [--precision fp32|bf16]
 
 Writes FILE.npy (records x encoder dimension, float32) and FILE.tsv (a header, then one line per
 row: record, patient, source file, number of segments). A record's embedding is the mean of the encoder's global vectors
@@ -37,6 +38,7 @@ from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.encoder import EcgEncoderConfig, EcgEncoderModel
 from .normalization import AUTO as NORMALIZE_AUTO
 from .normalization import MODES, checkpoint_normalization, resolve_normalization
+from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
 from .sources import AUTO, layouts
 
 
@@ -108,16 +110,21 @@ def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str =
 
 @torch.no_grad()
 def embed_records(encoder: EcgWav2Vec2Model, dataset: EcgSegmentDataset, batch_size: int,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Mean global vector per manifest row [rows, dim] and the segment count per row."""
+                  device: torch.device, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Mean global vector per manifest row [rows, dim] and the segment count per row; the encoder
+    runs at ``precision`` (see fairseq_ecg.precision), the averaging in float64."""
     rows = len(dataset.manifest)
     sums = torch.zeros(rows, encoder.cfg.encoder_embed_dim, dtype=torch.float64)
     counts = torch.zeros(rows, dtype=torch.float64)
     encoder.to(device)
+    if precision == "bf16":
+        check_bf16_convolutions(encoder)
     for start in range(0, len(dataset), batch_size):
         batch = dataset.collater([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         net_input = {k: v.to(device) for k, v in batch["net_input"].items()}
-        pooled = encoder.extract_global(**net_input)["global"].double().cpu()
+        with autocast_context(precision, device):
+            pooled = encoder.extract_global(**net_input)["global"]
+        pooled = pooled.double().cpu()
         sums.index_add_(0, batch["row"], pooled)
         counts.index_add_(0, batch["row"], torch.ones(len(pooled), dtype=torch.float64))
     return (sums / counts.clamp(min=1).unsqueeze(1)).float().numpy(), counts.long().numpy()
@@ -147,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", default=NORMALIZE_AUTO, choices=(NORMALIZE_AUTO,) + MODES,
                         help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="bf16: the encoder under bf16 autocast (faster where the CPU or GPU has native bf16)")
     return parser
 
 
@@ -180,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dataset = EcgSegmentDataset(manifest, segment, cut="consecutive", leads=leads,
                                         normalize=normalize, shuffle=False)
             device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-            embeddings, segments = embed_records(encoder, dataset, args.batch_size, device)
+            embeddings, segments = embed_records(encoder, dataset, args.batch_size, device, args.precision)
         lines = ["record\tpatient\tsource\tsegments"] + [
             f"{row.record}\t{row.patient}\t{source}\t{count}"
             for row, source, count in zip(manifest.rows, sources, segments)

@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--layout", default=AUTO, metavar="|".join((AUTO,) + layouts()),
                         help="auto (default): recognise each source folder's layout on its own; "
-                             + "; ".join(f"{name}: {get_source(name).summary}" for name in layouts()))
+                             # argparse %-formats help strings: a summary's "%" (CODE-15%) is escaped
+                             + "; ".join(f"{name}: {get_source(name).summary}" for name in layouts()).replace("%", "%%"))
     parser.add_argument("--labels", type=Path, metavar="CSV",
                         help="CSV with columns record[,patient][,codes] (physionet2021, wfdb) or the "
                              "ptbxl_database.csv to use (ptbxl)")

@@ -13,6 +13,7 @@ from torch import nn
 
 from fairseq.models import register_model
 
+from ..precision import full_precision
 from .encoder import EcgEncoderConfig, EcgEncoderModel
 
 
@@ -50,5 +51,8 @@ class EcgClassifierModel(EcgEncoderModel):
         return cls(cfg, cls.build_encoder(cfg))
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> dict:
-        """``source`` [batch, leads, time] -> ``logits`` [batch, num_classes] (before the sigmoid)."""
-        return {"logits": self.head(self.embed(source, padding_mask))}
+        """``source`` [batch, leads, time] -> ``logits`` [batch, num_classes] (before the sigmoid).
+        The head computes in fp32 under bf16 autocast too (the logits feed the loss and metrics)."""
+        pooled = self.embed(source, padding_mask)
+        with full_precision(pooled):
+            return {"logits": self.head(pooled.float())}

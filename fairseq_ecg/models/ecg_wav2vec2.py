@@ -19,6 +19,9 @@ from fairseq.models.wav2vec.wav2vec2 import (
     Wav2Vec2Config,
     Wav2Vec2Model,
 )
+from fairseq.modules import GumbelVectorQuantizer
+
+from ..precision import full_precision
 
 
 @dataclass
@@ -55,6 +58,16 @@ class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
         for conv in self.conv_layers:
             x = conv(x)
         return x
+
+
+class Fp32GumbelVectorQuantizer(GumbelVectorQuantizer):
+    """fairseq's Gumbel quantiser, computed in fp32 under bf16 autocast too: bf16 code logits
+    flip the hard code choice of near ties, which changes the InfoNCE targets and which negatives
+    count as positives. Its projection is about 0.2 % of the model's FLOPs."""
+
+    def forward(self, x, produce_targets=False):
+        with full_precision(x):
+            return super().forward(x.float(), produce_targets)
 
 
 def random_lead_mask(source: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -110,6 +123,8 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
             mode=cfg.extractor_mode,
             conv_bias=cfg.conv_bias,
         )
+        if type(self.quantizer) is GumbelVectorQuantizer:  # built by fairseq: keep it, weights and keys alike
+            self.quantizer.__class__ = Fp32GumbelVectorQuantizer
 
     @classmethod
     def build_model(cls, cfg: EcgWav2Vec2Config, task=None) -> "EcgWav2Vec2Model":
@@ -128,7 +143,7 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
             result = super().forward(source, padding_mask=padding_mask, **kwargs)
         finally:
             hook.remove()
-        result["global"] = masked_time_mean(captured["context"], result.get("padding_mask"))
+        result["global"] = masked_time_mean(captured["context"].float(), result.get("padding_mask"))
         return result
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
@@ -146,7 +161,17 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
                 require_same_masks=self.cfg.require_same_masks, mask_dropout=self.cfg.mask_dropout,
                 seed=seed, epoch=0, indices=torch.arange(batch),
             )).to(x.device)
+        # Under bf16 autocast the features are bf16 and fairseq writes the fp32 mask_emb into them
+        # in place, which torch refuses; fp32 features take it (the next layer casts to bf16 again).
+        x = x.to(self.mask_emb.dtype)
         return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
+
+    def compute_preds(self, x, y, negatives):
+        """fairseq's InfoNCE logits (cosine / temperature), kept in fp32 under bf16 autocast:
+        fairseq casts them back to the dtype of ``x``, and bf16 logits of up to 1/logit_temp
+        would carry only 2-3 significant digits into the loss."""
+        with full_precision(x):
+            return super().compute_preds(x.float(), y.float(), negatives.float())
 
     def extract_global(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> dict:
         """Unmasked forward pass for downstream use: ``x`` [B, T', D] context, its frame

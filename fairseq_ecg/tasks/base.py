@@ -15,6 +15,7 @@ from fairseq.tasks import FairseqTask
 from ..leads import lead_set_name, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 from ..normalization import AUTO, checkpoint_normalization, normalize_mode, resolve_normalization
+from ..precision import PRECISION_CHOICES, AutocastForward
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ class EcgTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
     check_files: bool = field(
         default=True, metadata={"help": "check every waveform file's header against its manifest row at load time"}
+    )
+    precision: PRECISION_CHOICES = field(
+        default="fp32",
+        metadata={"help": "fp32, or bf16: the model's forward pass (training and validation) under bf16 autocast, "
+                  "on CPU or CUDA; weights, optimizer state, losses, metrics and checkpoints stay fp32 (see "
+                  "fairseq_ecg/precision.py). Not fairseq's common.bf16 or common.amp: leave those off"},
     )
 
 
@@ -213,6 +220,19 @@ class EcgTask(FairseqTask):
         if getattr(dataset, "cut", None) == "consecutive":
             kwargs["required_batch_size_multiple"] = 1
         return super().get_batch_iterator(dataset, **kwargs)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's training step with the model's forward at ``task.precision`` (the loss and the
+        backward pass outside autocast)."""
+        return super().train_step(sample, self._at_precision(model), criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        """fairseq's validation step (also fairseq-validate's) at ``task.precision``."""
+        return super().valid_step(sample, self._at_precision(model), criterion)
+
+    def _at_precision(self, model):
+        precision = str(getattr(self.cfg, "precision", "fp32"))
+        return model if precision == "fp32" else AutocastForward(model, precision)
 
     def max_positions(self):
         return None
