@@ -4,6 +4,7 @@ import math
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -249,6 +250,52 @@ def test_pairs_are_one_adjacent_window_per_record(tmp_path):
     assert batch["group"].tolist() == [0, 0, 2, 2] and batch["pairs"]
 
 
+def run_epochs(*jobs: dict) -> list:
+    """Per job, its epochs' batches (see tests/epoch_batches.py, run as a fresh process)."""
+    import json
+
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "epoch_batches.py"), json.dumps(list(jobs))],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def to_tuples(epochs: list) -> list:
+    return [[tuple(tuple(row) for row in batch) for batch in batches] for batches in epochs]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_crops_windows_and_batches_change_every_epoch(tmp_path, workers):
+    ramp_manifest(tmp_path, [20000] * 9)
+    job = {"data": str(tmp_path), "epochs": [1, 2, 3], "workers": workers}
+    w2v, cmsc, again = run_epochs({**job, "overrides": {"cmsc": False}}, {**job, "overrides": {"cmsc": True}}, job)
+    epochs = to_tuples(cmsc)
+    assert epochs == to_tuples(w2v)  # W2V-only and CMSC variants see the same segments and batches
+    starts = [{item: start for batch in batches for item, start in batch[::2]} for batches in epochs]
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert all(starts[a][i] != starts[b][i] for i in range(9)), starts  # a new window per record
+    compositions = [{frozenset(item for item, _ in batch) for batch in batches} for batches in epochs]
+    assert compositions[0] != compositions[1] != compositions[2]  # items meet other items
+    assert epochs == to_tuples(again)  # seeded: the same in every run
+
+
+def test_crop_mode_with_workers_changes_every_epoch(tmp_path):
+    ramp_manifest(tmp_path, [20000] * 6)
+    (epochs,) = run_epochs({"data": str(tmp_path), "epochs": [1, 2], "workers": 2,
+                            "overrides": {"pair_windows": False}})
+    starts = [dict(tuple(row) for batch in batches for row in batch) for batches in epochs]
+    assert all(starts[0][i] != starts[1][i] for i in range(6))
+
+
+def test_resumed_mid_epoch_sees_the_remaining_batches_of_the_uninterrupted_run(tmp_path):
+    ramp_manifest(tmp_path, [20000] * 9)
+    state = {"version": 2, "epoch": 2, "iterations_in_epoch": 2, "shuffle": True}
+    job = {"data": str(tmp_path), "epochs": [2], "workers": 2}
+    (uninterrupted,), (resumed,) = run_epochs(job, {**job, "state": state})
+    assert resumed == uninterrupted[2:] and len(resumed) == 1
+
+
 def pretraining_task(data, **overrides):
     from omegaconf import OmegaConf
 
@@ -258,54 +305,6 @@ def pretraining_task(data, **overrides):
     task = EcgPretrainingTask.setup_task(cfg)
     task.load_dataset("train")
     return task
-
-
-def epoch_batches(task, epoch: int, workers: int, state=None) -> list:
-    """The batches of one epoch as fairseq's trainer gets them: a fresh call of
-    ``task.get_batch_iterator`` for the epoch, then ``next_epoch_itr``; each batch as
-    (item id, segment start) per row. ``state``: an iterator state to resume from."""
-    epoch_itr = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=3, seed=1,
-                                        num_workers=workers, epoch=epoch, required_batch_size_multiple=1)
-    if state is not None:
-        epoch_itr.load_state_dict(state)
-    batches = []
-    for batch in epoch_itr.next_epoch_itr(shuffle=True):
-        source = batch["net_input"]["source"][:, 0, 0]
-        batches.append(tuple(zip(batch["id"].tolist(), source.long().tolist())))
-    return batches
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_crops_windows_and_batches_change_every_epoch(tmp_path, workers):
-    ramp_manifest(tmp_path, [20000] * 9)
-    results = {}
-    for cmsc in (False, True):
-        task = pretraining_task(tmp_path, cmsc=cmsc)
-        results[cmsc] = [epoch_batches(task, epoch, workers) for epoch in (1, 2, 3)]
-    epochs = results[True]
-    assert epochs == results[False]  # W2V-only and CMSC variants see the same segments and batches
-    starts = [{item: start for batch in batches for item, start in batch[::2]} for batches in epochs]
-    for a, b in ((0, 1), (1, 2), (0, 2)):
-        assert all(starts[a][i] != starts[b][i] for i in range(9)), starts  # a new window per record
-    compositions = [{frozenset(item for item, _ in batch) for batch in batches} for batches in epochs]
-    assert compositions[0] != compositions[1] != compositions[2]  # items meet other items
-    assert epochs == [epoch_batches(pretraining_task(tmp_path), e, workers) for e in (1, 2, 3)]  # seeded
-
-
-def test_crop_mode_with_workers_changes_every_epoch(tmp_path):
-    ramp_manifest(tmp_path, [20000] * 6)
-    task = pretraining_task(tmp_path, pair_windows=False)
-    epochs = [epoch_batches(task, epoch, workers=2) for epoch in (1, 2)]
-    starts = [dict(row for batch in batches for row in batch) for batches in epochs]
-    assert all(starts[0][i] != starts[1][i] for i in range(6))
-
-
-def test_resumed_mid_epoch_sees_the_remaining_batches_of_the_uninterrupted_run(tmp_path):
-    ramp_manifest(tmp_path, [20000] * 9)
-    uninterrupted = epoch_batches(pretraining_task(tmp_path), 2, workers=2)
-    state = {"version": 2, "epoch": 2, "iterations_in_epoch": 2, "shuffle": True}
-    resumed = epoch_batches(pretraining_task(tmp_path), 2, workers=2, state=state)
-    assert resumed == uninterrupted[2:] and len(resumed) == 1
 
 
 def test_validation_masks_repeat_and_leave_the_training_stream_alone(tmp_path):
