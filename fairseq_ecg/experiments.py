@@ -40,21 +40,30 @@ METRICS = {"classification": ("challenge_metric", "auroc", "f1"), "identificatio
 # What each preset adds to the YAMLs' own settings. "demo" trains tiny models in minutes on a CPU.
 PRESETS = {
     "demo": {
-        "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=250",
+        "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=150",
                      "dataset.batch_size=32",
                      "checkpoint.no_epoch_checkpoints=true"],
-        # max_update=0: the tiny size's 100-update limit off, these runs are measured in epochs
+        # max_update=0: the tiny size's 100-update limit off, these runs are measured in epochs;
+        # per-class thresholds tuned on valid for the Challenge metric and F1 (0.5 is never crossed here)
         "classification": ["+size=tiny", "optimization.max_epoch=10", "optimization.max_update=0", "dataset.batch_size=16",
                            "dataset.validate_interval=5", "checkpoint.save_interval=5",
-                           "checkpoint.best_checkpoint_metric=auroc", "checkpoint.no_epoch_checkpoints=true"],
-        "identification": ["+size=tiny", "optimization.max_epoch=10", "optimization.max_update=0",
+                           "checkpoint.best_checkpoint_metric=auroc", "checkpoint.no_epoch_checkpoints=true",
+                           "task.tune_thresholds=true"],
+        "identification": ["+size=tiny", "optimization.max_epoch=2", "optimization.max_update=0", "dataset.batch_size=32",
+                           "dataset.validate_interval=2", "checkpoint.save_interval=2",
                            "checkpoint.no_epoch_checkpoints=true"],
         "linear_probe": ["optimization.lr=[0.01]"],
         "variants": ["w2v", "w2v_cmsc_rlm"],
         "leads": ["12", "6", "3", "2", "1"],
         "seeds": 2,
-        "pretrain_seeds": 1,  # one pretraining per variant, shared by the fine-tuning seeds (time)
-        "tasks": ["classification"],
+        "pretrain_seeds": 2,  # each fine-tuning seed has its own pretraining: the spread includes both
+        "tasks": ["classification", "identification"],
+        # the linear probe and identification on the extreme lead sets only (time: each cell is two processes)
+        "mode_leads": {"classification_linear_probe": ["12", "1"], "identification": ["12", "1"]},
+        # experiment 3 is left out of make demo for time (20 minutes); --experiments 1,3 adds it, reusing
+        # experiment 1's runs: one variant, W2V+CMSC with and without RLM, fine-tuned classification only
+        "experiments": [1],
+        "experiment3": {"variants": ["w2v_cmsc_rlm"], "tasks": ["classification"], "linear_probe": False},
     },
     "paper": {
         "pretrain": [], "classification": [], "identification": [],
@@ -79,6 +88,8 @@ class Run:
     command: list[str]
     after: list[str] = field(default_factory=list)
     labels: Optional[dict] = None  # set for evaluation runs: the results.csv columns but metric/value
+    # the same run reported again under other labels: experiment 3 shares experiment 1's runs
+    also: list[dict] = field(default_factory=list)
 
     def folder(self, out: Path) -> Path:
         return out / "runs" / self.name
@@ -99,6 +110,14 @@ class Settings:
     linear_probe: bool
     config_root: Path
     pretrain_args: tuple[str, ...] = ()  # extra hydra overrides, after the preset's
+    # experiment 3 (with and without RLM): its variants and tasks (empty: the same as experiment 1's)
+    # and whether it repeats the linear probe; the demo compares one variant, fine-tuned only (time)
+    rlm_variants: tuple[str, ...] = ()
+    rlm_tasks: tuple[str, ...] = ()
+    rlm_linear_probe: bool = True
+    # fewer lead sets for some modes (classification_linear_probe, identification): (mode, lead sets)
+    # pairs; empty or an explicit --leads: every mode runs on every lead set
+    mode_leads: tuple[tuple[str, tuple[str, ...]], ...] = ()
     finetune_args: tuple[str, ...] = ()
     pretrained: tuple[tuple[str, Path], ...] = ()  # (row name, checkpoint) of outside pretrained models
 
@@ -152,13 +171,19 @@ def plan(s: Settings) -> list[Run]:
     runs: dict[str, Run] = {}
 
     def add(run: Run) -> Run:
-        return runs.setdefault(run.name, run)
+        known = runs.setdefault(run.name, run)
+        if known is not run and run.labels is not None and run.labels != known.labels and run.labels not in known.also:
+            known.also.append(run.labels)
+        return known
 
-    modes = [False] + ([True] if s.linear_probe else [])
     for seed in range(s.seeds):
         for experiment in s.experiments:
-            for variant in (BASELINE,) + s.variants:
-                source = s.variants[0] if variant == BASELINE else variant
+            rlm = experiment == 3
+            variants = (s.rlm_variants or s.variants) if rlm else s.variants
+            tasks = [t for t in s.tasks if not rlm or not s.rlm_tasks or t in s.rlm_tasks]
+            modes = [False] + ([True] if s.linear_probe and (s.rlm_linear_probe or not rlm) else [])
+            for variant in (BASELINE,) + variants:
+                source = variants[0] if variant == BASELINE else variant
                 if experiment == 3 and variant != BASELINE:
                     others = {source, source.replace("_rlm", "") if source.endswith("_rlm") else f"{source}_rlm"}
                     pairs = [(v, None) for v in sorted(others)]
@@ -174,8 +199,11 @@ def plan(s: Settings) -> list[Run]:
                     for pretrain_leads, leads in lead_pairs:
                         pretrain = add(_pretrain_run(s, pretrain_variant, pretrain_leads,
                                                      seed % s.pretrain_seeds, prob))
-                        for task in s.tasks:
+                        for task in tasks:
                             for linear in modes if task == "classification" else [False]:
+                                mode = f"{task}_linear_probe" if linear else task
+                                if leads not in dict(s.mode_leads).get(mode, (leads,)):
+                                    continue
                                 for run in _finetune_runs(s, experiment, pretrain, label, pretrain_leads,
                                                           leads, seed, task, linear):
                                     add(run)
@@ -184,6 +212,9 @@ def plan(s: Settings) -> list[Run]:
                     for leads in s.leads:
                         for task in s.tasks:
                             for linear in modes if task == "classification" else [False]:
+                                mode = f"{task}_linear_probe" if linear else task
+                                if leads not in dict(s.mode_leads).get(mode, (leads,)):
+                                    continue
                                 for run in _finetune_runs(s, 1, None, label, "12", leads, seed, task, linear,
                                                           checkpoint):
                                     add(run)
@@ -274,9 +305,10 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
             continue
         metrics = json.loads(metrics_file.read_text())
         task = "identification" if run.labels["task"].startswith("identification") else "classification"
-        for metric in METRICS[task]:
-            if metric in metrics:
-                rows.append({**run.labels, "metric": metric, "value": metrics[metric]})
+        for labels in [run.labels, *run.also]:
+            for metric in METRICS[task]:
+                if metric in metrics:
+                    rows.append({**labels, "metric": metric, "value": metrics[metric]})
     return rows
 
 
@@ -294,7 +326,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, type=Path, help="folder written by fairseq-ecg-manifest")
     parser.add_argument("--out", required=True, type=Path, help="results folder (runs/, results.csv, report.md)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    parser.add_argument("--experiments", default="1", help="comma-separated: 1, 2, 3")
+    parser.add_argument("--experiments", default=None, help="comma-separated: 1, 2, 3 (default: the preset's)")
     parser.add_argument("--leads", default=None, help="lead sets, e.g. 12,6,3,2,1 (default: the preset's)")
     parser.add_argument("--variants", default=None, help="pretraining variants (YAML names); default: the preset's")
     parser.add_argument("--rlm-probs", default="", help="experiment 3: RLM probabilities to sweep, e.g. 0.25,0.5,0.75")
@@ -345,14 +377,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if not Path(path).is_file():
             raise SystemExit(f"fairseq-ecg-experiments: --pretrained {item!r}: {path} is not a file")
         pretrained.append((label, Path(path).resolve()))
+    # experiment 3 of a preset may compare fewer variants and tasks; explicit --variants/--tasks rule
+    rlm = preset.get("experiment3", {})
+    experiments = args.experiments or ",".join(str(e) for e in preset.get("experiments", [1]))
     return Settings(
         pretrained=tuple(pretrained),
         data=args.data.resolve(), out=args.out.resolve(), preset=args.preset,
-        experiments=tuple(int(e) for e in args.experiments.split(",")), variants=variants, leads=leads,
+        experiments=tuple(int(e) for e in experiments.split(",")), variants=variants, leads=leads,
         rlm_probs=tuple(float(p) for p in args.rlm_probs.split(",") if p), seeds=args.seeds or preset["seeds"],
         pretrain_seeds=max(1, min(args.pretrain_seeds or preset["pretrain_seeds"], args.seeds or preset["seeds"])),
         tasks=tasks, linear_probe=not args.no_linear_probe, config_root=args.config_root.resolve(),
         pretrain_args=tuple(shlex.split(args.pretrain_args)), finetune_args=tuple(shlex.split(args.finetune_args)),
+        rlm_variants=() if args.variants else tuple(rlm.get("variants", ())),
+        rlm_tasks=() if args.tasks else tuple(rlm.get("tasks", ())),
+        rlm_linear_probe=rlm.get("linear_probe", True),
+        mode_leads=() if args.leads else tuple((mode, tuple(sets)) for mode, sets in preset.get("mode_leads", {}).items()),
     )
 
 

@@ -14,21 +14,21 @@ def plan_for(tmp_path, *extra):
 
 def test_dry_run_prints_one_ordinary_command_per_run(tmp_path, capsys):
     code = experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "demo",
-                             "--seeds", "1", "--dry-run"])
+                             "--dry-run"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     programs = [line.split()[0] for line in lines]
-    # 2 pretrainings; 3 rows (random_init, w2v, w2v_cmsc_rlm) x 5 lead sets x (fine-tune, linear probe),
-    # each trained then evaluated.
-    assert programs.count("fairseq-hydra-train") == 2 + 30 and programs.count("fairseq-validate") == 30
+    # 2 variants x 2 pretraining seeds; 3 rows (random_init, w2v, w2v_cmsc_rlm) x 2 seeds x (fine-tuning on
+    # 5 lead sets, linear probe and identification on 12 and 1 leads), each trained then evaluated.
+    assert programs.count("fairseq-hydra-train") == 4 + 54 and programs.count("fairseq-validate") == 54
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     # closing comments (the output stays a shell script): runs per kind, and a rough cost
     summary = [line for line in lines if line.startswith("#")]
     assert summary == lines[-2:] and len(summary) == 2
-    assert summary[0].startswith("# 62 runs: 2 pretraining runs (tiny size, about 250 updates each); "
-                                 "15 classification runs (tiny size, 10 epochs each); 15 classification linear probe")
-    assert "30 evaluations" in summary[0]
-    assert summary[1].startswith("# rough cost of 2 training runs: about") and "30 runs measured in epochs" in summary[1]
+    assert summary[0].startswith("# 112 runs: 4 pretraining runs (tiny size, about 150 updates each); "
+                                 "30 classification runs (tiny size, 10 epochs each); 12 classification linear probe")
+    assert "12 identification runs (tiny size, 2 epochs each); 54 evaluations" in summary[0]
+    assert summary[1].startswith("# rough cost of 4 training runs: about") and "54 runs measured in epochs" in summary[1]
 
 
 def test_dry_run_counts_updates_from_the_manifests(tmp_path, capsys):
@@ -39,7 +39,8 @@ def test_dry_run_counts_updates_from_the_manifests(tmp_path, capsys):
     write_random_manifest(tmp_path / "finetune", "train", 40, samples=10)
     write_random_manifest(tmp_path / "pretrain", "train", 40, samples=10)
     code = experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "demo",
-                             "--seeds", "1", "--leads", "12", "--no-linear-probe",
+                             "--seeds", "1", "--leads", "12", "--no-linear-probe", "--experiments", "1",
+                             "--tasks", "classification",
                              "--pretrain-args", "optimization.max_update=7", "--dry-run"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
@@ -116,7 +117,7 @@ def test_report_tables_and_plots(tmp_path):
 
 def test_fine_tuning_seeds_share_pretraining_seeds_round_robin(tmp_path):
     runs = plan_for(tmp_path, "--preset", "demo", "--variants", "w2v", "--leads", "12", "--seeds", "3",
-                    "--pretrain-seeds", "2", "--no-linear-probe")
+                    "--pretrain-seeds", "2", "--no-linear-probe", "--experiments", "1")
     assert sorted(r.name for r in runs if r.name.startswith("pretrain/")) == ["pretrain/w2v_L12_s0", "pretrain/w2v_L12_s1"]
     third = next(r for r in runs if r.name == "classification/w2v_P12_F12_s2")
     assert third.after == ["pretrain/w2v_L12_s0"]
@@ -212,3 +213,49 @@ def test_an_identify_folder_prepared_before_the_test_split_is_refused_in_one_lin
         write_manifest(tmp_path / "identify" / f"{name}.tsv", tmp_path, [row])
     assert experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "paper",
                              "--variants", "w2v", "--leads", "12", "--seeds", "1", "--dry-run"]) == 0
+
+
+def test_demo_plan_repeats_pretraining_tunes_thresholds_and_identifies(tmp_path):
+    """The demo preset: two pretraining seeds per variant (the spread includes pretraining), classification
+    fine-tuned on every lead set with thresholds tuned on valid, the linear probe and identification on 12
+    and 1 leads (time); ``--experiments 1,3`` adds experiment 3 (with and without RLM) for W2V+CMSC,
+    fine-tuned, sharing experiment 1's runs rather than repeating them."""
+    runs = plan_for(tmp_path, "--preset", "demo")
+    pretrain = sorted(r.name for r in runs if r.name.startswith("pretrain/"))
+    assert pretrain == [f"pretrain/{v}_L12_s{s}" for v in ("w2v", "w2v_cmsc_rlm") for s in (0, 1)]
+    names = {r.name: r for r in runs}
+    assert names["classification/w2v_P12_F12_s1"].after == ["pretrain/w2v_L12_s1"]
+    classify = [r for r in runs if r.name.startswith("classification") and r.labels is None]
+    assert classify and all("task.tune_thresholds=true" in r.command for r in classify)
+    cells = {(l["task"], l["variant"], l["finetune_leads"], l["seed"]) for r in runs if (l := r.labels)}
+    rows = ("random_init", "w2v", "w2v_cmsc_rlm")
+    assert cells == ({("classification", v, leads, s) for v in rows for leads in ("12", "6", "3", "2", "1")
+                      for s in (0, 1)}
+                     | {(task, v, leads, s) for task in ("classification_linear_probe", "identification")
+                        for v in rows for leads in ("12", "1") for s in (0, 1)})
+    assert all(not r.also for r in runs)
+
+    runs = plan_for(tmp_path, "--preset", "demo", "--experiments", "1,3")
+    pretrain = sorted(r.name for r in runs if r.name.startswith("pretrain/"))
+    assert pretrain == [f"pretrain/{v}_L12_s{s}" for v in ("w2v", "w2v_cmsc", "w2v_cmsc_rlm") for s in (0, 1)]
+    exp3 = [l for r in runs if r.labels for l in [r.labels, *r.also] if l["experiment"] == 3]
+    assert {(l["variant"], l["task"]) for l in exp3} == {
+        (v, "classification") for v in ("random_init", "w2v_cmsc", "w2v_cmsc_rlm")}
+    assert len(exp3) == 3 * 5 * 2
+    shared = {r.name: r for r in runs}["classification/w2v_cmsc_rlm_P12_F1_s0/evaluate"]
+    assert shared.labels["experiment"] == 1 and [l["experiment"] for l in shared.also] == [3]
+    # an explicit --leads runs every mode on those lead sets
+    runs = plan_for(tmp_path, "--preset", "demo", "--leads", "6")
+    assert {l["task"] for r in runs if (l := r.labels)} == {"classification", "classification_linear_probe",
+                                                             "identification"}
+
+
+def test_shared_run_reports_under_each_experiment(tmp_path):
+    run = experiments.Run("classification/x/evaluate", ["true"], labels=dict(
+        experiment=1, variant="w2v_cmsc_rlm", pretrain_leads="12", finetune_leads="1", task="classification", seed=0))
+    run.also.append({**run.labels, "experiment": 3})
+    folder = run.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text('{"auroc": 0.7, "loss": 1.0}')
+    rows = experiments.collect([run], tmp_path)
+    assert [(r["experiment"], r["metric"], r["value"]) for r in rows] == [(1, "auroc", 0.7), (3, "auroc", 0.7)]
