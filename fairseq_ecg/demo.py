@@ -1,9 +1,10 @@
 """``make demo``: the whole pipeline on the embedded synthetic archive, end to end.
 
 Synthesise a PhysioNet/CinC-2021-style archive, prepare its manifests, then run the demo preset of
-experiment 1 (pretraining W2V and W2V+CMSC+RLM; fine-tuning and a frozen-encoder linear probe
-from each and from random initialisation; 12, 6, 3, 2 and 1 leads; several seeds) and print the
-table. Every step resumes: run it again after an interruption and finished work is kept.
+experiment 1 (pretraining W2V and W2V+CMSC+RLM, two seeds each; classification fine-tuned from each
+and from random initialisation on 12, 6, 3, 2 and 1 leads with thresholds tuned on valid; a
+frozen-encoder linear probe and patient identification on 12 and 1 leads) and print the tables.
+Every step resumes: run it again after an interruption and finished work is kept.
 """
 import argparse
 import sys
