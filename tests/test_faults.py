@@ -495,9 +495,10 @@ def test_experiments_runner_killed_mid_matrix_redoes_only_unfinished_runs(scenar
     out, finished = outcome["out"], outcome["finished"]
     assert out / "runs" / "pretrain" / "w2v_L12_s0" in finished and len(finished) < 5
     # --pretrain-args / --finetune-args come after the preset's overrides, so they win
+    from fairseq_ecg.experiments import PRESETS
+
     assert (out / "runs" / "pretrain" / "w2v_L12_s0" / "command.sh").read_text().endswith(
-        "optimization.max_update=250 dataset.batch_size=32 checkpoint.no_epoch_checkpoints=true "
-        "optimization.max_update=4 task.segment_seconds=1 dataset.batch_size=8\n")
+        " ".join(PRESETS["demo"]["pretrain"]) + " optimization.max_update=4 task.segment_seconds=1 dataset.batch_size=8\n")
     assert outcome["code"] == 0, outcome["log"][-3000:]
     assert f"5 runs planned, {len(finished)} already done" in outcome["log"]
     assert "5/5 runs done, 0 failed" in outcome["log"]
