@@ -18,9 +18,19 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Optional
 
-# what the forkserver imports once: the plugin (which registers its tasks, models and criterions)
-# and the programs the runs call
-PRELOAD = ["fairseq_ecg", "fairseq_cli.train", "fairseq_cli.hydra_train", "fairseq_cli.validate"]
+# what the forkserver imports once: the plugin (which registers its tasks, models and criterions),
+# the programs the runs call, and the runner's modules (multiprocessing runs the parent's main
+# module again in each child). Not fairseq_cli.hydra_train: importing it warns (hydra's
+# version_base) on the runner's terminal; a run imports it in a moment, warning in its own log.
+PRELOAD = ["fairseq_ecg", "fairseq_cli.train", "fairseq_cli.validate", "fairseq_ecg.experiments", "fairseq_ecg.demo"]
+
+
+def as_a_fresh_interpreter() -> None:
+    """Undo what multiprocessing leaves in a forkserver child that a new interpreter would not
+    have: its default start method is "forkserver", so a data loader's workers would start a second
+    forkserver (importing the runner again, seconds each) instead of forking as they do in a run
+    started from ``command.sh``."""
+    multiprocessing.set_start_method(None, force=True)
 
 
 def console_script(name: str) -> Optional[EntryPoint]:
@@ -32,6 +42,7 @@ def console_script(name: str) -> Optional[EntryPoint]:
 def _run_in_child(command: list[str], log: str, env: dict[str, str]) -> None:
     """The forked child: output to the log, the run's environment and threads, then the program's
     own entry point with the command's argv, as ``command.sh`` would call it."""
+    as_a_fresh_interpreter()
     handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(handle, 1)
     os.dup2(handle, 2)

@@ -1,14 +1,17 @@
 """Runs forked from a process that imported fairseq once (fairseq_ecg.launcher) compute what their
 ``command.sh`` computes when a user runs it alone."""
 import json
+import multiprocessing
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
 from conftest import BIN, REPO
 from fairseq_ecg import experiments
-from fairseq_ecg.launcher import PreloadedLauncher
+from fairseq_ecg.launcher import PreloadedLauncher, as_a_fresh_interpreter
 from fairseq_ecg.preparation import main as prepare
 from fairseq_ecg.synth import synthesize_archive
 
@@ -23,6 +26,22 @@ def test_preloaded_launcher_gives_the_program_its_log_and_exit_code(tmp_path):
     assert str(tmp_path / "missing") in (tmp_path / "bad.log").read_text()
 
 
+def _write_start_method(path: str) -> None:  # runs in a forked child
+    as_a_fresh_interpreter()
+    Path(path).write_text(multiprocessing.get_start_method())
+
+
+def test_a_forked_run_starts_its_data_loader_workers_as_a_new_interpreter_does(tmp_path):
+    """A forkserver child would otherwise start workers through a second forkserver (seconds each,
+    and not what the run's command.sh does)."""
+    fresh = subprocess.run([sys.executable, "-c", "import multiprocessing; print(multiprocessing.get_start_method())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    child = PreloadedLauncher().context.Process(target=_write_start_method, args=(str(tmp_path / "method"),))
+    child.start()
+    child.join()
+    assert child.exitcode == 0 and (tmp_path / "method").read_text() == fresh
+
+
 def test_a_cell_run_by_the_matrix_is_reproduced_by_its_command_sh(tmp_path, monkeypatch):
     synthesize_archive(tmp_path / "src", records=40, patients=20, seed=8)
     data, out = tmp_path / "data", tmp_path / "results"
@@ -32,7 +51,7 @@ def test_a_cell_run_by_the_matrix_is_reproduced_by_its_command_sh(tmp_path, monk
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     code = experiments.main([
         "--data", str(data), "--out", str(out), "--preset", "demo", "--variants", "w2v", "--leads", "12",
-        "--seeds", "1", "--no-linear-probe", "--tasks", "classification", "--jobs", "1",
+        "--seeds", "1", "--no-linear-probe", "--tasks", "classification", "--experiments", "1", "--jobs", "1",
         "--pretrain-args", "optimization.max_update=3 task.segment_seconds=1 dataset.batch_size=8",
         "--finetune-args", "optimization.max_epoch=2 dataset.validate_interval=1 checkpoint.save_interval=1 "
                            "task.segment_seconds=1"])
