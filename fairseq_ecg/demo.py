@@ -3,7 +3,8 @@
 Synthesise a PhysioNet/CinC-2021-style archive, prepare its manifests, then run the demo preset of
 experiment 1 (pretraining W2V and W2V+CMSC+RLM, two seeds each; classification fine-tuned from each
 and from random initialisation on 12, 6, 3, 2 and 1 leads with thresholds tuned on valid; a
-frozen-encoder linear probe and patient identification on 12 and 1 leads) and print the tables.
+frozen-encoder linear probe and patient identification on 12 and 1 leads) and experiment 3 for
+one variant (W2V+CMSC pretrained without RLM, fine-tuned on each lead set), and print the tables.
 Every step resumes: run it again after an interruption and finished work is kept.
 """
 import argparse

@@ -62,9 +62,9 @@ PRESETS = {
         "tasks": ["classification", "identification"],
         # the linear probe and identification on the extreme lead sets only (time: each cell is two processes)
         "mode_leads": {"classification_linear_probe": ["12", "1"], "identification": ["12", "1"]},
-        # experiment 3 is left out of make demo for time (20 minutes); --experiments 1,3 adds it, reusing
-        # experiment 1's runs: one variant, W2V+CMSC with and without RLM, fine-tuned classification only
-        "experiments": [1],
+        # experiment 3 for one variant, reusing experiment 1's runs: W2V+CMSC with and without RLM,
+        # fine-tuned classification only (time: it adds 2 pretrainings and 10 fine-tunings)
+        "experiments": [1, 3],
         "experiment3": {"variants": ["w2v_cmsc_rlm"], "tasks": ["classification"], "linear_probe": False},
     },
     "paper": {

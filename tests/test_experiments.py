@@ -18,17 +18,18 @@ def test_dry_run_prints_one_ordinary_command_per_run(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     programs = [line.split()[0] for line in lines]
-    # 2 variants x 2 pretraining seeds; 3 rows (random_init, w2v, w2v_cmsc_rlm) x 2 seeds x (fine-tuning on
-    # 5 lead sets, linear probe and identification on 12 and 1 leads), each trained then evaluated.
-    assert programs.count("fairseq-hydra-train") == 4 + 54 and programs.count("fairseq-validate") == 54
+    # 3 variants (w2v, w2v_cmsc_rlm, and experiment 3's w2v_cmsc) x 2 pretraining seeds; 3 rows (random_init,
+    # w2v, w2v_cmsc_rlm) x 2 seeds x (fine-tuning on 5 lead sets, linear probe and identification on 12 and 1
+    # leads) and w2v_cmsc x 2 seeds x 5 lead sets, each trained then evaluated.
+    assert programs.count("fairseq-hydra-train") == 6 + 54 + 10 and programs.count("fairseq-validate") == 64
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     # closing comments (the output stays a shell script): runs per kind, and a rough cost
     summary = [line for line in lines if line.startswith("#")]
     assert summary == lines[-2:] and len(summary) == 2
-    assert summary[0].startswith("# 112 runs: 4 pretraining runs (tiny size, about 150 updates each); "
-                                 "30 classification runs (tiny size, 10 epochs each); 12 classification linear probe")
-    assert "12 identification runs (tiny size, 2 epochs each); 54 evaluations" in summary[0]
-    assert summary[1].startswith("# rough cost of 4 training runs: about") and "54 runs measured in epochs" in summary[1]
+    assert summary[0].startswith("# 134 runs: 6 pretraining runs (tiny size, about 150 updates each); "
+                                 "40 classification runs (tiny size, 10 epochs each); 12 classification linear probe")
+    assert "12 identification runs (tiny size, 2 epochs each); 64 evaluations" in summary[0]
+    assert summary[1].startswith("# rough cost of 6 training runs: about") and "64 runs measured in epochs" in summary[1]
 
 
 def test_dry_run_counts_updates_from_the_manifests(tmp_path, capsys):
@@ -174,7 +175,7 @@ def test_finished_matrix_prints_a_quiet_report_and_its_path(tmp_path):
     write_random_manifest(data / "pretrain", "train", 2, samples=10)
     write_random_manifest(data / "finetune", "train", 2, samples=10)
     args = ["--data", str(data), "--out", str(out), "--preset", "demo", "--variants", "w2v", "--leads", "12",
-            "--seeds", "1", "--no-linear-probe", "--tasks", "classification"]
+            "--seeds", "1", "--no-linear-probe", "--tasks", "classification", "--experiments", "1"]
     for run in experiments.plan(experiments.settings_from_args(experiments.parse_args(args))):
         folder = run.folder(out)
         folder.mkdir(parents=True)
@@ -218,9 +219,9 @@ def test_an_identify_folder_prepared_before_the_test_split_is_refused_in_one_lin
 def test_demo_plan_repeats_pretraining_tunes_thresholds_and_identifies(tmp_path):
     """The demo preset: two pretraining seeds per variant (the spread includes pretraining), classification
     fine-tuned on every lead set with thresholds tuned on valid, the linear probe and identification on 12
-    and 1 leads (time); ``--experiments 1,3`` adds experiment 3 (with and without RLM) for W2V+CMSC,
-    fine-tuned, sharing experiment 1's runs rather than repeating them."""
-    runs = plan_for(tmp_path, "--preset", "demo")
+    and 1 leads (time); experiment 3 (with and without RLM) for W2V+CMSC, fine-tuned, shares experiment 1's
+    runs rather than repeating them; ``--experiments 1`` leaves it out."""
+    runs = plan_for(tmp_path, "--preset", "demo", "--experiments", "1")
     pretrain = sorted(r.name for r in runs if r.name.startswith("pretrain/"))
     assert pretrain == [f"pretrain/{v}_L12_s{s}" for v in ("w2v", "w2v_cmsc_rlm") for s in (0, 1)]
     names = {r.name: r for r in runs}
@@ -235,7 +236,7 @@ def test_demo_plan_repeats_pretraining_tunes_thresholds_and_identifies(tmp_path)
                         for v in rows for leads in ("12", "1") for s in (0, 1)})
     assert all(not r.also for r in runs)
 
-    runs = plan_for(tmp_path, "--preset", "demo", "--experiments", "1,3")
+    runs = plan_for(tmp_path, "--preset", "demo")
     pretrain = sorted(r.name for r in runs if r.name.startswith("pretrain/"))
     assert pretrain == [f"pretrain/{v}_L12_s{s}" for v in ("w2v", "w2v_cmsc", "w2v_cmsc_rlm") for s in (0, 1)]
     exp3 = [l for r in runs if r.labels for l in [r.labels, *r.also] if l["experiment"] == 3]

@@ -280,7 +280,7 @@ def experiments_killed_and_rerun(root: Path) -> dict:
                     "--test-percent", "20"]) == 0
     command = [str(BIN / "fairseq-ecg-experiments"), "--data", str(data), "--out", str(out), "--preset", "demo",
                "--variants", "w2v", "--leads", "12", "--seeds", "1", "--no-linear-probe",
-               "--tasks", "classification", "--jobs", "2",  # the runner sets one thread per run
+               "--tasks", "classification", "--experiments", "1", "--jobs", "2",  # one thread per run
                "--pretrain-args", "optimization.max_update=4 task.segment_seconds=1 dataset.batch_size=8",
                "--finetune-args", "optimization.max_epoch=2 dataset.validate_interval=1 checkpoint.save_interval=1 "
                                   "task.segment_seconds=1"]

@@ -180,7 +180,7 @@ def test_experiments_runner_takes_an_imported_row(tmp_path, capsys):
     assert importer.main([str(source), "--out", str(out)]) == 0
     capsys.readouterr()
     assert experiments.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--preset", "demo",
-                             "--leads", "12,1", "--tasks", "classification", "--pretrained", f"ecgfm={out}",
+                             "--leads", "12,1", "--tasks", "classification", "--experiments", "1", "--pretrained", f"ecgfm={out}",
                              "--dry-run"]) == 0
     commands = capsys.readouterr().out.splitlines()
     ours = [c for c in commands if "ecgfm_P12" in c and c.startswith("fairseq-hydra-train")]

@@ -209,7 +209,7 @@ def test_experiments_runner_refuses_a_planted_pretraining_checkpoint(finetune_da
     os.symlink(finetune_data, data / "finetune")
     settings = experiments.settings_from_args(experiments.parse_args([
         "--data", str(data), "--out", str(tmp_path / "results"), "--preset", "demo", "--variants", "w2v",
-        "--leads", "12", "--seeds", "1", "--tasks", "classification", "--no-linear-probe"]))
+        "--leads", "12", "--seeds", "1", "--tasks", "classification", "--no-linear-probe", "--experiments", "1"]))
     plan = experiments.plan(settings)
     (pretrain,) = [run for run in plan if run.name.startswith("pretrain/")]
     checkpoint = plant(pretrain.folder(settings.out) / "checkpoint_best.pt", markers / "experiments.ran", "legacy")
