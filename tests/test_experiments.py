@@ -26,7 +26,7 @@ def test_dry_run_prints_one_ordinary_command_per_run(tmp_path, capsys):
     # closing comments (the output stays a shell script): runs per kind, and a rough cost
     summary = [line for line in lines if line.startswith("#")]
     assert summary == lines[-2:] and len(summary) == 2
-    assert summary[0].startswith("# 134 runs: 6 pretraining runs (tiny size, about 150 updates each); "
+    assert summary[0].startswith("# 134 runs: 6 pretraining runs (tiny size, about 250 updates each); "
                                  "40 classification runs (tiny size, 10 epochs each); 12 classification linear probe")
     assert "12 identification runs (tiny size, 2 epochs each); 64 evaluations" in summary[0]
     assert summary[1].startswith("# rough cost of 6 training runs: about") and "64 runs measured in epochs" in summary[1]
