@@ -12,6 +12,7 @@ a flat peak memory shows that the file is read one exam at a time, not loaded. T
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -39,6 +40,7 @@ def code15_single_file(out: Path, exams: int) -> None:
 
 
 def main() -> int:
+    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq sets DEBUG: h5py would log each converter
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=2000, help="records per synthetic archive")
     parser.add_argument("--code15-exams", type=int, default=20000, help="exams in the one-file CODE-15%% run")
