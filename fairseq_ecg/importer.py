@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import os
 import pickle
 import sys
-import tempfile
 from argparse import Namespace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -42,6 +40,7 @@ import numpy as np
 import torch
 
 from .checkpoints import ENCODER_MODEL, CheckpointError, _refusal_reason
+from .manifest import atomic_output
 from .normalization import MODES, normalize_mode
 
 PRETRAINED_MODELS = ("wav2vec2", "wav2vec2_cmsc")
@@ -333,16 +332,8 @@ def _full_config(task_name: str, task_args: dict, model_args: dict, criterion: s
 
 
 def _save(state: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(out, "wb") as handle:
+        torch.save(state, handle)
 
 
 def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = None,

@@ -57,11 +57,10 @@ def _run_in_child(command: list[str], log: str, env: dict[str, str]) -> None:
     entry = console_script(command[0]).load()
     sys.argv = [command[0], *command[1:]]
     try:
-        code = entry()
+        sys.exit(entry())  # as the console script does: None is 0, a message is printed and is 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 class PreloadedLauncher:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import IO, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -79,38 +80,41 @@ def _normal_mode(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~_UMASK)
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write a text file through a temporary name and a rename, so a crash leaves no half file."""
+@contextmanager
+def atomic_output(path: Path | str, mode: str = "w", *, suffix: str = ".tmp", prefix: Optional[str] = None,
+                  fsync: bool = False, **open_args) -> Iterator[IO]:
+    """A file for writing under a temporary name beside ``path`` (``.NAME.XXXX.tmp``), renamed onto
+    ``path`` when the block ends and removed if it raises: a crash or a kill leaves no half file,
+    and the file gets the mode a plain ``open(path, "w")`` would."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=suffix)
     try:
         _normal_mode(fd)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os.fdopen(fd, mode, **open_args) as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file through a temporary name and a rename, so a crash leaves no half file."""
+    with atomic_output(path, fsync=True) as handle:
+        handle.write(text)
 
 
 def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
-    """Save an array as ``.npy`` through a temporary name and a rename."""
+    """Save an array as ``.npy`` through a temporary name (``.STEM.XXXX.npy.tmp``, which
+    preparation cleans up after a kill) and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
-    try:
-        _normal_mode(fd)
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, "wb", prefix=f".{path.stem}.", suffix=".npy.tmp") as handle:
+        np.save(handle, array)
 
 
 def write_manifest(path: Path | str, root: Path | str, rows: Iterable[ManifestRow]) -> None:

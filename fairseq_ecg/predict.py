@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, model_name
 from .leads import NUM_LEADS, lead_mask, parse_leads
-from .manifest import ManifestError, read_manifest
+from .manifest import ManifestError, atomic_output, read_manifest
 from .metrics import aggregate_by_record
 from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
     resolve_normalization
@@ -260,44 +258,36 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     skipped: list[tuple[str, str]] = []
     names: dict[int, str] = {}
     written = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     started = last = time.monotonic()
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["record", "segments", *predictor.columns, "labels"])
+    with atomic_output(out, newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["record", "segments", *predictor.columns, "labels"])
 
-            def write_finished() -> None:
-                nonlocal written
-                for record, probs, count in batcher.finished():
-                    labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
-                    writer.writerow([names.pop(record), count, *(f"{p:.6f}" for p in probs), labels])
-                    written += 1
+        def write_finished() -> None:
+            nonlocal written
+            for record, probs, count in batcher.finished():
+                labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
+                writer.writerow([names.pop(record), count, *(f"{p:.6f}" for p in probs), labels])
+                written += 1
 
-            for number, (name, wave) in enumerate(records):
-                if isinstance(wave, str):
-                    skipped.append((name, wave))
-                    log(f"skipped {name}: {wave}")
-                elif not np.isfinite(wave).all():
-                    skipped.append((name, "NaN or Inf samples"))
-                    log(f"skipped {name}: NaN or Inf samples")
-                else:
-                    names[number] = name
-                    batcher.add(number, list(segments_of(wave, predictor, keep)))
-                write_finished()
-                now = time.monotonic()
-                if now - last >= progress_seconds:
-                    last = now
-                    log(f"{number + 1}/{total} records ({len(skipped)} skipped), "
-                        f"{(number + 1) / (now - started):.1f} records/s")
-            batcher.flush()
+        for number, (name, wave) in enumerate(records):
+            if isinstance(wave, str):
+                skipped.append((name, wave))
+                log(f"skipped {name}: {wave}")
+            elif not np.isfinite(wave).all():
+                skipped.append((name, "NaN or Inf samples"))
+                log(f"skipped {name}: NaN or Inf samples")
+            else:
+                names[number] = name
+                batcher.add(number, list(segments_of(wave, predictor, keep)))
             write_finished()
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            now = time.monotonic()
+            if now - last >= progress_seconds:
+                last = now
+                log(f"{number + 1}/{total} records ({len(skipped)} skipped), "
+                    f"{(number + 1) / (now - started):.1f} records/s")
+        batcher.flush()
+        write_finished()
     skipped_file = out.with_suffix(".skipped.tsv")
     if skipped:
         skipped_file.write_text("record\treason\n" + "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped))
