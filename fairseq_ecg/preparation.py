@@ -37,7 +37,7 @@ from .manifest import (
     ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
 )
 from .sources import (
-    AUTO, DEFAULT_MIN_SECONDS, PATIENTS_CSV, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
+    AUTO, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
     discover, get_source, layouts, read_record, resample,
 )
 
@@ -561,9 +561,13 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
     lines = [f"{PROG}: {len(refs)} records found, {status['written']} written, {status['reused']} reused, "
              f"{status['skipped']} skipped{f' ({reasons}; see {SKIPPED})' if reasons else ''} "
              f"in {elapsed:.1f} s"]
-    dropped = sum(1 for o in ordered if o.ok and o.note)
+    dropped = sum(1 for o in ordered if o.ok and UNKNOWN_LEAD_NOTE in o.note)
     if dropped:
         lines.append(f"  {dropped} record(s) had channels with unknown lead names, dropped (see {JOURNAL})")
+    mat_named = sum(1 for o in ordered if o.ok and MAT_NAMED_NOTE in o.note)
+    if mat_named:
+        lines.append(f"  {mat_named} record(s) have a header whose record line names the record NAME.mat (as the "
+                     "CinC 2021 Georgia headers do); read as NAME")
     if counts:
         labels = scored_labels()
         unlabeled = sum(1 for g in goods if g.known is None and not labels.canonical_codes(g.codes))

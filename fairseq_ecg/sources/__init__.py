@@ -13,6 +13,8 @@ from .base import (
 )
 from . import wfdb_folder, physionet2021, ptbxl, numpy_folder, code15, mimic_iv_ecg, muse_xml, dicom  # noqa: F401,E402  (registration)
 from .ptbxl import PTBXL_DATABASE, PTBXL_FOLD_SPLITS  # noqa: E402
+from .base import UNKNOWN_LEAD_NOTE  # noqa: E402
+from .wfdb_folder import MAT_NAMED_NOTE  # noqa: E402
 
 LAYOUTS = layouts()
 
@@ -21,4 +23,5 @@ __all__ = [
     "PTBXL_FOLD_SPLITS", "RawRecord", "RecordError", "RecordRef", "Source", "canonical_record", "detect_layout",
     "discover", "get_source", "layouts", "read_record", "read_record_table", "register_source", "resample",
     "resample_factors", "resampled_length", "salted_patient", "split_codes",
+    "MAT_NAMED_NOTE", "UNKNOWN_LEAD_NOTE",
 ]

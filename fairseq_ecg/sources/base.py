@@ -34,6 +34,7 @@ UNIT_TO_MV = {"": 1.0, "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-
 # Salt of the patient-id hashes of hospital exports (override with FAIRSEQ_ECG_PATIENT_SALT): an
 # id from a PACS or MUSE export never reaches a manifest, side file or log as written.
 PATIENT_SALT_ENV = "FAIRSEQ_ECG_PATIENT_SALT"
+UNKNOWN_LEAD_NOTE = "dropped unknown lead"  # a record's note for each channel left out (see read_record)
 _DEFAULT_SALT = "fairseq_ecg patient id"
 
 
@@ -316,7 +317,7 @@ def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAUL
         name=ref.name, signal=out, present=present, sample_rate=fs,
         codes=ref.codes if ref.codes is not None else raw.header_codes, patient=ref.patient, key=ref.key,
         header_codes=raw.header_codes,
-        notes=tuple(raw.notes) + tuple(f"dropped unknown lead {n!r}" for n in unknown),
+        notes=tuple(raw.notes) + tuple(f"{UNKNOWN_LEAD_NOTE} {n!r}" for n in unknown),
         statement=ref.statement or raw.statement, derived=tuple(raw.derived),
     )
 

@@ -99,7 +99,7 @@ def _checked_header(path: Path):
     if problem:
         raise RecordError(problem, "bad header field")
     try:
-        info = wfdb.rdheader(str(path))
+        info = _rdheader(path, lines)
     except Exception:  # wfdb raises many types for a bad header
         return None
     if getattr(info, "n_seg", None):  # multi-segment: each segment has its own header
@@ -111,6 +111,44 @@ def _checked_header(path: Path):
     problem = _truncation(path, info)
     if problem is not None:
         raise problem
+    return info
+
+
+# The note a record read through a CinC record line ``NAME.mat ...`` carries (counted in the summary).
+MAT_NAMED_NOTE = "record line names the record NAME.mat (CinC 2021 Georgia headers); read as NAME"
+
+
+def _mat_named(lines: Sequence[bytes], name: str) -> Optional[list[bytes]]:
+    """The header's lines with its record line's name ``NAME.mat`` written ``NAME``, when the
+    record line names the record that way (the real CinC 2021 Georgia headers: ``E00001.mat 12
+    500 5000 ...`` in ``E00001.hea``, which wfdb refuses); None otherwise. Only the header's own
+    name plus ``.mat`` is read so: any other name wfdb refuses stays refused."""
+    for index, line in enumerate(lines):
+        if not line.strip() or line.lstrip().startswith(b"#"):
+            continue
+        first, *rest = line.split(None, 1)
+        if first != f"{name}.mat".encode():
+            return None
+        return [*lines[:index], b" ".join([name.encode(), *rest]), *lines[index + 1:]]
+    return None
+
+
+def _rdheader(path: Path, lines: Sequence[bytes]):
+    """``wfdb.rdheader(path)``; a record line naming the record ``NAME.mat`` (see
+    :func:`_mat_named`) is parsed as ``NAME`` from a corrected copy, and the header object gets
+    ``mat_named = True``. wfdb only parses header files, so the copy goes to a temporary folder."""
+    import tempfile
+
+    import wfdb
+
+    fixed = _mat_named(lines, path.name)
+    if fixed is None:
+        return wfdb.rdheader(str(path))
+    with tempfile.TemporaryDirectory(prefix="fairseq_ecg_hea.") as folder:
+        copy = Path(folder) / path.name
+        copy.with_name(path.name + ".hea").write_bytes(b"\n".join(fixed) + b"\n")
+        info = wfdb.rdheader(str(copy))
+    info.mat_named = True
     return info
 
 
@@ -195,15 +233,16 @@ def _rdrecord(path: Path, header=None):
             wfdb_record.rdheader = parse
 
 
-def _diagnose_read_failure(path: Path, error: Exception) -> RecordError:
-    """Why ``wfdb.rdrecord`` failed: header, missing file, truncated file or something else."""
+def _diagnose_read_failure(path: Path, error: Exception, info=None) -> RecordError:
+    """Why ``wfdb.rdrecord`` failed: header, missing file, truncated file or something else
+    (``info``: the header as :func:`_checked_header` parsed it, if it could)."""
     import wfdb
 
     header = path.with_name(path.name + ".hea")
     if not header.is_file():
         return RecordError(f"header {header.name} not found", "unreadable header")
     try:
-        info = wfdb.rdheader(str(path))
+        info = info or wfdb.rdheader(str(path))
     except Exception as header_error:  # wfdb raises many types for a bad header
         return RecordError(f"unreadable header {header.name} ({type(header_error).__name__}: {header_error})",
                            "unreadable header")
@@ -222,7 +261,7 @@ def read_wfdb(path: Path) -> RawRecord:
     try:
         record = _rdrecord(path, header)
     except Exception as error:  # wfdb raises ValueError, IndexError, FileNotFoundError, ...
-        raise _diagnose_read_failure(path, error) from None
+        raise _diagnose_read_failure(path, error, header) from None
     fs = float(record.fs or 0)
     if not fs > 0:
         raise RecordError(f"sampling frequency {record.fs!r} in the header is not positive", "unreadable header")
@@ -231,7 +270,8 @@ def read_wfdb(path: Path) -> RawRecord:
         raise RecordError("no samples in the record", "too short")
     return RawRecord(signal=signal.T, names=list(record.sig_name or []), units=list(record.units or []),
                      sample_rate=fs, header_codes=_header_codes(record.comments),
-                     expected_samples=int(record.sig_len or 0))
+                     expected_samples=int(record.sig_len or 0),
+                     notes=(MAT_NAMED_NOTE,) if getattr(header, "mat_named", False) else ())
 
 
 def has_header(src: Path) -> bool:
