@@ -11,7 +11,10 @@ filter and written as ``DIR/waves/<relative name>.npy``. ``DIR/records.tsv`` is 
 appended as records finish: a re-run (after a crash or Ctrl-C) reuses every record it lists whose
 ``.npy`` is there with the listed shape, and the final files come out byte for byte as an
 uninterrupted run writes them (they are written in the sorted record order at the end). Bad
-records never stop the run: each becomes one line of ``DIR/skipped.tsv`` with its reason.
+records never stop the run: each becomes one line of ``DIR/skipped.tsv`` with its reason. A
+recording present twice (CinC 2021's copy of PTB-XL, identical files under two names) goes to one
+split only: :func:`find_duplicates` keeps one copy before the split and ``DIR/duplicates.tsv``
+lists the others.
 The folder layout and formats are documented in ``manifests/README.md``.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -36,6 +40,7 @@ from .leads import NUM_LEADS, mask_to_string
 from .manifest import (
     ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
 )
+from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
     AUTO, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
     discover, get_source, layouts, read_record, resample,
@@ -46,8 +51,10 @@ WAVES = "waves"
 JOURNAL = "records.tsv"
 SKIPPED = "skipped.tsv"
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
-                   "statement", "note")
+                   "statement", "sha256", "note")
+DIGEST = JOURNAL_COLUMNS.index("sha256")  # journals written before the column existed lack it
 STATEMENTS = "statements.tsv"
+DUPLICATES = "duplicates.tsv"  # record<TAB>the kept copy<TAB>how the copy was found
 SPLITS = ("train", "valid", "test")
 SPLIT_BY = ("auto", "strat-fold", "patient-hash")
 IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
@@ -85,6 +92,7 @@ class Outcome:
     kind: str = ""
     derived: str = ""  # leads the source computed from others (MUSE: III,aVR,aVL,aVF)
     statement: str = ""  # free text kept in statements.tsv (machine report, diagnosis statements)
+    digest: str = ""  # sha256 of the prepared waveform (see waveform_digest): finds recordings present twice
 
     @property
     def ok(self) -> bool:
@@ -93,13 +101,17 @@ class Outcome:
     def journal_line(self) -> str:
         fields = [_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
                   f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), self.derived,
-                  _one_line(self.statement), _one_line(self.note)]
+                  _one_line(self.statement), self.digest, _one_line(self.note)]
         return "\t".join(fields)
 
     @classmethod
     def from_journal(cls, line: str) -> Optional["Outcome"]:
-        """A journal line, or None when it is not a complete ``ok`` line (those are recomputed)."""
+        """A journal line, or None when it is not a complete ``ok`` line (those are recomputed). A
+        line of a journal from before the ``sha256`` column gets an empty digest (taken from the
+        waveform file then, see :func:`process_record`)."""
         fields = line.split("\t")
+        if len(fields) == len(JOURNAL_COLUMNS) - 1:
+            fields.insert(DIGEST, "")
         if len(fields) != len(JOURNAL_COLUMNS) or fields[1] != "ok":
             return None
         try:
@@ -108,9 +120,11 @@ class Outcome:
             return None
         if num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}:
             return None
+        if fields[DIGEST] and not re.fullmatch(r"[0-9a-f]{64}", fields[DIGEST]):
+            return None
         dx = tuple(code for code in fields[6].split(",") if code)
-        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[9],
-                   derived=fields[7], statement=fields[8])
+        return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[-1],
+                   derived=fields[7], statement=fields[8], digest=fields[DIGEST])
 
 
 def _one_line(text: str) -> str:
@@ -143,6 +157,13 @@ def _npy_shape(path: Path) -> Optional[tuple[int, ...]]:
         return None
 
 
+def waveform_digest(signal: np.ndarray) -> str:
+    """sha256 of a prepared waveform (float32 (12, T) after resampling, C order, with its shape):
+    two records with the same digest are the same recording, whatever their names or sources."""
+    signal = np.ascontiguousarray(signal, dtype=np.float32)
+    return hashlib.sha256(repr(signal.shape).encode() + signal.tobytes()).hexdigest()
+
+
 def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]) -> Outcome:
     """Read, resample and save one record (in a worker process), or reuse its earlier result.
 
@@ -150,14 +171,20 @@ def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]
     ref, cached = task
     target = settings.dest / wave_relative_path(ref.key)
     if cached is not None and not settings.force and _npy_shape(target) == (NUM_LEADS, cached.num_samples):
-        return cached
+        if cached.digest:
+            return cached
+        try:  # journalled before digests were: the waveform file gives it, the source is not read again
+            return replace(cached, digest=waveform_digest(np.load(target, allow_pickle=False)))
+        except (OSError, ValueError):
+            pass  # unreadable after all: read the record again
     try:
         record = read_record(ref, settings.min_seconds)
         signal = resample(record.signal, record.sample_rate, settings.sample_rate)
         atomic_save_npy(target, signal)
         return Outcome(ref.key, "written", int(signal.shape[1]), mask_to_string(record.present),
                        record.sample_rate, record.name, record.header_codes, "; ".join(record.notes),
-                       derived=",".join(record.derived), statement=record.statement)
+                       derived=",".join(record.derived), statement=record.statement,
+                       digest=waveform_digest(signal))
     except RecordError as error:
         return Outcome(ref.key, "skipped", record=ref.name, note=error.reason, kind=error.kind)
     except Exception as error:  # a bad record must not stop the run; say what happened instead
@@ -173,6 +200,56 @@ def split_of(patient: str, seed: int, valid_percent: float, test_percent: float)
     if u < test_percent:
         return "test"
     return "valid" if u < test_percent + valid_percent else "train"
+
+
+# ---------------------------------------------------------------------------------------------
+# recordings present twice
+
+SAME_WAVEFORM = "identical waveform"
+SAME_ECG_ID = "CinC 2021 HR{0:05d} is PTB-XL ecg_id {0}"
+
+
+def find_duplicates(refs: Sequence[RecordRef], outcomes: Sequence[Outcome]) -> dict[str, tuple[str, str]]:
+    """``copy key -> (kept key, how)`` for every usable record that is another's recording: the
+    same prepared waveform (:func:`waveform_digest`, across and within sources) or CinC 2021's
+    ``HRnnnnn`` beside PTB-XL's ecg_id ``nnnnn`` (:func:`~fairseq_ecg.sources.physionet2021.ptbxl_ecg_id`).
+    Each group of copies keeps one: PTB-XL's (it carries the patient id and the fold), else the
+    first in the order of ``refs``. It depends on the journal's digests only, so a resumed run
+    finds the same. Near-duplicates (a recording cut or filtered differently) are not looked for."""
+    usable = [(index, ref, outcome) for index, (ref, outcome) in enumerate(zip(refs, outcomes)) if outcome.ok]
+    parent = {ref.key: ref.key for _, ref, _ in usable}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = key = parent[parent[key]]
+        return key
+
+    first_of: dict[object, str] = {}
+    for _, ref, outcome in usable:
+        links = [("sha256", outcome.digest)] if outcome.digest else []
+        name = ptbxl_ecg_id(ref)
+        links += [("ecg_id", name[1])] if name else []
+        for link in links:
+            other = first_of.setdefault(link, ref.key)
+            parent[root(ref.key)] = root(other)
+    groups: dict[str, list] = {}
+    for item in usable:
+        groups.setdefault(root(item[1].key), []).append(item)
+    duplicates = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        _, kept, kept_outcome = min(members, key=lambda m: (m[1].layout != "ptbxl", m[0]))
+        kept_id = ptbxl_ecg_id(kept)
+        for _, ref, outcome in members:
+            if ref is kept:
+                continue
+            how = [SAME_WAVEFORM] if outcome.digest == kept_outcome.digest else []
+            ecg_id = ptbxl_ecg_id(ref)
+            if ecg_id and kept_id and ecg_id[1] == kept_id[1] and ecg_id[0] != kept_id[0]:
+                how.append(SAME_ECG_ID.format(ecg_id[1]))
+            duplicates[ref.key] = (kept.key, "; ".join(how) or "a copy of a copy of it")
+    return duplicates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +287,7 @@ def remove_stale_temporaries(dest: Path) -> int:
             if name.startswith(".") and name.endswith(".npy.tmp"):
                 os.unlink(os.path.join(folder, name))
                 removed += 1
-    ours = {"": (JOURNAL, SKIPPED, STATEMENTS), "pretrain": ("train.tsv", "valid.tsv"),
+    ours = {"": (JOURNAL, SKIPPED, STATEMENTS, DUPLICATES), "pretrain": ("train.tsv", "valid.tsv"),
             "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
             "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
     for sub, names in ours.items():
@@ -514,12 +591,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atomic_write_text(journal_path, journal_text(settings, ordered))
     skipped = [o for o in ordered if not o.ok]
     atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in skipped))
+    duplicates = find_duplicates(refs, ordered)  # before the split: one copy of each recording goes on
+    atomic_write_text(dest / DUPLICATES, "".join(f"{_field(key)}\t{_field(kept)}\t{how}\n"
+                                                 for key, (kept, how) in duplicates.items()))
     stated = [o for o in ordered if o.ok and o.statement]
     if stated or (dest / STATEMENTS).exists():
         atomic_write_text(dest / STATEMENTS, "".join(f"{_field(o.key)}\t{_one_line(o.statement)}\n" for o in stated))
     goods = []
     for ref, outcome in zip(refs, ordered):
-        if not outcome.ok:
+        if not outcome.ok or ref.key in duplicates:
             continue
         patient = _one_line(ref.patient) or ref.key
         row = ManifestRow(wave_relative_path(ref.key), outcome.num_samples, outcome.lead_mask, patient,
@@ -530,10 +610,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elapsed = time.perf_counter() - start
     if not goods:
         print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
-        _print_summary(dest, refs, ordered, goods, {}, elapsed)
+        _print_summary(dest, refs, ordered, goods, {}, elapsed, duplicates=duplicates)
         return 1
     counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed)
-    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs))
+    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs), duplicates)
     return 0
 
 
@@ -554,7 +634,8 @@ def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[s
 
 
 def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],
-                   counts: dict[str, int], elapsed: float, notices: Sequence[str] = ()) -> None:
+                   counts: dict[str, int], elapsed: float, notices: Sequence[str] = (),
+                   duplicates: Optional[dict[str, tuple[str, str]]] = None) -> None:
     status = Counter(o.status for o in ordered)
     kinds = Counter(o.kind for o in ordered if not o.ok)
     reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -568,6 +649,13 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
     if mat_named:
         lines.append(f"  {mat_named} record(s) have a header whose record line names the record NAME.mat (as the "
                      "CinC 2021 Georgia headers do); read as NAME")
+    if duplicates:
+        same = sum(1 for _, how in duplicates.values() if SAME_WAVEFORM in how)
+        named = sum(1 for _, how in duplicates.values() if "PTB-XL ecg_id" in how)
+        lines.append(f"  duplicates: {len(duplicates)} record(s) are copies of another record's recording ({same} "
+                     f"identical waveform(s), {named} CinC 2021 HRnnnnn = PTB-XL ecg_id nnnnn) and are left out of "
+                     "every manifest; each keeps one copy, with its labels and patient (PTB-XL's where there is "
+                     f"one, which has the patient id and fold; else the first by name); see {DUPLICATES}")
     if counts:
         labels = scored_labels()
         unlabeled = sum(1 for g in goods if g.known is None and not labels.canonical_codes(g.codes))

@@ -364,7 +364,11 @@ def planted(tmp_path_factory):
     expect[key(moved_to / moved.name)] = ("spaces and unicode in the path", "")
     twin = next(pool)  # the same record name in another source folder
     expect[key(twin.path)] = (CONTROL, "")
-    expect[key(_copy_record(twin.path, training / "georgia_copy" / "g1"))] = ("duplicate name (second)", "")
+    second = _copy_record(twin.path, training / "georgia_copy" / "g1")
+    val = scipy.io.loadmat(second.with_suffix(".mat"))["val"]  # another recording (an identical one is a duplicate)
+    val[0, 100] += 1
+    scipy.io.savemat(second.with_suffix(".mat"), {"val": val}, format="4")
+    expect[key(second)] = ("duplicate name (second)", "")
     donor = next(pool)
     val = scipy.io.loadmat(donor.path.with_suffix(".mat"))["val"]
     expect[key(write_mat_record(training / "cpsc_2018" / "g1", "Ø0001", val))] = (

@@ -125,10 +125,10 @@ def test_split_of_is_deterministic_and_follows_the_percentages():
 
 def test_equivalent_codes_get_the_same_class_and_unscored_records_stay(tmp_path):
     src = tmp_path / "src"
-    wave = np.full((12, 5000), 300)
+    wave = np.full((12, 5000), 300)  # three recordings (identical ones would be one, see duplicates.tsv)
     write_mat_record(src / "g1", "R1", wave, dx="59118001")
-    write_mat_record(src / "g1", "R2", wave, dx="713427006,426783006")
-    write_mat_record(src / "g1", "R3", wave, dx="164951009")  # abnormal QRS: not scored, still a fine-tuning record
+    write_mat_record(src / "g1", "R2", wave + 1, dx="713427006,426783006")
+    write_mat_record(src / "g1", "R3", wave + 2, dx="164951009")  # abnormal QRS: not scored, still a fine-tuning record
     assert main([str(src), "--dest", str(tmp_path / "out"), "--workers", "1",
                  "--valid-percent", "0", "--test-percent", "0"]) == 0
     manifest = read_manifest(tmp_path / "out" / "finetune" / "train.tsv")

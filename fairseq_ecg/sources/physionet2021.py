@@ -6,11 +6,21 @@ record name unless a CSV (``--labels``, else ``patients.csv`` at the archive roo
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
 from .base import PATIENTS_CSV, RawRecord, RecordRef, Source, read_record_table, register_source, walk_files
 from .wfdb_folder import _wfdb_refs, read_wfdb
+
+
+def ptbxl_ecg_id(ref: RecordRef) -> Optional[tuple[str, int]]:
+    """``("ptbxl", n)`` for PTB-XL's record of ecg_id n (``records500/.../NNNNN_hr``), ``("cinc", n)``
+    for CinC 2021's copy of it (``HRNNNNN``: the Challenge holds PTB-XL under those names), None
+    for any other record: the name map by which preparation finds the same recording twice."""
+    patterns = {"ptbxl": r"0*([0-9]+)_hr", "physionet2021": r"HR0*([0-9]+)"}
+    match = re.fullmatch(patterns.get(ref.layout, "(?!)"), ref.name)
+    return (("ptbxl" if ref.layout == "ptbxl" else "cinc"), int(match[1])) if match else None
 
 
 @register_source
