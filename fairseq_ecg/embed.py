@@ -4,7 +4,7 @@
                       [--precision fp32|bf16]
 
 Writes FILE.npy (records x encoder dimension, float32) and FILE.tsv (a header, then one line per
-row: record, patient, source file, number of segments). A record's embedding is the mean of the encoder's global vectors
+row: record, patient, source (a folder's record key, hashed for MUSE and DICOM exports; a manifest's waveform file), number of segments). A record's embedding is the mean of the encoder's global vectors
 (time-averaged context, as CMSC and the downstream heads use) over its consecutive segments.
 Pretraining (``ecg_wav2vec2``), classifier and identifier checkpoints all work: only their
 encoder is used, so embeddings of all three are comparable in kind (the identifier's projection
@@ -39,6 +39,7 @@ from .models.encoder import EcgEncoderConfig, EcgEncoderModel
 from .normalization import AUTO as NORMALIZE_AUTO
 from .normalization import MODES, checkpoint_normalization, resolve_normalization
 from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
+from .preparation import SALT_FROM_HELP, output_salt
 from .sources import AUTO, layouts
 
 
@@ -83,7 +84,8 @@ def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
 def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = AUTO) -> tuple[Manifest, list[str]]:
     """Read every WFDB record below ``folder``, resample to ``sample_rate`` and write them as a
     manifest in ``workdir``; unusable records are reported on stderr and left out. Returns the
-    manifest and the WFDB path of each row."""
+    manifest and the source of each row: its key in ``folder`` (MUSE, DICOM: the salted hash, never
+    the export's file name, which carries the MRN)."""
     from .sources import LayoutError, RecordError, discover, read_record, resample
 
     rows, sources = [], []
@@ -102,7 +104,7 @@ def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str =
         atomic_save_npy(workdir / relative, signal)
         rows.append(ManifestRow(relative, int(signal.shape[1]), mask_to_string(record.present), record.patient,
                                 record.sample_rate, ref.key))
-        sources.append(str(ref.path))
+        sources.append(ref.key)
     if not rows:
         raise ManifestError(f"{folder}: no usable record found")
     return Manifest(root=workdir, rows=rows, path=folder), sources
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
     parser.add_argument("--normalize", default=NORMALIZE_AUTO, choices=(NORMALIZE_AUTO,) + MODES,
                         help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
+    parser.add_argument("--salt-from", type=Path, default=None, metavar="DIR", help=SALT_FROM_HELP)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: the encoder under bf16 autocast (faster where the CPU or GPU has native bf16)")
@@ -179,7 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))
         with tempfile.TemporaryDirectory(prefix="fairseq-ecg-embed-") as workdir:
             if args.inputs.is_dir():
-                manifest, sources = wfdb_manifest(args.inputs, rate, Path(workdir), args.layout)
+                with output_salt(args.salt_from, args.out):
+                    manifest, sources = wfdb_manifest(args.inputs, rate, Path(workdir), args.layout)
             else:
                 manifest = read_manifest(args.inputs)
                 if not manifest.rows:

@@ -42,6 +42,7 @@ from .manifest import ManifestError, atomic_output, read_manifest
 from .metrics import aggregate_by_record
 from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
     resolve_normalization
+from .preparation import SALT_FROM_HELP, output_salt
 from .sources import AUTO as SOURCE_AUTO
 from .sources import layouts
 
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
     parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument("--salt-from", type=Path, default=None, metavar="DIR", help=SALT_FROM_HELP)
     parser.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines")
     return parser
 
@@ -331,8 +333,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         thresholds = read_thresholds(args.thresholds, predictor, log=say)
         device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
         started = time.monotonic()
-        written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
-                                   args.layout, device, args.progress_seconds, log=say)
+        with output_salt(args.salt_from, args.out):
+            written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
+                                       args.layout, device, args.progress_seconds, log=say)
     except (CheckpointError, ManifestError, ValueError, OSError) as error:
         print(f"fairseq-ecg-predict: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ from .manifest import (
 from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
     AUTO, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
-    discover, get_source, layouts, read_record, resample,
+    discover, get_source, layouts, patient_salt_from, read_record, resample,
 )
 
 PROG = "fairseq-ecg-manifest"
@@ -55,6 +55,7 @@ JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "
 DIGEST = JOURNAL_COLUMNS.index("sha256")  # journals written before the column existed lack it
 STATEMENTS = "statements.tsv"
 DUPLICATES = "duplicates.tsv"  # record<TAB>the kept copy<TAB>how the copy was found
+SALT_FILE = "patient_salt.txt"  # the salt of the patient hashes (sources.base.resolve_salt); private
 SPLITS = ("train", "valid", "test")
 SPLIT_BY = ("auto", "strat-fold", "patient-hash")
 IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
@@ -136,6 +137,20 @@ def _field(text: str) -> str:
     file name in another encoding (lone surrogates). Only names skipped for that reason have any."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+SALT_FROM_HELP = (f"a folder prepared by {PROG}: hash MUSE/DICOM patient ids and file names with its salt, so "
+                  "the ids match its manifests (default: FAIRSEQ_ECG_PATIENT_SALT, else a new random salt kept in "
+                  "OUT's .patient_salt.txt)")
+
+
+def output_salt(salt_from: Optional[Path], out: Path):
+    """The salt context of a command that writes no prepared folder (predict, embed): the salt of
+    the prepared folder ``salt_from``, else (or ``FAIRSEQ_ECG_PATIENT_SALT``) one kept beside ``out``
+    (``OUT.patient_salt.txt``), created on first need, so that re-runs give the same hashes."""
+    if salt_from is not None:
+        return patient_salt_from(Path(salt_from) / SALT_FILE, create=False)
+    return patient_salt_from(Path(out).with_suffix(".patient_salt.txt"))
 
 
 def wave_relative_path(key: str) -> str:
@@ -287,7 +302,7 @@ def remove_stale_temporaries(dest: Path) -> int:
             if name.startswith(".") and name.endswith(".npy.tmp"):
                 os.unlink(os.path.join(folder, name))
                 removed += 1
-    ours = {"": (JOURNAL, SKIPPED, STATEMENTS, DUPLICATES), "pretrain": ("train.tsv", "valid.tsv"),
+    ours = {"": (JOURNAL, SKIPPED, STATEMENTS, DUPLICATES, SALT_FILE), "pretrain": ("train.tsv", "valid.tsv"),
             "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
             "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
     for sub, names in ours.items():
@@ -543,7 +558,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(problem)
     try:
         args.layouts = resolve_layouts(args.sources, args.layout)
-        refs = _discover_all(args.sources, args.layout, args.labels, args.split_by)
+        with patient_salt_from(args.dest / SALT_FILE):  # hashes of MUSE/DICOM ids: this folder's salt
+            refs = _discover_all(args.sources, args.layout, args.labels, args.split_by)
     except LayoutError as error:
         return _fail(str(error))
     keys = Counter(ref.key for ref in refs)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from fairseq_ecg.labels import UNKNOWN, scored_labels
 from fairseq_ecg.manifest import read_labels, read_manifest
 from fairseq_ecg.metrics import classification_metrics
-from fairseq_ecg.preparation import main
-from fairseq_ecg.sources import LayoutError, RecordError, detect_layout, discover, layouts, read_record, resample
+from fairseq_ecg.preparation import SALT_FILE, main
+from fairseq_ecg.sources import (LayoutError, RecordError, detect_layout, discover, layouts, patient_salt_from, read_record,
+                                 resample)
 from fairseq_ecg.synth import synthesize_archive, synthesize_signal
 
 SPLITS = ("train", "valid", "test")
@@ -253,6 +254,12 @@ def test_mimic_round_trip_patients_with_several_studies_reach_identification(tmp
 
 # --- GE MUSE XML --------------------------------------------------------------------------------
 
+def _discovered(src: Path, layout: str, dest: Path) -> list:
+    """The records of ``src`` named as the preparation into ``dest`` named them (its salt)."""
+    with patient_salt_from(dest / SALT_FILE, create=False):
+        return list(discover(src, layout))
+
+
 def _all_output_text(dest: Path) -> str:
     return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in dest.rglob("*") if p.is_file()
                      and p.suffix != ".npy") + "\n".join(p.as_posix() for p in dest.rglob("*"))
@@ -266,7 +273,7 @@ def test_muse_round_trip_derives_the_limb_leads_and_copies_nothing_identifying(t
     dest = tmp_path / "out"
     assert main([str(src), "--dest", str(dest), "--workers", "2", "--valid-percent", "25", "--test-percent", "25"]) == 0
     rows = {r.record: r for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows}
-    refs = {ref.name: ref for ref in discover(src, "muse_xml")}
+    refs = {ref.name: ref for ref in _discovered(src, "muse_xml", dest)}
     by_path = {w.path: w for w in written}
     step = 4.88e-3  # mV per bit
     checked = 0
@@ -315,7 +322,7 @@ def test_muse_exports_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_
         (src / f"{name}.xml").write_bytes(data)
     dest = tmp_path / "out"
     assert main([str(src), "--dest", str(dest), "--workers", "1", "--layout", "muse_xml"]) == 0
-    reasons = {next(ref.path.stem for ref in discover(src, "muse_xml") if ref.key == key): why
+    reasons = {next(ref.path.stem for ref in _discovered(src, "muse_xml", dest) if ref.key == key): why
                for key, why in skipped(dest).items()}
     assert set(reasons) == set(cases) - {"good"}
     assert "0 Waveform(s) with WaveformType Rhythm (found: Median, Median)" in reasons["median_only"]
@@ -334,7 +341,7 @@ def test_dicom_round_trip_takes_the_rhythm_group_and_copies_nothing_identifying(
     written = synthesize_archive(src, records=12, patients=4, seed=6, layout="dicom")
     dest = tmp_path / "out"
     assert main([str(src), "--dest", str(dest), "--workers", "2", "--valid-percent", "25", "--test-percent", "25"]) == 0
-    refs = {ref.name: ref for ref in discover(src, "dicom")}
+    refs = {ref.name: ref for ref in _discovered(src, "dicom", dest)}
     by_path = {w.path: w for w in written}
     rows = [r for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows]
     assert len(rows) >= 6
@@ -384,7 +391,7 @@ def test_dicom_objects_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp
     (src / "not_dicom.dcm").write_bytes(b"\0" * 200)
     dest = tmp_path / "out"
     assert main([str(src), "--dest", str(dest), "--workers", "1"]) == 0
-    reasons = {next(ref.path.stem for ref in discover(src, "dicom") if ref.key == key): why
+    reasons = {next(ref.path.stem for ref in _discovered(src, "dicom", dest) if ref.key == key): why
                for key, why in skipped(dest).items()}
     assert set(reasons) == {"two_rhythms", "unidentified", "no_sensitivity", "unit", "label", "truncated", "rate",
                             "not_dicom"}

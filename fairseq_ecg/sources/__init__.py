@@ -14,6 +14,7 @@ from .base import (
 from . import wfdb_folder, physionet2021, ptbxl, numpy_folder, code15, mimic_iv_ecg, muse_xml, dicom  # noqa: F401,E402  (registration)
 from .ptbxl import PTBXL_DATABASE, PTBXL_FOLD_SPLITS  # noqa: E402
 from .base import UNKNOWN_LEAD_NOTE  # noqa: E402
+from .base import PATIENT_SALT_ENV, SaltError, patient_salt_from, resolve_salt  # noqa: E402  (the salt of the patient hashes)
 from .wfdb_folder import MAT_NAMED_NOTE  # noqa: E402
 
 LAYOUTS = layouts()
@@ -25,3 +26,4 @@ __all__ = [
     "resample_factors", "resampled_length", "salted_patient", "split_codes",
     "MAT_NAMED_NOTE", "UNKNOWN_LEAD_NOTE",
 ]
+__all__ += ["PATIENT_SALT_ENV", "SaltError", "patient_salt_from", "resolve_salt"]

@@ -15,10 +15,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import secrets
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import scipy.signal
@@ -31,11 +34,11 @@ AUTO = "auto"
 # Physical units accepted for ECG channels and their factor to mV. An empty unit is WFDB's default (mV).
 UNIT_TO_MV = {"": 1.0, "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
               "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3}
-# Salt of the patient-id hashes of hospital exports (override with FAIRSEQ_ECG_PATIENT_SALT): an
-# id from a PACS or MUSE export never reaches a manifest, side file or log as written.
+# Salt of the patient-id hashes of hospital exports: an id from a PACS or MUSE export never reaches
+# a manifest, side file or log as written. FAIRSEQ_ECG_PATIENT_SALT, else a random salt kept in a
+# salt file (see patient_salt_from).
 PATIENT_SALT_ENV = "FAIRSEQ_ECG_PATIENT_SALT"
 UNKNOWN_LEAD_NOTE = "dropped unknown lead"  # a record's note for each channel left out (see read_record)
-_DEFAULT_SALT = "fairseq_ecg patient id"
 
 
 class RecordError(ValueError):
@@ -129,6 +132,7 @@ class Source:
     name = ""
     summary = ""  # one line for --help
     priority = 50  # --layout auto tries lower numbers first (specific layouts before generic ones)
+    private = False  # hospital exports: names and ids are salted hashes, and no reason names the file
 
     def recognise(self, src: Path) -> bool:
         """Whether ``src`` is a folder of this layout (cheap: looks at a few files only)."""
@@ -190,14 +194,117 @@ def _with_layout(ref: RecordRef, name: str) -> RecordRef:
     return replace(ref, layout=name)
 
 
+class SaltError(LayoutError):
+    """A salt file that does not fit the salt in effect (hashes would change in silence); one line."""
+
+
+_SALT_HEADER = (f"# fairseq_ecg patient salt ({PATIENT_SALT_ENV}): keep this file private; whoever holds it can "
+                "test guessed patient ids and file names against the hashes written with it")
+_salt_file: Optional[Path] = None  # the salt file of the command running (patient_salt_from)
+_salt_create = True
+_salt_in_effect: Optional[str] = None
+_process_salt = secrets.token_hex(32)  # library use outside any command: stable within the process only
+
+
+def salt_fingerprint(salt: str) -> str:
+    """What a salt file keeps of an explicit salt: enough to tell it from another, not the salt."""
+    return hashlib.sha256(f"fairseq_ecg salt fingerprint\0{salt}".encode()).hexdigest()[:16]
+
+
+def _read_salt_file(path: Path) -> Optional[tuple[str, str]]:
+    """("random", salt) or ("explicit", fingerprint) from a salt file; None when there is none."""
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SaltError(f"{path}: cannot read the patient salt file ({error})") from None
+    if len(lines) != 1 or len(lines[0]) != 2 or lines[0][0] not in ("random", "explicit"):
+        raise SaltError(f"{path}: not a patient salt file (one line 'random SALT' or 'explicit FINGERPRINT'); "
+                        "restore it from a copy, or write into a new folder")
+    return lines[0][0], lines[0][1]
+
+
+def _write_salt_file(path: Path, kind: str, value: str) -> tuple[str, str]:
+    """Create the salt file (mode 0600) unless another process just did; returns what it holds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{_SALT_HEADER}\n{kind} {value}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # never replaces a salt file another run wrote meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    return _read_salt_file(path) or (kind, value)
+
+
+def resolve_salt(path: Optional[Path], create: bool = True) -> str:
+    """The salt of the patient hashes written beside ``path`` (a salt file).
+
+    ``FAIRSEQ_ECG_PATIENT_SALT`` when set (the file then keeps only its fingerprint, so that a run
+    with another salt or none is refused), else the random salt the file keeps, else (``create``)
+    a new random salt saved there. Hashes never change in silence: a salt that does not fit the
+    file is a :class:`SaltError`. Without a file: the variable, else a salt of this process."""
+    explicit = os.environ.get(PATIENT_SALT_ENV, "")
+    if path is None:
+        return explicit or _process_salt
+    kept = _read_salt_file(path)
+    if kept is None:
+        if not create:
+            raise SaltError(f"{path}: no patient salt file there (is it a folder prepared by fairseq-ecg-manifest "
+                            f"from MUSE or DICOM exports?); give that folder, or set {PATIENT_SALT_ENV}")
+        kept = _write_salt_file(path, "explicit", salt_fingerprint(explicit)) if explicit else \
+            _write_salt_file(path, "random", secrets.token_hex(32))
+    kind, value = kept
+    if kind == "random":
+        if explicit and explicit != value:
+            raise SaltError(f"{path.parent}: its patient ids were hashed with its own random salt ({path}), but "
+                            f"{PATIENT_SALT_ENV} is set to another; unset it, or write into a new folder")
+        return value
+    if not explicit:
+        raise SaltError(f"{path.parent}: its patient ids were hashed with an explicit {PATIENT_SALT_ENV} "
+                        f"(fingerprint in {path}); set it again to the same value")
+    if salt_fingerprint(explicit) != value:
+        raise SaltError(f"{path.parent}: its patient ids were hashed with another {PATIENT_SALT_ENV} "
+                        f"(fingerprint in {path}); set the same value, or write into a new folder")
+    return explicit
+
+
+@contextmanager
+def patient_salt_from(path: Union[Path, str, None], create: bool = True) -> Iterator[None]:
+    """Within the block, :func:`salted_patient` hashes with the salt of the salt file ``path``
+    (see :func:`resolve_salt`), read or created only when a hash is first needed: a folder of
+    WFDB records, which hashes nothing, gets no salt file."""
+    global _salt_file, _salt_create, _salt_in_effect
+    before = (_salt_file, _salt_create, _salt_in_effect)
+    _salt_file, _salt_create, _salt_in_effect = (Path(path) if path is not None else None), create, None
+    try:
+        yield
+    finally:
+        _salt_file, _salt_create, _salt_in_effect = before
+
+
 def salted_patient(value: str) -> str:
-    """A patient id from a hospital export as a salted hash (16 hex digits): stable for a salt,
-    the same patient in every export, and not the id itself. "" stays "" (unknown)."""
+    """A patient id (or an export's file name) from a hospital export as a salted hash (16 hex
+    digits): stable for a salt, the same patient in every export, and not the id itself. "" stays
+    "" (unknown). The salt is never a public constant (see :func:`resolve_salt`)."""
+    global _salt_in_effect
     value = str(value).strip()
     if not value:
         return ""
-    salt = os.environ.get(PATIENT_SALT_ENV, _DEFAULT_SALT)
-    return hashlib.sha256(f"{salt}\0{value}".encode()).hexdigest()[:16]
+    if _salt_file is None:
+        salt = resolve_salt(None)
+    else:
+        if _salt_in_effect is None:
+            _salt_in_effect = resolve_salt(_salt_file, _salt_create)
+        salt = _salt_in_effect
+    encoded = f"{salt}\0{value}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(encoded).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +362,25 @@ def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> Ecg
     """
     if ref.problem:
         raise RecordError(ref.problem, "bad table row")
-    raw = get_source(ref.layout or "wfdb").read(ref)
+    source = get_source(ref.layout or "wfdb")
+    if not source.private:
+        return canonical_record(source.read(ref), ref, min_seconds)
+    try:
+        raw = source.read(ref)
+    except RecordError as error:
+        raise RecordError(_unnamed(error.reason, ref), error.kind) from None
+    except Exception as error:  # e.g. an OSError, whose text names the export's path
+        raise RecordError(_unnamed(f"unexpected error ({type(error).__name__}: {error})", ref),
+                          "unexpected error") from None
     return canonical_record(raw, ref, min_seconds)
+
+
+def _unnamed(reason: str, ref: RecordRef) -> str:
+    """``reason`` with the export's path and file name (which carry MRNs) replaced by the key."""
+    for text in sorted({str(ref.path), ref.path.as_posix(), ref.path.name}, key=len, reverse=True):
+        if text:
+            reason = reason.replace(text, ref.key)
+    return reason
 
 
 def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:

@@ -92,6 +92,7 @@ class Dicom(Source):
     name = "dicom"
     summary = "DICOM ECG waveforms (.dcm; pydicom): the rhythm multiplex group in mV; patients hashed"
     priority = 70
+    private = True
 
     def recognise(self, src: Path) -> bool:
         first = next(walk_files(src, (".dcm",), limit=1), None)

@@ -72,6 +72,7 @@ class MuseXml(Source):
     name = "muse_xml"
     summary = "GE MUSE XML exports (RestingECG, Rhythm waveform); limb leads derived; patients hashed"
     priority = 60
+    private = True
 
     def recognise(self, src: Path) -> bool:
         first = next(walk_files(src, (".xml",), limit=1), None)
