@@ -35,7 +35,8 @@ def _refusal_reason(error: Exception) -> str:
 
 
 def load_checkpoint(path: Path | str) -> dict:
-    """Read a fairseq checkpoint on the CPU, tensors and plain containers only."""
+    """Read a fairseq checkpoint on the CPU, tensors and plain containers only; a config saved by
+    an older version is upgraded to what that version trained with (``upgrade_saved_model_cfg``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -56,6 +57,9 @@ def load_checkpoint(path: Path | str) -> dict:
                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("cfg"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint written by fairseq-hydra-train")
+    from .models.ecg_wav2vec2 import upgrade_saved_model_cfg  # here: the models import this module
+
+    upgrade_saved_model_cfg(state["cfg"].get("model"))
     return state
 
 

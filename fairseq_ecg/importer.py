@@ -207,6 +207,7 @@ def encoder_config(model: dict, path: Path, report: Report, classifier_keys: Seq
         args["mask_prob"] = 0.0  # fairseq-signals masks only with apply_mask
     report.config_dropped.extend(k for k in DROPPED_KEYS if k in model and k != "_name")
     args["rlm_prob"] = 0.0
+    args["rlm_mode"] = "independent"  # fairseq-signals' RandomLeadsMask draws every lead independently
     return args
 
 

@@ -35,6 +35,7 @@ from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
 from .checkpoints import CheckpointError, load_checkpoint
+from .models.ecg_wav2vec2 import upgrade_saved_model_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,20 @@ _fairseq_load_checkpoint_to_cpu = getattr(checkpoint_utils.load_checkpoint_to_cp
 
 
 def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+    """fairseq's reader, with a corrupt file reported in one line and, as fairseq's own
+    ``_upgrade_state_dict`` does for its configs, the plugin's model configs saved by an older
+    version upgraded to what that version trained with (``upgrade_saved_model_cfg``)."""
     try:
-        return _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+        state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
     except Exception:
         reason = damage(path) if os.path.isfile(path) else None
         if reason is None:
             raise
         raise CheckpointError(corrupt_checkpoint_message(path, reason)) from None
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    if cfg is not None and "model" in cfg:
+        upgrade_saved_model_cfg(cfg["model"])
+    return state
 
 
 load_checkpoint_to_cpu.__wrapped__ = _fairseq_load_checkpoint_to_cpu

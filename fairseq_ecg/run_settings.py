@@ -17,6 +17,10 @@ trains) for the plugin's own tasks:
   settings and the two ways out: another ``checkpoint.save_dir``, or ``+resume_anyway=true`` to
   resume that run with the new settings all the same.
 
+A setting whose default changed between versions (``KEPT_ON_RESUME``: ``model.rlm_mode``) is taken
+from the run being resumed when the new command line does not name it, so the resumed run goes on as
+it was trained (a checkpoint saved before the setting existed reads as the value it trained with).
+
 Settings that only say how long or how fast to train (``max_update``, ``max_epoch``, batch size,
 workers, logging) are not compared: raising ``max_update`` to continue a finished run is normal.
 """
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fairseq import checkpoint_utils
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from .checkpoints import CheckpointError
 from .checkpoints import load_checkpoint as read_checkpoint
@@ -45,11 +49,15 @@ PLUGIN_TASKS = ("ecg_pretraining", "ecg_classification", "ecg_identification")
 KEYS = (
     "task._name", "task.leads", "task.normalize", "task.sample_rate", "task.segment_seconds",
     "task.cmsc", "task.cmsc_positive", "task.pair_windows",
-    "model._name", "model.init", "model.model_path", "model.rlm_prob", "model.freeze_encoder_updates",
+    "model._name", "model.init", "model.model_path", "model.rlm_prob", "model.rlm_mode", "model.freeze_encoder_updates",
     "model.encoder_layers", "model.encoder_embed_dim",
     "criterion._name", "criterion.w2v_weight", "criterion.cmsc_weight", "criterion.loss_weights",
 )
 PATH_KEYS = ("model.model_path",)
+# Settings a resumed run takes from the run it resumes unless its command line names them: a default
+# that changed between versions must not change a run half-way (model.rlm_mode: the redraw was the
+# only mode before the paper's independent draws became the default).
+KEPT_ON_RESUME = ("model.rlm_mode",)
 
 
 class RunSettingsError(ValueError):
@@ -120,7 +128,7 @@ def saved_settings(folder: Path) -> Optional[dict]:
     path = folder / SETTINGS_FILE
     if path.is_file():
         try:
-            return dict(json.loads(path.read_text())["settings"])
+            return upgrade_saved_settings(dict(json.loads(path.read_text())["settings"]))
         except (ValueError, KeyError, TypeError, OSError):
             logger.warning(f"{path}: unreadable, the settings of the run in this folder are not compared")
             return None
@@ -133,12 +141,59 @@ def saved_settings(folder: Path) -> Optional[dict]:
     return None
 
 
-def check_and_record(cfg: Any) -> None:
+def upgrade_saved_settings(settings: dict) -> dict:
+    """Saved settings of an older version completed with what it trained with, by the rule that
+    upgrades its checkpoints' configs (``upgrade_saved_model_cfg``)."""
+    from .models.ecg_wav2vec2 import upgrade_saved_model_cfg
+
+    model = {key[len("model."):]: value for key, value in settings.items() if key.startswith("model.")}
+    upgrade_saved_model_cfg(model)
+    return {**settings, **{f"model.{key}": value for key, value in model.items() if f"model.{key}" not in settings
+                           and f"model.{key}" in KEYS}}
+
+
+def _named_on_command_line(key: str) -> bool:
+    """Whether the hydra command line of this process sets ``key`` (``key=...``, ``+key=...``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except Exception:  # no hydra run (a spawned worker): nothing was named
+        overrides = []
+    return any(item.lstrip("+~").split("=", 1)[0] == key for item in overrides)
+
+
+def keep_resumed_settings(cfg: Any, saved: Optional[dict], current: dict, model: Any = None) -> dict:
+    """Give a resumed run the ``KEPT_ON_RESUME`` settings of the run it resumes where its command
+    line does not name them: in ``cfg`` (which fairseq saves with every checkpoint) and in the
+    built ``model``'s modules that hold the setting as an attribute. Returns the updated current
+    settings; says once what it kept."""
+    if saved is None:
+        return current
+    kept = {}
+    for key in KEPT_ON_RESUME:
+        if key in saved and key in current and saved[key] != current[key] and not _named_on_command_line(key):
+            section, name = key.split(".", 1)
+            with open_dict(cfg[section]):
+                cfg[section][name] = saved[key]
+            for module in (model.modules() if model is not None else ()):
+                if hasattr(module, name) and not callable(getattr(module, name)):
+                    setattr(module, name, saved[key])
+            kept[key] = saved[key]
+    if kept:
+        logger.warning(f"{cfg.checkpoint.save_dir}: the resumed run keeps "
+                       f"{', '.join(f'{key}={value}' for key, value in kept.items())}, the setting it was trained "
+                       f"with (give {'/'.join(kept)} on the command line to change it, with +{OVERRIDE}=true)")
+    return {**current, **kept}
+
+
+def check_and_record(cfg: Any, model: Any = None) -> None:
     """Stop (``RunSettingsError``) when ``checkpoint.save_dir`` holds a run with other settings,
-    unless ``+resume_anyway=true``; then write this run's settings there (rank 0)."""
+    unless ``+resume_anyway=true``; then write this run's settings there (rank 0). A setting of
+    ``KEPT_ON_RESUME`` that the command line leaves out is taken from the resumed run first."""
     folder = Path(cfg.checkpoint.save_dir)
-    current = settings_of(cfg)
     saved = saved_settings(folder)
+    current = keep_resumed_settings(cfg, saved, settings_of(cfg), model)
     changed = differences(saved, current) if saved is not None else []
     earlier: list = []
     if changed:
@@ -169,7 +224,7 @@ def load_checkpoint(cfg, trainer, **passthrough_args):
     """fairseq's resume step, after the settings check for the plugin's tasks."""
     full = getattr(trainer, "cfg", None)
     if full is not None and _lookup(full, "task._name")[1] in PLUGIN_TASKS:
-        check_and_record(full)
+        check_and_record(full, getattr(trainer, "model", None))
     return _fairseq_load_checkpoint(cfg, trainer, **passthrough_args)
 
 

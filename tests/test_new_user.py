@@ -77,6 +77,52 @@ def test_other_settings_stop_and_resume_anyway_resumes(small_data, tmp_path):
     assert record["settings"]["model.rlm_prob"] == 0.25 and record["earlier"][0]["model.rlm_prob"] == 0.0
 
 
+def make_old_checkpoint(save: Path) -> None:
+    """Turn a run's folder into one written before model.rlm_mode existed: neither its checkpoints'
+    saved configuration nor its run_settings.json has the field."""
+    for path in save.glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state["cfg"]["model"].pop("rlm_mode", None)
+        torch.save(state, path)
+    record = json.loads((save / "run_settings.json").read_text())
+    record["settings"].pop("model.rlm_mode")
+    (save / "run_settings.json").write_text(json.dumps(record))
+
+
+def test_a_run_trained_with_the_redraw_keeps_it_when_resumed(small_data, tmp_path):
+    """RLM's independent draws became the default; a checkpoint saved before (which lacks
+    model.rlm_mode) was trained with the redraw, resolves to it when read, and a resumed run keeps
+    it, unless the command line names another mode (then the settings stop applies)."""
+    from fairseq import checkpoint_utils
+
+    import fairseq_ecg  # noqa: F401  (the plugin's checkpoint reader)
+    from fairseq_ecg.checkpoints import load_checkpoint
+
+    save = tmp_path / "save"
+    pretrain(small_data, save, "optimization.max_update=2", "model.rlm_prob=0.5")
+    assert json.loads((save / "run_settings.json").read_text())["settings"]["model.rlm_mode"] == "independent"
+    make_old_checkpoint(save)
+    assert load_checkpoint(save / "checkpoint_last.pt")["cfg"]["model"]["rlm_mode"] == "redraw_silent"
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_last.pt"))["cfg"].model.rlm_mode == "redraw_silent"
+
+    error = settings_error(pretrain(small_data, save, "optimization.max_update=4", "model.rlm_prob=0.5",
+                                    "model.rlm_mode=independent", check=False))
+    assert '(model.rlm_mode: "redraw_silent" there, "independent" now)' in error
+
+    resumed = pretrain(small_data, save, "optimization.max_update=4", "model.rlm_prob=0.5")
+    assert "the resumed run keeps model.rlm_mode=redraw_silent" in resumed.stdout + resumed.stderr
+    assert num_updates(save / "checkpoint_last.pt") == 4
+    state = torch.load(save / "checkpoint_last.pt", weights_only=True)
+    assert state["cfg"]["model"]["rlm_mode"] == "redraw_silent"  # what fairseq saves is what the model used
+    assert json.loads((save / "run_settings.json").read_text())["settings"]["model.rlm_mode"] == "redraw_silent"
+
+    make_old_checkpoint(save)
+    (save / "run_settings.json").unlink()  # a folder from before run_settings.json: its checkpoint decides
+    resumed = pretrain(small_data, save, "optimization.max_update=6", "model.rlm_prob=0.5")
+    assert "the resumed run keeps model.rlm_mode=redraw_silent" in resumed.stdout + resumed.stderr
+    assert torch.load(save / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]["rlm_mode"] == "redraw_silent"
+
+
 def test_settings_without_checkpoints_are_replaced(tmp_path):
     """A run killed before its first checkpoint left only run_settings.json: nothing would be
     resumed, so a run with other settings starts there."""

@@ -103,23 +103,70 @@ def test_infonce_logits_equal_fairseqs_with_their_gradients():
         assert torch.allclose(mine.double(), reference.double(), atol=1e-6)
 
 
-def test_random_lead_masking_honours_probability_per_segment():
-    torch.manual_seed(0)
-    source = torch.randn(4000, 12, 4) + 5.0
-    keep = random_lead_mask(source, 0.5).squeeze(-1)
-    # P(kept) = 0.5 / (1 - 0.5**12) given that a draw never silences every lead: about 0.5.
-    assert abs(keep.float().mean().item() - 0.5) < 0.02
-    assert keep.any(dim=1).all()  # no segment ever loses every lead
-    assert len({tuple(row.tolist()) for row in keep[:200]}) > 150  # each segment its own draw
+def lead_keep_rate(present: int, prob: float, mode: str, segments: int = 20000, seed: int = 0) -> torch.Tensor:
+    """Per-lead keep rate of ``random_lead_mask`` over ``segments`` records with the first ``present``
+    leads recorded (the others absent), from a fixed seed."""
+    source = torch.zeros(segments, 12, 4)
+    source[:, :present] = 1.0
+    keep = random_lead_mask(source, prob, torch.Generator().manual_seed(seed), mode=mode).squeeze(-1)
+    assert keep[:, present:].sum() == 0  # absent leads stay absent
+    return keep[:, :present].double().mean(dim=0)
 
 
-def test_random_lead_masking_two_leads_gives_each_nonempty_subset_a_third():
+def redraw_keep_rate(present: int, prob: float) -> float:
+    """P(a present lead is kept | not every present lead is silenced) = (1 - p) / (1 - p**n)."""
+    return (1 - prob) / (1 - prob ** present)
+
+
+@pytest.mark.parametrize("present", [12, 6, 3, 2, 1])
+def test_independent_lead_masking_keeps_every_lead_with_one_minus_p_whatever_the_lead_count(present):
+    """The paper's RLM (the default): a lead is kept with probability 1 - p on a 1-lead record too
+    (the redraw kept it always), and 1 lead at p = 0.5 goes silent half the time."""
+    for prob in (0.5, 0.25):
+        rate = lead_keep_rate(present, prob, "independent")
+        # 20,000 draws per lead: a standard error of at most 0.0035, the tolerance is about 4 of them
+        assert (rate - (1 - prob)).abs().max() < 0.015, (present, prob, rate.tolist())
+    source = torch.zeros(20000, 12, 4)
+    source[:, :present] = 1.0
+    keep = random_lead_mask(source, 0.5, torch.Generator().manual_seed(1)).squeeze(-1)
+    silent = (~keep.any(dim=1)).double().mean().item()
+    assert abs(silent - 0.5 ** present) < 0.01  # all-silent segments allowed, as in fairseq-signals
+
+
+@pytest.mark.parametrize("present", [12, 6, 3, 2, 1])
+def test_redraw_silent_lead_masking_keeps_the_conditional_rate(present):
+    """The option: at p = 0.5 a lead is kept with 0.500 / 0.508 / 0.571 / 0.667 / 1.0 for 12 / 6 /
+    3 / 2 / 1 present leads, and no segment with a present lead goes silent."""
+    rate = lead_keep_rate(present, 0.5, "redraw_silent")
+    assert (rate - redraw_keep_rate(present, 0.5)).abs().max() < 0.015, (present, rate.tolist())
+    source = torch.zeros(2000, 12, 4)
+    source[:, :present] = 1.0
+    assert random_lead_mask(source, 0.5, mode="redraw_silent").squeeze(-1).any(dim=1).all()
+
+
+def test_independent_is_the_default_mode_and_a_model_applies_its_mode():
+    assert EcgWav2Vec2Config().rlm_mode == "independent"
+    source = torch.zeros(400, 12, 800)
+    source[:, 0] = torch.randn(400, 800)  # a 1-lead record
+    for mode, silent in (("independent", True), ("redraw_silent", False)):
+        model = tiny_model(rlm_prob=0.5, rlm_mode=mode).train()
+        captured = {}
+        hook = model.feature_extractor.register_forward_pre_hook(lambda _m, args: captured.setdefault("x", args[0]))
+        torch.manual_seed(0)
+        model(source)
+        hook.remove()
+        assert bool((captured["x"].abs().amax(dim=(1, 2)) == 0).any()) == silent, mode
+    with pytest.raises(ValueError, match="redraw_silent"):
+        random_lead_mask(source, 0.5, mode="redraw")
+
+
+def test_random_lead_masking_two_leads_redraw_gives_each_nonempty_subset_a_third():
     # Independent draws at p=0.5 given a non-empty result: {I}, {II}, {I,II} are 1/3 each
     # (a "put one lead back" rescue gives 0.375 / 0.375 / 0.25).
     torch.manual_seed(1)
     source = torch.zeros(60000, 12, 4)
     source[:, :2] = 1.0
-    keep = random_lead_mask(source, 0.5).squeeze(-1)
+    keep = random_lead_mask(source, 0.5, mode="redraw_silent").squeeze(-1)
     assert keep[:, 2:].sum() == 0  # absent leads stay absent
     subsets = keep[:, 0].long() + 2 * keep[:, 1].long()  # 1 = {I}, 2 = {II}, 3 = {I, II}
     frequencies = torch.bincount(subsets, minlength=4).double() / len(subsets)
@@ -127,30 +174,37 @@ def test_random_lead_masking_two_leads_gives_each_nonempty_subset_a_third():
     assert frequencies[1:].sub(1 / 3).abs().max() < 0.01, frequencies.tolist()
 
 
+@pytest.mark.parametrize("mode", ["independent", "redraw_silent"])
 @pytest.mark.parametrize("prob", [0.5, 0.9])
-def test_random_lead_masking_twelve_leads_follows_the_conditional_binomial(prob):
+def test_random_lead_masking_twelve_leads_follows_the_binomial(prob, mode):
+    """The number of kept leads is Binomial(12, 1 - p); with the redraw, conditioned on at least one."""
     torch.manual_seed(2)
     source = torch.ones(60000, 12, 4)
-    keep = random_lead_mask(source, prob).squeeze(-1)
+    keep = random_lead_mask(source, prob, mode=mode).squeeze(-1)
     kept = torch.bincount(keep.sum(dim=1), minlength=13).double() / len(keep)
     q = 1 - prob
     expected = torch.tensor([math.comb(12, k) * q**k * prob ** (12 - k) for k in range(13)], dtype=torch.float64)
-    expected[0] = 0
+    if mode == "redraw_silent":
+        expected[0] = 0
     expected /= expected.sum()
     assert (kept - expected).abs().max() < 0.01, (kept.tolist(), expected.tolist())
     per_lead = keep.double().mean(dim=0)  # exchangeable: every lead survives equally often
     assert (per_lead - per_lead.mean()).abs().max() < 0.012, per_lead.tolist()
+    if prob == 0.5:
+        assert len({tuple(row.tolist()) for row in keep[:200]}) > 150  # each segment its own draw
 
 
-def test_random_lead_masking_leaves_absent_leads_and_an_empty_segment_empty():
+@pytest.mark.parametrize("mode", ["independent", "redraw_silent"])
+def test_random_lead_masking_leaves_absent_leads_and_an_empty_segment_empty(mode):
     source = torch.zeros(500, 12, 8)
     source[:, :2] = 1.0  # a 2-lead record: only I and II present
-    keep = random_lead_mask(source, 0.99).squeeze(-1)
-    assert keep[:, 2:].sum() == 0 and keep.any(dim=1).all()
+    keep = random_lead_mask(source, 0.99, mode=mode).squeeze(-1)
+    assert keep[:, 2:].sum() == 0
+    assert keep.any(dim=1).all() == (mode == "redraw_silent")
     silent = torch.zeros(2, 12, 8)
-    assert random_lead_mask(silent, 0.5).sum() == 0  # an empty input stays empty, no NaN
+    assert random_lead_mask(silent, 0.5, mode=mode).sum() == 0  # an empty input stays empty, no NaN
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        random_lead_mask(source, 1.0)
+        random_lead_mask(source, 1.0, mode=mode)
 
 
 def test_random_lead_masking_only_in_training_and_no_nan():
@@ -158,6 +212,8 @@ def test_random_lead_masking_only_in_training_and_no_nan():
     source = torch.randn(4, 12, 800)
     model.train()
     assert torch.isfinite(model(source)["global"]).all()
+    out = model(torch.zeros(4, 12, 800))  # every segment all silent (independent draws allow it): finite loss inputs
+    assert torch.isfinite(out["global"]).all() and torch.isfinite(model.get_logits(out)[0]).all()
     model.eval()
     captured = {}
     hook = model.feature_extractor.register_forward_pre_hook(lambda _m, args: captured.setdefault("x", args[0]))

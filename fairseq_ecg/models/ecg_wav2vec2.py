@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from fairseq.data.data_utils import compute_mask_indices
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2 import (
     ConvFeatureExtractionModel,
@@ -24,6 +26,11 @@ from fairseq.utils import index_put
 
 from ..precision import full_precision
 
+RLM_MODES = ("independent", "redraw_silent")
+RLM_MODE_CHOICES = ChoiceEnum(list(RLM_MODES))
+# What a checkpoint saved before ``rlm_mode`` existed was trained with: the redraw was the only mode.
+RLM_MODE_BEFORE_THE_OPTION = "redraw_silent"
+
 
 @dataclass
 class EcgWav2Vec2Config(Wav2Vec2Config):
@@ -34,8 +41,17 @@ class EcgWav2Vec2Config(Wav2Vec2Config):
         default=0.0,
         metadata={
             "help": "random lead masking: each lead of each training segment is zeroed with this "
-            "probability (0 = off, 0.5 = the paper, below 1); a draw that silences every lead is redrawn; "
-            "never applied in eval mode"
+            "probability (0 = off, 0.5 = the paper, below 1); never applied in eval mode"
+        },
+    )
+    rlm_mode: RLM_MODE_CHOICES = field(
+        default="independent",
+        metadata={
+            "help": "independent: every present lead is zeroed independently, a segment may go all silent "
+            "(the paper and fairseq-signals; a lead is kept with probability 1 - rlm_prob whatever the lead "
+            "count); redraw_silent: a draw that silences every present lead is redrawn (a lead is then kept "
+            "more often the fewer leads are present: at 0.5, 0.571 with 3 leads and always with 1; checkpoints "
+            "saved before this option existed were trained with it and keep it when resumed)"
         },
     )
 
@@ -71,26 +87,38 @@ class Fp32GumbelVectorQuantizer(GumbelVectorQuantizer):
             return super().forward(x.float(), produce_targets)
 
 
-def random_lead_mask(source: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Keep-mask [batch, leads, 1] that zeroes each present lead independently with probability
-    ``prob``, as the paper and the reference implementation do.
+def random_lead_mask(source: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None,
+                     mode: str = "independent") -> torch.Tensor:
+    """Keep-mask [batch, leads, 1] that zeroes each present lead of each segment with probability
+    ``prob``.
 
-    A lead is "present" when it is not all zeros in the segment (absent leads stay zeros). The one
-    deviation from the reference (which lets a segment go all silent): a draw that silences every
-    present lead is redrawn, so each segment's mask follows the exact conditional distribution of
-    the independent draws given that at least one present lead survives (an all-zero segment
-    carries nothing to learn, and gives CMSC a constant vector). The redraw is exact, not a
-    rejection loop: the first surviving present lead (in lead order) is drawn with probability
-    proportional to ``prob**k * (1 - prob)`` for the k-th present lead, the leads before it are
-    silenced and each lead after it survives independently with probability ``1 - prob``.
-    A segment with no present lead stays empty. The number of leads comes from ``source``.
+    A lead is "present" when it is not all zeros in the segment (absent leads stay zeros). The
+    number of leads comes from ``source``.
+
+    ``independent`` (the default) is the paper's RLM and fairseq-signals' ``RandomLeadsMask``: one
+    independent draw per lead, so a present lead is kept with probability ``1 - prob`` whether the
+    record has 12 leads or one, and a segment may go all silent (fairseq-signals passes such a
+    segment through the model unchanged; so does this model: zeros give finite features, and its
+    InfoNCE targets are then all equal, which fairseq's loss masks out as negatives).
+
+    ``redraw_silent`` redraws a draw that silences every present lead: each segment's mask follows
+    the conditional distribution of the independent draws given that at least one present lead
+    survives. It raises the keep rate of reduced lead sets (at 0.5: 0.508 / 0.571 / 0.667 / 1.0 for
+    6 / 3 / 2 / 1 present leads), which makes RLM on a 1-lead record a no-op; kept for runs trained
+    with it (the project's default before the paper's draws). The redraw is exact, not a rejection
+    loop: the first surviving present lead (in lead order) is drawn with probability proportional
+    to ``prob**k * (1 - prob)`` for the k-th present lead, the leads before it are silenced and each
+    lead after it survives independently with probability ``1 - prob``. A segment with no present
+    lead stays empty in both modes.
     """
     if not 0.0 <= prob < 1.0:
         raise ValueError(f"random lead masking probability must be in [0, 1), found {prob}")
+    if mode not in RLM_MODES:
+        raise ValueError(f"random lead masking mode must be one of {', '.join(RLM_MODES)}, found {mode!r}")
     present = source.detach().abs().amax(dim=-1) > 0  # [B, L]
     keep = (torch.rand(present.shape, device=source.device, generator=generator) >= prob) & present
     silenced = ~keep.any(dim=1) & present.any(dim=1)
-    if silenced.any():
+    if mode == "redraw_silent" and silenced.any():
         rows = present[silenced]
         rank = rows.long().cumsum(dim=1) - 1  # position among the segment's present leads
         weights = torch.where(rows, prob ** rank.double() * (1.0 - prob), torch.zeros((), dtype=torch.float64,
@@ -100,6 +128,20 @@ def random_lead_mask(source: torch.Tensor, prob: float, generator: Optional[torc
         later = (torch.rand(rows.shape, device=source.device, generator=generator) >= prob) & rows & (rank > first_rank)
         keep[silenced] = later.scatter(1, first, True)
     return keep.unsqueeze(-1)
+
+
+def upgrade_saved_model_cfg(model_cfg) -> None:
+    """Fill in, in place, what an ``ecg_wav2vec2`` config saved by an older version lacks, with
+    the value that version trained with (``rlm_mode``: the redraw), so that such a checkpoint
+    rebuilds and resumes as it was trained, not with today's defaults. Other models: untouched."""
+    if model_cfg is None or model_cfg.get("_name") != "ecg_wav2vec2":
+        return
+    if "rlm_mode" not in model_cfg:
+        if OmegaConf.is_config(model_cfg):
+            with open_dict(model_cfg):
+                model_cfg["rlm_mode"] = RLM_MODE_BEFORE_THE_OPTION
+        else:
+            model_cfg["rlm_mode"] = RLM_MODE_BEFORE_THE_OPTION
 
 
 def masked_time_mean(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -116,7 +158,10 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
         super().__init__(cfg)
         if not 0.0 <= cfg.rlm_prob < 1.0:
             raise ValueError(f"model.rlm_prob={cfg.rlm_prob}: the lead masking probability must be in [0, 1)")
+        if cfg.rlm_mode not in RLM_MODES:
+            raise ValueError(f"model.rlm_mode={cfg.rlm_mode}: choose one of {', '.join(RLM_MODES)}")
         self.rlm_prob = cfg.rlm_prob
+        self.rlm_mode = str(cfg.rlm_mode)  # a resumed run may set it to the mode its checkpoint trained with
         self.feature_extractor = MultiLeadFeatureEncoder(
             input_leads=cfg.input_leads,
             conv_layers=eval(cfg.conv_feature_layers),  # fairseq's own config convention
@@ -137,7 +182,7 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
         if source.dim() != 3:
             raise ValueError(f"expected source of shape [batch, leads, time], found {tuple(source.shape)}")
         if self.training and self.rlm_prob > 0:
-            source = source * random_lead_mask(source, self.rlm_prob).to(source.dtype)
+            source = source * random_lead_mask(source, self.rlm_prob, mode=self.rlm_mode).to(source.dtype)
         captured = {}
         hook = self.encoder.register_forward_hook(lambda _m, _i, out: captured.__setitem__("context", out[0]))
         try:
