@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -42,7 +43,7 @@ from .manifest import (
 )
 from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
-    AUTO, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
+    AUTO, DEFAULT_BOUNDS, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, Bounds, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
     discover, get_source, layouts, patient_salt_from, read_record, resample,
 )
 
@@ -52,7 +53,7 @@ JOURNAL = "records.tsv"
 SKIPPED = "skipped.tsv"
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
                    "statement", "sha256", "note")
-DIGEST = JOURNAL_COLUMNS.index("sha256")  # journals written before the column existed lack it
+DIGEST = JOURNAL_COLUMNS.index("sha256")
 STATEMENTS = "statements.tsv"
 DUPLICATES = "duplicates.tsv"  # record<TAB>the kept copy<TAB>how the copy was found
 SALT_FILE = "patient_salt.txt"  # the salt of the patient hashes (sources.base.resolve_salt); private
@@ -69,12 +70,13 @@ class Settings:
     force: bool = False
     sources: tuple[str, ...] = ()
     layout: str = ""
+    bounds: Bounds = DEFAULT_BOUNDS
 
     @property
     def signature(self) -> str:
         """First line of the journal: a journal written for other sources or settings is not reused."""
         return (f"# {PROG} journal: sample_rate={self.sample_rate:g} min_seconds={self.min_seconds:g} "
-                f"layout={self.layout} sources={','.join(self.sources)}")
+                f"layout={self.layout} sources={','.join(self.sources)} bounds={self.bounds.describe()}")
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,8 @@ class Outcome:
 
     @classmethod
     def from_journal(cls, line: str) -> Optional["Outcome"]:
-        """A journal line, or None when it is not a complete ``ok`` line (those are recomputed). A
-        line of a journal from before the ``sha256`` column gets an empty digest (taken from the
-        waveform file then, see :func:`process_record`)."""
+        """A journal line, or None when it is not a complete ``ok`` line (those are recomputed)."""
         fields = line.split("\t")
-        if len(fields) == len(JOURNAL_COLUMNS) - 1:
-            fields.insert(DIGEST, "")
         if len(fields) != len(JOURNAL_COLUMNS) or fields[1] != "ok":
             return None
         try:
@@ -121,7 +119,7 @@ class Outcome:
             return None
         if num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}:
             return None
-        if fields[DIGEST] and not re.fullmatch(r"[0-9a-f]{64}", fields[DIGEST]):
+        if not re.fullmatch(r"[0-9a-f]{64}", fields[DIGEST]):
             return None
         dx = tuple(code for code in fields[6].split(",") if code)
         return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[-1],
@@ -186,14 +184,9 @@ def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]
     ref, cached = task
     target = settings.dest / wave_relative_path(ref.key)
     if cached is not None and not settings.force and _npy_shape(target) == (NUM_LEADS, cached.num_samples):
-        if cached.digest:
-            return cached
-        try:  # journalled before digests were: the waveform file gives it, the source is not read again
-            return replace(cached, digest=waveform_digest(np.load(target, allow_pickle=False)))
-        except (OSError, ValueError):
-            pass  # unreadable after all: read the record again
+        return cached
     try:
-        record = read_record(ref, settings.min_seconds)
+        record = read_record(ref, settings.min_seconds, settings.bounds)
         signal = resample(record.signal, record.sample_rate, settings.sample_rate)
         atomic_save_npy(target, signal)
         return Outcome(ref.key, "written", int(signal.shape[1]), mask_to_string(record.present),
@@ -471,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the patient split")
     parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
                         help="records shorter than this are skipped")
+    bounds = parser.add_argument_group("plausible records (outside these bounds a record is skipped, the bound in "
+                                       "its reason; the defaults pass every archive the project reads)")
+    bounds.add_argument("--min-rate", type=float, default=DEFAULT_BOUNDS.min_rate, metavar="HZ",
+                        help="lowest sampling rate (default %(default)g Hz: PTB-XL's 100 Hz files pass)")
+    bounds.add_argument("--max-rate", type=float, default=DEFAULT_BOUNDS.max_rate, metavar="HZ",
+                        help="highest sampling rate (default %(default)g Hz)")
+    bounds.add_argument("--max-seconds", type=float, default=DEFAULT_BOUNDS.max_seconds, metavar="S",
+                        help="longest record (default %(default)g s = 2 h: INCART's 30 min pass)")
+    bounds.add_argument("--max-mv", type=float, default=DEFAULT_BOUNDS.max_mv, metavar="MV",
+                        help="largest |sample| of a kept lead (default %(default)g mV; int16 at 1000/mV reaches "
+                             "32.8 mV, at 200/mV 164 mV when saturated)")
     parser.add_argument("--finetune-train-limit", type=int, default=None, metavar="N",
                         help="keep at most N records (whole patients) in finetune/train.tsv, for a small "
                              "labeled set; pretraining still uses every training record")
@@ -542,6 +546,10 @@ def _check_arguments(args: argparse.Namespace) -> str:
         return f"--dest {args.dest} is a file; pass a folder (it is created if absent)"
     if not (args.sample_rate > 0 and args.min_seconds >= 0 and args.workers >= 1):
         return "--sample-rate must be > 0, --min-seconds >= 0 and --workers >= 1"
+    if not (0 < args.min_rate <= args.max_rate < math.inf and args.max_seconds > args.min_seconds
+            and 0 < args.max_mv < math.inf):
+        return ("--min-rate must be > 0 and at most --max-rate, --max-seconds above --min-seconds and --max-mv > 0 "
+                "(all finite)")
     if not (args.valid_percent >= 0 and args.test_percent >= 0 and args.valid_percent + args.test_percent < 100):
         return "--valid-percent and --test-percent must be >= 0 and add up to less than 100"
     return ""
@@ -571,7 +579,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dest = args.dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
     settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force,
-                        sources=tuple(str(src.resolve()) for src in args.sources), layout=",".join(args.layouts))
+                        sources=tuple(str(src.resolve()) for src in args.sources), layout=",".join(args.layouts),
+                        bounds=Bounds(args.min_rate, args.max_rate, args.max_seconds, args.max_mv))
     start = time.perf_counter()
     remove_stale_temporaries(dest)
     journal_path = dest / JOURNAL

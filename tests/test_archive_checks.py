@@ -147,21 +147,125 @@ def test_no_recording_is_on_both_sides_of_a_split(copies, capsys):
     assert {r.patient for r in rows if r.record.endswith("_hr")} == {f"ptbxl:{w.patient}" for w in written}
 
 
-def test_duplicates_come_out_the_same_when_resumed_and_from_an_older_journal(copies, capsys):
+def test_duplicates_come_out_the_same_when_resumed(copies, capsys):
     root, written, dest, args = copies
     if not (dest / "duplicates.tsv").is_file():
         assert main(args) == 0
     outputs = ["duplicates.tsv", "records.tsv", *(n for names in SPLIT_MANIFESTS.values() for n in names)]
     before = {name: (dest / name).read_bytes() for name in outputs}
-    # a journal from before the sha256 column: the digests come from the waveform files, no record is read
+    capsys.readouterr()
+    assert main(args) == 0  # the digests come from the journal: no record is read again
+    assert "63 records found, 0 written, 63 reused" in capsys.readouterr().out
+    assert {name: (dest / name).read_bytes() for name in outputs} == before
+    # a journal line without its digest is not trusted: that record is read again, with the same result
     journal = dest / "records.tsv"
     lines = journal.read_text().splitlines()
     column = lines[1].split("\t").index("sha256")
-    journal.write_text("".join("\t".join(f for i, f in enumerate(line.split("\t")) if i != column or n == 0) + "\n"
-                               for n, line in enumerate(lines)))
-    capsys.readouterr()
+    fields = lines[2].split("\t")
+    fields[column] = ""
+    journal.write_text("\n".join(lines[:2] + ["\t".join(fields)] + lines[3:]) + "\n")
     assert main(args) == 0
-    assert "63 records found, 0 written, 63 reused" in capsys.readouterr().out
+    assert "63 records found, 1 written, 62 reused" in capsys.readouterr().out
     assert {name: (dest / name).read_bytes() for name in outputs} == before
-    assert main(args) == 0  # and once more from the journal it wrote
-    assert {name: (dest / name).read_bytes() for name in outputs} == before
+
+
+# ---------------------------------------------------------------------------------------------
+# records outside plausible bounds (issue 20 item 7)
+
+SINE = np.sin(np.arange(5000) / 30.0)[None].repeat(12, 0) * 0.5  # 10 s at 500 Hz, 0.5 mV
+
+
+def _wfdb_case(folder: Path, fs_text: str, samples: int = 5000, keep_signal: bool = True) -> None:
+    path = write_georgia_record(folder, "R1", SINE * 1000, record_name="R1")
+    lines = (folder / "R1.hea").read_text().splitlines()
+    lines[0] = f"R1 12 {fs_text} {samples} 05-May-2020 14:50:55"
+    (folder / "R1.hea").write_text("\n".join(lines) + "\n")
+    if not keep_signal:  # judged from the header alone, before the signal file is read
+        path.with_suffix(".mat").unlink()
+
+
+def _numpy_case(folder: Path, scale: float) -> None:
+    folder.mkdir(parents=True)
+    signal = SINE.copy()
+    signal[4, 2000] = scale
+    np.save(folder / "r1.npy", signal)
+    (folder / "records.csv").write_text(f'record,sample_rate,leads,axis\nr1.npy,500,"{",".join(LEADS)}",leads-first\n')
+
+
+def _muse_case(folder: Path) -> None:
+    from fairseq_ecg.synth_sources import muse_document
+
+    folder.mkdir(parents=True)
+    document = muse_document(SINE, 500, "MRN1", ("Doe", "Jane"), "01-01-1950", ["Sinus rhythm"])
+    assert b"<SampleBase>500</SampleBase>" in document
+    (folder / "r1.xml").write_bytes(document.replace(b"<SampleBase>500</SampleBase>", b"<SampleBase>1</SampleBase>"))
+
+
+def _dicom_case(folder: Path) -> None:
+    from fairseq_ecg.synth_sources import dicom_dataset
+
+    folder.mkdir(parents=True)
+    ds = dicom_dataset(SINE, 500, "MRN1", "Doe^Jane", "19500101")
+    ds.WaveformSequence[1].SamplingFrequency = "1"
+    ds.save_as(folder / "r1.dcm", enforce_file_format=True)
+
+
+def _code15_case(folder: Path) -> None:
+    """One exam of a tracings dataset 400,000 samples long (chunked: the unwritten chunks take no space)."""
+    import h5py
+
+    from fairseq_ecg.synth_sources import CODE15_COLUMNS
+
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "exams_part0.hdf5", "w") as h5:
+        tracings = h5.create_dataset("tracings", (2, 400_000, 12), dtype="float32", chunks=(1, 4096, 12))
+        tracings[0, 198_000:202_000] = SINE[:, :4000].T
+        h5.create_dataset("exam_id", data=np.array([1234, 0]))
+    row = {"exam_id": 1234, "patient_id": 7, "trace_file": "exams_part0.hdf5"}
+    (folder / "exams.csv").write_text(",".join(CODE15_COLUMNS) + "\n"
+                                      + ",".join(str(row.get(c, "False")) for c in CODE15_COLUMNS) + "\n")
+
+
+BOUND_CASES = {  # case -> (writer, words of the reason)
+    "wfdb at 0.5 Hz": (lambda f: _wfdb_case(f, "0.5"), "sampling rate 0.5 Hz is below the plausible bound of 50 Hz"),
+    "wfdb at 0.5 Hz, no signal file": (lambda f: _wfdb_case(f, "0.5", keep_signal=False),
+                                       "sampling rate 0.5 Hz is below the plausible bound of 50 Hz (--min-rate)"),
+    "wfdb at 1e-300 Hz": (lambda f: _wfdb_case(f, "1e-300"), "sampling rate 1e-300 Hz is below the plausible bound"),
+    "wfdb at 5e2 Hz (wfdb reads 5)": (lambda f: _wfdb_case(f, "5e2"), "written 500 Hz, wfdb reads 5 Hz"),
+    "wfdb at 20 kHz": (lambda f: _wfdb_case(f, "20000"), "above the plausible bound of 10000 Hz (--max-rate)"),
+    "wfdb of 4,000,000 samples": (lambda f: _wfdb_case(f, "500", 4_000_000, keep_signal=False),
+                                  "last 8000 s, beyond the plausible bound of 7200 s (2 h; --max-seconds)"),
+    "numpy 1.77e18 mV": (lambda f: _numpy_case(f, 1.77e18),
+                         "lead aVL reaches 1.77e+18 mV, beyond the plausible bound of 50 mV (--max-mv)"),
+    "muse SampleBase 1": (_muse_case, "sampling rate 1 Hz is below the plausible bound of 50 Hz"),
+    "dicom SamplingFrequency 1": (_dicom_case, "sampling rate 1 Hz is below the plausible bound of 50 Hz"),
+    "code15 of 400,000 samples": (_code15_case, "tracings has shape (2, 400000, 12), expected [exams, 4096, 12]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BOUND_CASES))
+def test_implausible_record_is_skipped_with_its_bound(tmp_path, capsys, case):
+    write, words = BOUND_CASES[case]
+    write(tmp_path / "src")
+    assert main([str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 1
+    (line,) = (tmp_path / "out" / "skipped.tsv").read_text().splitlines()
+    assert words in line, line
+    assert not list((tmp_path / "out").rglob("*.npy"))
+    assert "no usable record" in capsys.readouterr().err
+
+
+def test_bounds_are_options_and_the_defaults_pass_real_archives(tmp_path, capsys):
+    from fairseq_ecg.records import DEFAULT_BOUNDS
+
+    _numpy_case(tmp_path / "src", 60.0)  # 60 mV: beyond the default, kept with --max-mv 100
+    args = [str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--workers", "1"]
+    assert main(args) == 1
+    assert main(args + ["--max-mv", "100"]) == 0  # a journal of other bounds is not reused
+    assert np.load(tmp_path / "out" / "waves" / "r1.npy").max() == pytest.approx(60.0)
+    assert main(args + ["--max-mv", "0"]) == 2
+    assert "--max-mv > 0" in capsys.readouterr().err
+    for rate, seconds in ((100, 10), (257, 1800), (500, 10), (1000, 60), (400, 10.24)):  # PTB-XL lr, INCART, ...
+        DEFAULT_BOUNDS.check(rate, int(rate * seconds))
+    written = synthesize_archive(tmp_path / "ptbxl", records=2, patients=1, seed=1, layout="ptbxl")
+    low = Path(str(written[0].path).replace("records500", "records100").replace("_hr", "_lr"))
+    assert read_record(RecordRef(path=low, name=low.name)).sample_rate == 100  # PTB-XL's 100 Hz files pass

@@ -13,7 +13,7 @@ from .base import (
 )
 from . import wfdb_folder, physionet2021, ptbxl, numpy_folder, code15, mimic_iv_ecg, muse_xml, dicom  # noqa: F401,E402  (registration)
 from .ptbxl import PTBXL_DATABASE, PTBXL_FOLD_SPLITS  # noqa: E402
-from .base import UNKNOWN_LEAD_NOTE  # noqa: E402
+from .base import DEFAULT_BOUNDS, UNKNOWN_LEAD_NOTE, Bounds, check_plausible  # noqa: E402
 from .base import PATIENT_SALT_ENV, SaltError, patient_salt_from, resolve_salt  # noqa: E402  (the salt of the patient hashes)
 from .wfdb_folder import MAT_NAMED_NOTE  # noqa: E402
 
@@ -24,6 +24,6 @@ __all__ = [
     "PTBXL_FOLD_SPLITS", "RawRecord", "RecordError", "RecordRef", "Source", "canonical_record", "detect_layout",
     "discover", "get_source", "layouts", "read_record", "read_record_table", "register_source", "resample",
     "resample_factors", "resampled_length", "salted_patient", "split_codes",
-    "MAT_NAMED_NOTE", "UNKNOWN_LEAD_NOTE",
+    "MAT_NAMED_NOTE", "UNKNOWN_LEAD_NOTE", "Bounds", "DEFAULT_BOUNDS", "check_plausible",
 ]
 __all__ += ["PATIENT_SALT_ENV", "SaltError", "patient_salt_from", "resolve_salt"]

@@ -18,6 +18,7 @@ import os
 import secrets
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -50,6 +51,48 @@ class RecordError(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a plausible ECG record is: a sampling rate in [``min_rate``, ``max_rate``] Hz, at most
+    ``max_seconds`` long, no kept sample beyond ``max_mv`` in magnitude. The defaults pass every
+    archive the project reads (PTB-XL's 100 Hz files, CinC 2021's 257-1000 Hz, INCART's 30 min;
+    an int16 signal at 1000 per mV reaches 32.8 mV at most); outside them a header or table is
+    wrong (a rate of 0.5 Hz, a gain off by 10**18), and such a record would become a huge or
+    meaningless array. Saturated leads of an ADC at 200 per mV (up to 164 mV) exceed ``max_mv``:
+    raise it to keep them."""
+
+    min_rate: float = 50.0
+    max_rate: float = 10_000.0
+    max_seconds: float = 7200.0
+    max_mv: float = 50.0
+
+    def check(self, rate: float, samples: int = 0) -> None:
+        """:class:`RecordError` (kind ``implausible``) for a rate or a length outside the bounds,
+        before a reader allocates the samples (``samples``: as the file states them; 0: unknown)."""
+        if not self.min_rate <= rate <= self.max_rate:
+            side, bound, flag = (("below", self.min_rate, "--min-rate") if not rate >= self.min_rate
+                                 else ("above", self.max_rate, "--max-rate"))
+            raise RecordError(f"sampling rate {rate:g} Hz is {side} the plausible bound of {bound:g} Hz ({flag})",
+                              "implausible")
+        if samples / rate > self.max_seconds:
+            raise RecordError(f"{samples} samples at {rate:g} Hz last {samples / rate:.6g} s, beyond the plausible "
+                              f"bound of {self.max_seconds:g} s ({self.max_seconds / 3600:g} h; --max-seconds)",
+                              "implausible")
+
+    def describe(self) -> str:
+        return f"{self.min_rate:g}-{self.max_rate:g}Hz,{self.max_seconds:g}s,{self.max_mv:g}mV"
+
+
+DEFAULT_BOUNDS = Bounds()
+_BOUNDS: ContextVar[Bounds] = ContextVar("fairseq_ecg_bounds", default=DEFAULT_BOUNDS)
+
+
+def check_plausible(rate: float, samples: int = 0) -> None:
+    """For a reader, as soon as it knows the rate (and the stated length): refuse a record outside
+    the bounds that :func:`read_record` was given, before its samples are decoded or allocated."""
+    _BOUNDS.get().check(float(rate), int(samples))
 
 
 class LayoutError(ValueError):
@@ -347,7 +390,7 @@ def read_record_table(path: Path) -> dict[str, tuple[str, Optional[tuple[str, ..
 # the shared checks
 
 
-def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:
+def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS, bounds: Bounds = DEFAULT_BOUNDS) -> EcgRecord:
     """Read one record through its source, then into the canonical 12-lead layout, or raise
     :class:`RecordError`.
 
@@ -358,21 +401,27 @@ def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> Ecg
     record, or present but exactly zero throughout, is all zeros with ``present`` False, so that
     the mask says which leads carry signal. Units must be mV or uV (converted to mV). Skipped
     too: whatever the source refuses (each reader says why), any NaN/Inf sample in a kept lead or
-    a value beyond float32, an all-zero record, and records shorter than ``min_seconds``.
+    a value beyond float32, an all-zero record, records shorter than ``min_seconds``, and records
+    outside the plausible ``bounds`` (readers check rate and length before decoding the samples).
     """
     if ref.problem:
         raise RecordError(ref.problem, "bad table row")
     source = get_source(ref.layout or "wfdb")
-    if not source.private:
-        return canonical_record(source.read(ref), ref, min_seconds)
+    token = _BOUNDS.set(bounds)
     try:
-        raw = source.read(ref)
-    except RecordError as error:
-        raise RecordError(_unnamed(error.reason, ref), error.kind) from None
-    except Exception as error:  # e.g. an OSError, whose text names the export's path
-        raise RecordError(_unnamed(f"unexpected error ({type(error).__name__}: {error})", ref),
-                          "unexpected error") from None
-    return canonical_record(raw, ref, min_seconds)
+        if not source.private:
+            raw = source.read(ref)
+        else:
+            try:
+                raw = source.read(ref)
+            except RecordError as error:
+                raise RecordError(_unnamed(error.reason, ref), error.kind) from None
+            except Exception as error:  # e.g. an OSError, whose text names the export's path
+                raise RecordError(_unnamed(f"unexpected error ({type(error).__name__}: {error})", ref),
+                                  "unexpected error") from None
+    finally:
+        _BOUNDS.reset(token)
+    return canonical_record(raw, ref, min_seconds, bounds)
 
 
 def _unnamed(reason: str, ref: RecordRef) -> str:
@@ -383,11 +432,13 @@ def _unnamed(reason: str, ref: RecordRef) -> str:
     return reason
 
 
-def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS) -> EcgRecord:
+def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS,
+                     bounds: Bounds = DEFAULT_BOUNDS) -> EcgRecord:
     """The shared steps after a reader: rate, length, lead mapping, units, values, presence."""
     fs = float(raw.sample_rate or 0)
     if not fs > 0:
         raise RecordError(f"sampling frequency {raw.sample_rate!r} is not positive", "unreadable header")
+    bounds.check(fs, raw.signal.shape[-1] if raw.signal is not None and raw.signal.ndim == 2 else 0)
     signal = raw.signal
     if signal is None or signal.ndim != 2 or signal.shape[1] == 0:
         raise RecordError("no samples in the record", "too short")
@@ -434,6 +485,10 @@ def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAUL
         if not np.isfinite(out[lead]).all():  # finite in float64, beyond float32 (e.g. a wrong ADC gain)
             raise RecordError(f"lead {LEADS[lead]} reaches {np.abs(column).max() * UNIT_TO_MV[unit]:.3g} mV, beyond "
                               "float32; check the ADC gain in the header", "out of range")
+        peak = float(np.abs(out[lead]).max())
+        if peak > bounds.max_mv:
+            raise RecordError(f"lead {LEADS[lead]} reaches {peak:.3g} mV, beyond the plausible bound of "
+                              f"{bounds.max_mv:g} mV (--max-mv); check the gain or unit", "implausible")
     present = np.any(out != 0, axis=1)
     if not present.any():
         raise RecordError("all-zero signal (every lead is 0 mV throughout)", "all-zero")

@@ -125,8 +125,9 @@ class Code15(Source):
                     continue  # not an exam (the padding row at the end of each file)
                 line, row = exams[exam]
                 problem = ""
-                if len(shape) != 3 or shape[2] != 12 or index >= shape[0]:
-                    problem = f"{path.name}: tracings has shape {shape}, expected [exams, samples, 12] covering exam_id"
+                if len(shape) != 3 or shape[2] != 12 or index >= shape[0] or shape[1] != CODE15_SAMPLES:
+                    problem = (f"{path.name}: tracings has shape {shape}, expected [exams, {CODE15_SAMPLES}, 12] "
+                               f"covering exam_id (CODE-15% tracings are {CODE15_SAMPLES} samples, 10.24 s at 400 Hz)")
                 codes = []
                 for column, code in CODE15_TO_SNOMED.items():
                     value = (row.get(column) or "").strip().lower()

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..leads import UnknownLeadError, canonical_lead
 from .base import RawRecord, RecordError, RecordRef, Source, register_source, salted_patient, walk_files
+from .base import check_plausible
 
 ECG_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG", "1.2.840.10008.5.1.4.1.1.9.1.2": "general ECG",
@@ -126,6 +127,7 @@ class Dicom(Source):
             raise RecordError(f"SamplingFrequency {group.get('SamplingFrequency')!r} of the rhythm group is not positive",
                               "missing scale")
         channels, samples = int(group.get("NumberOfWaveformChannels", 0)), int(group.get("NumberOfWaveformSamples", 0))
+        check_plausible(rate, samples)  # before the samples are decoded
         bits, kind = int(group.get("WaveformBitsAllocated", 0)), str(group.get("WaveformSampleInterpretation", ""))
         if (bits, kind) not in _DTYPES:
             raise RecordError(f"waveform samples of {bits} bits, interpretation {kind!r}: not a format it reads",

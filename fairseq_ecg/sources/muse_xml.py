@@ -27,6 +27,7 @@ import numpy as np
 
 from ..leads import UnknownLeadError, canonical_lead
 from .base import RawRecord, RecordError, RecordRef, Source, register_source, salted_patient, walk_files
+from .base import check_plausible
 
 UNITS = {"MICROVOLTS": "uV", "MILLIVOLTS": "mV"}
 LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
@@ -111,6 +112,7 @@ class MuseXml(Source):
         wave = rhythm[0]
         rate = _number(wave, "SampleBase", "sampling rate") * 10 ** _number(wave, "SampleExponent", "sampling exponent") \
             if wave.find("SampleExponent") is not None else _number(wave, "SampleBase", "sampling rate")
+        check_plausible(rate)  # before any lead is decoded
         names, channels, units = [], [], []
         for lead in wave.findall("LeadData"):
             lead_id = _text(lead, "LeadID")
@@ -131,6 +133,8 @@ class MuseXml(Source):
             except (binascii.Error, ValueError) as error:
                 raise RecordError(f"lead {lead_id}: WaveFormData is not base64 ({error})", "unreadable signal file") from None
             count = _text(lead, "LeadSampleCountTotal")
+            if count.isdigit():
+                check_plausible(rate, int(count))
             samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.float64)
             if count.isdigit():
                 if len(samples) < int(count):

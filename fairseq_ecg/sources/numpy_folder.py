@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .base import LayoutError, RawRecord, RecordError, RecordRef, Source, register_source, split_codes
+from .base import check_plausible
 
 RECORDS_CSV = "records.csv"
 REQUIRED = ("record", "sample_rate", "leads", "axis")
@@ -119,5 +120,6 @@ class NumpyFolder(Source):
         if signal.shape[0] != len(names):
             raise RecordError(f"{Path(ref.path).name} has {signal.shape[0]} channels along the {axis} axis, "
                               f"{RECORDS_CSV} names {len(names)} leads; check axis and leads", "lead count mismatch")
+        check_plausible(float(rate), signal.shape[1])  # before a memory-mapped array is read whole
         return RawRecord(signal=np.asarray(signal, dtype=np.float64), names=names, units=[units] * len(names),
                          sample_rate=float(rate))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from .base import (
-    RawRecord, RecordError, RecordRef, Source, read_record_table, register_source, split_codes,
+    RawRecord, RecordError, RecordRef, Source, check_plausible, read_record_table, register_source, split_codes,
 )
 
 # Bytes per sample of the WFDB formats whose file size follows from the header (to tell a
@@ -98,12 +98,18 @@ def _checked_header(path: Path):
     problem = _header_field_problem(lines, header.name)
     if problem:
         raise RecordError(problem, "bad header field")
+    written = _written_rate_and_length(lines)
+    if written:  # before wfdb allocates what the header claims
+        check_plausible(*written)
     try:
         info = _rdheader(path, lines)
     except Exception:  # wfdb raises many types for a bad header
         return None
     if getattr(info, "n_seg", None):  # multi-segment: each segment has its own header
         return None
+    if written and not math.isclose(float(info.fs or 0), written[0], rel_tol=1e-9):
+        raise RecordError(f"header {header.name}: sampling frequency written {written[0]:g} Hz, wfdb reads "
+                          f"{info.fs:g} Hz (it takes no exponent); write it as a plain decimal number", "bad header field")
     described = len(info.file_name or [])
     if info.n_sig != described:
         raise RecordError(f"header {header.name} claims {info.n_sig} signals but describes {described}",
@@ -160,6 +166,22 @@ _GAIN_FIELD = re.compile(rf"(?P<gain>{_NUMBER})(?:\((?P<baseline>[-+]?[0-9]+)\))
 _INTEGER = re.compile(r"[-+]?[0-9]+")
 _WFDB_FORMATS = {"8", "16", "24", "32", "61", "80", "160", "212", "310", "311", "508", "516", "524"}
 _SIGNAL_INTEGER_FIELDS = ("ADC resolution", "ADC zero", "initial value", "checksum", "block size")
+
+
+def _record_line(lines: Sequence[bytes]) -> tuple[int, list[str]]:
+    """(line number, fields) of the record line: the first that is neither blank nor a comment."""
+    return next(((number, line.decode("ascii", "replace").split()) for number, line in enumerate(lines, start=1)
+                 if line.strip() and not line.lstrip().startswith(b"#")), (0, []))
+
+
+def _written_rate_and_length(lines: Sequence[bytes]) -> Optional[tuple[float, int]]:
+    """The sampling frequency and number of samples as the record line writes them (wfdb reads
+    ``1e-300`` as 1 Hz), for a header that :func:`_header_field_problem` passed; None for a
+    multi-segment record."""
+    _, fields = _record_line(lines)
+    if len(fields) < 4 or "/" in fields[0]:
+        return None
+    return float(_FS_FIELD.fullmatch(fields[2])["fs"]), int(fields[3])
 
 
 def _header_field_problem(lines: Sequence[bytes], header_name: str) -> str:
