@@ -1,4 +1,5 @@
-"""The PhysioNet/CinC Challenge 2021 label tables: scored classes, equivalent codes, weights.
+"""The label tables: the PhysioNet/CinC Challenge 2021 scored classes, equivalent codes and weights;
+PTB-XL's statements mapped to them, and PTB-XL's own benchmark tasks (:func:`ptbxl_task_labels`).
 
 The tables ship inside the package (``fairseq_ecg/tables``, BSD-2-Clause, see LICENSE.txt there).
 A class is one column of ``weights.csv``; a column may hold equivalent codes joined by ``|``
@@ -177,3 +178,86 @@ PTBXL_SCP_TO_SNOMED: dict[str, str] = {
     "RVH": "89792004",      # right ventricular hypertrophy
     "LAO/LAE": "67741000119109",  # left atrial enlargement
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# PTB-XL's own label tasks (the benchmark of Strodthoff et al., IEEE JBHI 2021)
+
+PTBXL_STATEMENTS = "scp_statements.csv"  # PTB-XL's statement table, beside ptbxl_database.csv
+SNOMED_TASK = "snomed"  # PTB-XL's statements mapped to the CinC classes (PTBXL_SCP_TO_SNOMED)
+PTBXL_TASKS = (SNOMED_TASK, "all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
+_STATEMENT_COLUMNS = ("diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass")
+
+
+@dataclass(frozen=True)
+class ScpStatement:
+    """One row of ``scp_statements.csv``: which kinds the statement is of, and (diagnostic ones)
+    its superclass (``diagnostic_class``) and subclass (``diagnostic_subclass``); "" when empty."""
+
+    diagnostic: bool
+    form: bool
+    rhythm: bool
+    diagnostic_class: str = ""
+    diagnostic_subclass: str = ""
+
+
+def _flag(text: str) -> bool:
+    """A kind column of ``scp_statements.csv``: 1.0 or empty (the benchmark keeps rows == 1.0)."""
+    try:
+        return float(text) == 1.0
+    except ValueError:
+        return False
+
+
+def read_scp_statements(path: Path | str) -> dict[str, ScpStatement]:
+    """PTB-XL's ``scp_statements.csv``: statement (the first, unnamed column) -> its row."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error.strerror}); the PTB-XL label tasks need PTB-XL's "
+                         f"{PTBXL_STATEMENTS} beside ptbxl_database.csv (it ships with the archive)") from None
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    missing = [c for c in _STATEMENT_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this PTB-XL's {PTBXL_STATEMENTS}? "
+                         "(use --ptbxl-labels snomed to map the statements to the CinC classes instead)")
+    column = {name: header.index(name) for name in _STATEMENT_COLUMNS}
+    table = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        row = row + [""] * (len(header) - len(row))
+        cell = {name: row[i].strip() for name, i in column.items()}
+        table[row[0].strip()] = ScpStatement(_flag(cell["diagnostic"]), _flag(cell["form"]), _flag(cell["rhythm"]),
+                                             cell["diagnostic_class"], cell["diagnostic_subclass"])
+    return table
+
+
+def ptbxl_task_labels(statements: Iterable[str], table: dict[str, ScpStatement], task: str) -> tuple[str, ...]:
+    """The labels of one record in a PTB-XL benchmark ``task``, from the keys of its ``scp_codes``
+    (every key, whatever its likelihood, as ``compute_label_aggregations`` of ecg_ptbxl_benchmarking
+    does): ``all`` every statement; ``diagnostic``/``form``/``rhythm`` the statements of that kind;
+    ``subdiagnostic``/``superdiagnostic`` the ``diagnostic_subclass``/``diagnostic_class`` of the
+    diagnostic statements. Sorted, each once. The reference's ``select_data`` then keeps the
+    classes seen more than ``min_samples`` times, and its experiments use ``min_samples=0``: every
+    class present in the archive, which is what the preparation writes to ``classes.tsv``."""
+    if task not in PTBXL_TASKS or task == SNOMED_TASK:
+        raise ValueError(f"unknown PTB-XL label task {task!r}; choose one of {', '.join(PTBXL_TASKS[1:])}")
+    found = set()
+    for key in statements:
+        row = table.get(key)
+        if task == "all":
+            found.add(key)
+        elif row is None:
+            continue
+        elif task in ("form", "rhythm"):
+            if getattr(row, task):
+                found.add(key)
+        elif row.diagnostic:
+            value = {"diagnostic": key, "subdiagnostic": row.diagnostic_subclass,
+                     "superdiagnostic": row.diagnostic_class}[task]
+            if value:
+                found.add(value)
+    return tuple(sorted(found))

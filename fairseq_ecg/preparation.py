@@ -3,7 +3,7 @@
     fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout auto|NAME] [--labels CSV]
         [--workers N] [--sample-rate 500] [--split-by auto|strat-fold|patient-hash]
         [--valid-percent 10] [--test-percent 10] [--seed S]
-        [--min-seconds 5] [--finetune-train-limit N] [--force]
+        [--min-seconds 5] [--finetune-train-limit N] [--ptbxl-labels TASK] [--force]
 
 Records stream through a process pool one at a time (memory stays bounded whatever the archive
 size): each is read (:mod:`fairseq_ecg.records`), resampled with an anti-aliasing polyphase
@@ -16,6 +16,11 @@ recording present twice (CinC 2021's copy of PTB-XL, identical files under two n
 split only: :func:`find_duplicates` keeps one copy before the split and ``DIR/duplicates.tsv``
 lists the others.
 The folder layout and formats are documented in ``manifests/README.md``.
+
+``--ptbxl-labels`` picks the classes of ``finetune/``: ``snomed`` (default) the CinC 2021 scored
+classes, or one of PTB-XL's benchmark tasks (``all``, ``diagnostic``, ...,
+:func:`fairseq_ecg.labels.ptbxl_task_labels`) with the classes present in the archive; a record
+without a label in that task stays in ``pretrain/`` and ``identify/`` only, counted in the summary.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .labels import scored_labels
+from .labels import PTBXL_TASKS, SNOMED_TASK, LabelSet, scored_labels
 from .leads import NUM_LEADS, mask_to_string
 from .manifest import (
     ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
@@ -46,6 +51,7 @@ from .sources import (
     AUTO, DEFAULT_BOUNDS, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, Bounds, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
     discover, get_source, layouts, patient_salt_from, read_record, resample,
 )
+from .sources.ptbxl import ptbxl_task_refs
 
 PROG = "fairseq-ecg-manifest"
 WAVES = "waves"
@@ -392,9 +398,16 @@ def labeled_subset(goods: Sequence[Good], limit: Optional[int], seed: int) -> li
     return [g for g in goods if g.row.patient in chosen]
 
 
+def task_classes(goods: Sequence[Good]) -> list[str]:
+    """The classes of a PTB-XL benchmark task: those present among the records, sorted (the
+    benchmark's MultiLabelBinarizer order)."""
+    return sorted({code for good in goods if good.labelled for code in good.codes})
+
+
 def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optional[int] = None,
-                  seed: int = 1) -> dict[str, int]:
-    """All manifests (pretrain, finetune, identify) from the good records in sorted order."""
+                  seed: int = 1, classes: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """All manifests (pretrain, finetune, identify) from the good records in sorted order;
+    ``classes``: those of ``finetune/classes.tsv`` (default: the CinC scored classes)."""
     counts: dict[str, int] = {}
 
     def manifest(relative: str, rows: list[ManifestRow]) -> Path:
@@ -406,7 +419,7 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
     by_split = {split: [g for g in goods if g.split == split] for split in SPLITS}
     for split in ("train", "valid"):
         manifest(f"pretrain/{split}.tsv", [g.row for g in by_split[split]])
-    labels = scored_labels()
+    labels = scored_labels() if classes is None else LabelSet(tuple((name,) for name in classes))
     write_classes(dest / "finetune", labels.names)
     for split in SPLITS:
         labelled = [g for g in by_split[split] if g.labelled]
@@ -478,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-train-limit", type=int, default=None, metavar="N",
                         help="keep at most N records (whole patients) in finetune/train.tsv, for a small "
                              "labeled set; pretraining still uses every training record")
+    parser.add_argument("--ptbxl-labels", choices=PTBXL_TASKS, default=SNOMED_TASK,
+                        help="classes of finetune/: snomed (default): PTB-XL's statements mapped to the CinC 2021 "
+                             "classes; all, diagnostic, subdiagnostic, superdiagnostic, form, rhythm: the PTB-XL "
+                             "benchmark task (Strodthoff et al. 2021) from the archive's scp_statements.csv, split by "
+                             "its folds; records without a label in the task are left out of finetune/")
     parser.add_argument("--force", action="store_true", help="recompute every record (ignore records.tsv)")
     return parser
 
@@ -493,19 +511,29 @@ def resolve_layouts(sources: Sequence[Path], layout: str) -> list[str]:
 
 
 def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
-                  split_by: str = "auto") -> list[RecordRef]:
+                  split_by: str = "auto", ptbxl_labels: str = SNOMED_TASK) -> list[RecordRef]:
     """Records of every source; with several sources, keys are prefixed with the folder name.
     ``layout`` is one name for all or ``auto``; ``split_by``: see ``--split-by``; with
-    ``patient-hash`` the archives' own splits are unused."""
+    ``patient-hash`` the archives' own splits are unused. ``ptbxl_labels``: see ``--ptbxl-labels``
+    (a benchmark task needs PTB-XL sources only)."""
     refs: list[RecordRef] = []
     for src, name in zip(sources, resolve_layouts(sources, layout)):
-        found = list(discover(src, name, labels, use_folds=split_by != "patient-hash"))
+        use_folds = split_by != "patient-hash"
+        if ptbxl_labels == SNOMED_TASK:
+            found = list(discover(src, name, labels, use_folds=use_folds))
+        elif name == "ptbxl":
+            found = list(ptbxl_task_refs(src, labels, use_folds, ptbxl_labels))
+        else:
+            raise LayoutError(f"--ptbxl-labels {ptbxl_labels}: {src} is not a PTB-XL archive (layout {name}); "
+                              "prepare it in a run of its own, or use --ptbxl-labels snomed (the CinC classes)")
         if not found:
             raise LayoutError(f"no records found in {src} (layout {name}: {get_source(name).summary}); "
                               "check the folder, or pick the right --layout")
         if split_by == "strat-fold" and not any(ref.split for ref in found):
+            way_out = ("use --ptbxl-labels snomed to split by patient hash" if ptbxl_labels != SNOMED_TASK
+                       else "use --split-by patient-hash")
             raise LayoutError(f"--split-by strat-fold: {src} has no recommended split (PTB-XL's "
-                              f"{PTBXL_DATABASE} with a strat_fold column); use --split-by patient-hash")
+                              f"{PTBXL_DATABASE} with a strat_fold column); {way_out}")
         if len(sources) > 1:  # names and patient ids of different archives never meet
             found = [replace(ref, key=f"{src.name}/{ref.key}", patient=f"{src.name}:{ref.patient}" if ref.patient else "")
                      for ref in found]
@@ -552,6 +580,12 @@ def _check_arguments(args: argparse.Namespace) -> str:
                 "(all finite)")
     if not (args.valid_percent >= 0 and args.test_percent >= 0 and args.valid_percent + args.test_percent < 100):
         return "--valid-percent and --test-percent must be >= 0 and add up to less than 100"
+    if args.ptbxl_labels != SNOMED_TASK and args.finetune_train_limit is not None:
+        return (f"--ptbxl-labels {args.ptbxl_labels} is PTB-XL's benchmark, which trains on every record of folds "
+                "1-8; drop --finetune-train-limit (or use --ptbxl-labels snomed for a small labeled set)")
+    if args.ptbxl_labels != SNOMED_TASK and args.split_by == "patient-hash":
+        return (f"--ptbxl-labels {args.ptbxl_labels} is PTB-XL's benchmark, split by its strat_fold (1-8 train, "
+                "9 valid, 10 test); drop --split-by patient-hash")
     return ""
 
 
@@ -566,8 +600,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(problem)
     try:
         args.layouts = resolve_layouts(args.sources, args.layout)
+        split_by = "strat-fold" if args.ptbxl_labels != SNOMED_TASK else args.split_by  # the benchmark's folds
         with patient_salt_from(args.dest / SALT_FILE):  # hashes of MUSE/DICOM ids: this folder's salt
-            refs = _discover_all(args.sources, args.layout, args.labels, args.split_by)
+            refs = _discover_all(args.sources, args.layout, args.labels, split_by, args.ptbxl_labels)
     except LayoutError as error:
         return _fail(str(error))
     keys = Counter(ref.key for ref in refs)
@@ -631,14 +666,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           outcome.source_rate, _one_line(ref.name), outcome.derived)
         codes = ref.codes if ref.codes is not None else outcome.dx
         split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
-        goods.append(Good(row, tuple(codes), split, ref.known))
+        known = ref.known if args.ptbxl_labels == SNOMED_TASK or codes else ()  # no label in the task: no finetune
+        goods.append(Good(row, tuple(codes), split, known))
     elapsed = time.perf_counter() - start
     if not goods:
         print(f"{PROG}: no usable record among {len(refs)} found; reasons in {dest / SKIPPED}", file=sys.stderr)
         _print_summary(dest, refs, ordered, goods, {}, elapsed, duplicates=duplicates)
         return 1
-    counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed)
-    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs), duplicates)
+    classes = None if args.ptbxl_labels == SNOMED_TASK else task_classes(goods)
+    counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed, classes)
+    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs), duplicates,
+                   args.ptbxl_labels, classes)
     return 0
 
 
@@ -648,7 +686,10 @@ def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[s
     lines = []
     if any(ref.split for ref in refs):
         lines.append("  splits: PTB-XL's strat_fold (folds 1-8 train, 9 valid, 10 test; --valid-percent and "
-                     "--test-percent unused); --split-by patient-hash splits by a hash of the patient instead")
+                     "--test-percent unused); "
+                     + ("--split-by patient-hash splits by a hash of the patient instead" if args.ptbxl_labels == SNOMED_TASK
+                        else f"records500/ at {args.sample_rate:g} Hz (PTB-XL's literature often reports "
+                             "its 100 Hz records100/)"))
     if args.labels is not None:
         return lines
     return lines + [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
@@ -660,7 +701,8 @@ def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[s
 
 def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],
                    counts: dict[str, int], elapsed: float, notices: Sequence[str] = (),
-                   duplicates: Optional[dict[str, tuple[str, str]]] = None) -> None:
+                   duplicates: Optional[dict[str, tuple[str, str]]] = None,
+                   ptbxl_labels: str = SNOMED_TASK, classes: Optional[Sequence[str]] = None) -> None:
     status = Counter(o.status for o in ordered)
     kinds = Counter(o.kind for o in ordered if not o.ok)
     reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -686,23 +728,33 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
         unlabeled = sum(1 for g in goods if g.known is None and not labels.canonical_codes(g.codes))
         partial = sum(1 for g in goods if g.known)
         without = sum(1 for g in goods if not g.labelled)
-        patients = {split: len({g.row.patient for g in goods if g.split == split}) for split in SPLITS}
+        if classes is not None:  # a PTB-XL benchmark task
+            shown = ", ".join(classes[:12]) + (f", ... ({len(classes) - 12} more)" if len(classes) > 12 else "")
+            labelling = (f"{len(classes)} classes of PTB-XL's {ptbxl_labels} task present in the archive "
+                         f"({shown}; see finetune/classes.tsv); {without} record(s) with no {ptbxl_labels} "
+                         "label are left out (pretrain/identify only)")
+        else:
+            labelling = (f"{len(labels)} classes; {unlabeled} record(s) with no scored class are included with "
+                         "an all-zero label line"
+                         + (f"; {partial} record(s) label only some classes (the others are marked unknown, ?CODE)"
+                            if partial else "")
+                         + (f"; {without} record(s) of sources without labels are left out (pretrain/identify only)"
+                            if without else ""))
+        patients = {split: len({g.row.patient for g in goods if g.split == split and g.labelled}) for split in SPLITS}
         tested = sum(1 for g in goods if g.split == "test")
         lines += [
             f"  pretrain: train {counts['pretrain/train.tsv']}, valid {counts['pretrain/valid.tsv']} records "
             f"(the {tested} test records are kept out)",
             f"  finetune: train {counts['finetune/train.tsv']}, valid {counts['finetune/valid.tsv']}, "
             f"test {counts['finetune/test.tsv']} records of {patients['train']}/{patients['valid']}/"
-            f"{patients['test']} patients, {len(labels)} classes; {unlabeled} record(s) with no scored "
-            "class are included with an all-zero label line"
-            + (f"; {partial} record(s) label only some classes (the others are marked unknown, ?CODE)" if partial else "")
-            + (f"; {without} record(s) of sources without labels are left out (pretrain/identify only)"
-               if without else ""),
+            f"{patients['test']} patients, {labelling}",
             f"  identify: train {counts['identify/train.tsv']}, "
             + ", ".join(f"{s}_{r} {counts[f'identify/{s}_{r}.tsv']}" for s in IDENTIFY_HELD_OUT
                         for r in ("gallery", "probe"))
             + " records (patients with >= 2 records; valid selects the checkpoint, test is reported)",
         ]
+        if classes is not None and not classes:
+            lines.append(f"  warning: no record has a label of PTB-XL's {ptbxl_labels} task; finetune/ is empty")
         empty = [name for name, n in counts.items() if n == 0]
         if empty:
             lines.append(f"  warning: empty manifest(s): {', '.join(empty)}")

@@ -14,7 +14,8 @@ noise and baseline wander. Deterministic for a seed: same arguments, same bytes.
   carry no patient ids, so ``OUT/patients.csv`` (columns ``record,patient``) gives them; the
   manifest tool reads it as its optional labels/patients CSV.
 * ``numpy``, ``code15``, ``mimic_iv_ecg``, ``muse_xml``, ``dicom``: see :mod:`fairseq_ecg.synth_sources`.
-* ``ptbxl``: ``OUT/ptbxl_database.csv`` + ``OUT/scp_statements.csv`` and WFDB format-16 records in
+* ``ptbxl``: ``OUT/ptbxl_database.csv`` + ``OUT/scp_statements.csv`` (a subset of the real statement
+  table, :data:`SCP_STATEMENTS`, with its first seven columns) and WFDB format-16 records in
   ``records500/00000/00001_hr`` (500 Hz) and ``records100/00000/00001_lr`` (100 Hz, decimated),
   10 s each, folds 1-10 assigned by patient, labels as SCP statements
   (mapped back with :data:`fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`; PTB-XL has no axis statement,
@@ -68,8 +69,37 @@ CLASSES: dict[str, tuple[str, str, str]] = {
     LQRSV: ("LQRSV", "LVOLT", "low QRS voltages in the frontal and horizontal leads"),
 }
 _EXTRA_NAMES = {"445118002": "LAnFB", "445211001": "LPFB"}  # what LAFB/LPFB map back to
-_SCP_KINDS = {"diagnostic": {"NORM", "1AVB", "CRBBB", "CLBBB", "LAFB", "LPFB"},  # with a likelihood
-              "form": {"PVC", "INVT", "LVOLT"}, "rhythm": {"SR", "AFIB", "SBRAD", "STACH"}}
+# A subset of PTB-XL's scp_statements.csv, rows as in the real table, every statement of CLASSES among them (statement: description,
+# diagnostic, form, rhythm, diagnostic_class, diagnostic_subclass): the statements written above and
+# others that exercise the benchmark's aggregation (diagnostic and form at once: NDT, LNGQT, NST_;
+# a subclass of several statements: IMI/ILMI, LAFB/LPFB; other superclasses: MI, HYP, STTC).
+SCP_STATEMENTS: dict[str, tuple[str, str, str, str, str, str]] = {
+    "NDT": ("non-diagnostic T abnormalities", "1.0", "1.0", "", "STTC", "STTC"),
+    "NST_": ("non-specific ST changes", "1.0", "1.0", "", "STTC", "NST_"),
+    "LNGQT": ("long QT-interval", "1.0", "1.0", "", "STTC", "STTC"),
+    "NORM": ("normal ECG", "1.0", "", "", "NORM", "NORM"),
+    "IMI": ("inferior myocardial infarction", "1.0", "", "", "MI", "IMI"),
+    "ASMI": ("anteroseptal myocardial infarction", "1.0", "", "", "MI", "AMI"),
+    "LVH": ("left ventricular hypertrophy", "1.0", "", "", "HYP", "LVH"),
+    "LAFB": ("left anterior fascicular block", "1.0", "", "", "CD", "LAFB/LPFB"),
+    "ISC_": ("non-specific ischemic", "1.0", "", "", "STTC", "ISC_"),
+    "IRBBB": ("incomplete right bundle branch block", "1.0", "", "", "CD", "IRBBB"),
+    "1AVB": ("first degree AV block", "1.0", "", "", "CD", "_AVB"),
+    "CRBBB": ("complete right bundle branch block", "1.0", "", "", "CD", "CRBBB"),
+    "CLBBB": ("complete left bundle branch block", "1.0", "", "", "CD", "CLBBB"),
+    "LPFB": ("left posterior fascicular block", "1.0", "", "", "CD", "LAFB/LPFB"),
+    "ILMI": ("inferolateral myocardial infarction", "1.0", "", "", "MI", "IMI"),
+    "PVC": ("ventricular premature complex", "", "1.0", "", "", ""),
+    "INVT": ("inverted T-waves", "", "1.0", "", "", ""),
+    "LVOLT": ("low QRS voltages in the frontal and horizontal leads", "", "1.0", "", "", ""),
+    "PAC": ("atrial premature complex", "", "1.0", "", "", ""),
+    "SR": ("sinus rhythm", "", "", "1.0", "", ""),
+    "AFIB": ("atrial fibrillation", "", "", "1.0", "", ""),
+    "STACH": ("sinus tachycardia", "", "", "1.0", "", ""),
+    "SBRAD": ("sinus bradycardia", "", "", "1.0", "", ""),
+    "AFLT": ("atrial flutter", "", "", "1.0", "", ""),
+}
+SCP_STATEMENT_COLUMNS = ("", "description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass")
 
 
 @dataclass(frozen=True)
@@ -391,7 +421,7 @@ def _write_wfdb16(path: Path, val: np.ndarray, fs: int) -> None:
 
 def _scp_codes(codes: Sequence[str]) -> dict[str, float]:
     """PTB-XL ``scp_codes``: diagnostic statements carry a likelihood, form and rhythm ones 0."""
-    scp = {CLASSES[c][1]: (100.0 if CLASSES[c][1] in _SCP_KINDS["diagnostic"] else 0.0) for c in codes}
+    scp = {CLASSES[c][1]: (100.0 if SCP_STATEMENTS[CLASSES[c][1]][1] else 0.0) for c in codes}
     return {"NORM": 100.0, **scp} if set(codes) <= {NSR} else scp
 
 
@@ -423,10 +453,8 @@ def _write_ptbxl_tables(out: Path, rows: list, patients: int, seed: int) -> None
                ["ecg_id", "patient_id", "age", "sex", "recording_date", "scp_codes", "heart_axis",
                 "strat_fold", "filename_lr", "filename_hr"],
                [head + [int(folds[p])] + tail for p, head, tail in rows])
-    text = {"NORM": "normal ECG", **{scp: about for _, scp, about in CLASSES.values()}}
-    _write_csv(out / "scp_statements.csv", ["", "description", *_SCP_KINDS],
-               [[s, text[s], *(1.0 if s in group else "" for group in _SCP_KINDS.values())]
-                for s in sorted(text)])
+    _write_csv(out / "scp_statements.csv", SCP_STATEMENT_COLUMNS,
+               [[statement, *row] for statement, row in SCP_STATEMENTS.items()])
 
 
 def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed: int = 0,

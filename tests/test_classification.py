@@ -292,12 +292,19 @@ def test_weights_for_other_classes_are_refused(classify_data, tmp_path):
     assert _task(classify_data, weights_path="none").scoring("valid").weights is None
 
 
-def test_default_weights_need_the_scored_classes(tmp_path):
-    _write_split(tmp_path, "valid", [5000], seed=0)
+def test_default_weights_are_off_for_other_classes_with_one_notice(tmp_path, caplog):
+    """Classes other than the CinC ones (PTB-XL's tasks): no Challenge metric, with one notice for
+    the whole run, not an error (before: refused, asking for task.weights_path=none)."""
+    for split in ("valid", "test"):
+        _write_split(tmp_path, split, [5000], seed=0)
     write_classes(tmp_path, ["164889003", "426783006"])
-    with pytest.raises(ValueError) as error:
-        _task(tmp_path).load_dataset("valid")
-    assert "task.weights_path=none" in _one_line(error.value)
+    task = _task(tmp_path)
+    with caplog.at_level("INFO"):
+        task.load_dataset("valid")
+        task.load_dataset("test")
+    notices = [r for r in caplog.records if "no Challenge metric" in r.getMessage()]
+    assert len(notices) == 1 and "2 classes that are not the CinC 2021 scored classes" in notices[0].getMessage()
+    assert task.scoring("valid").weights is None and task.scoring("test").sinus_index is None
 
 
 def test_classifier_and_manifest_with_different_classes_are_refused(tmp_path, tiny_classifier):

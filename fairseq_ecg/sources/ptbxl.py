@@ -2,15 +2,18 @@
 WFDB records under ``records500/``), their ``patient_id`` and ``scp_codes`` (SCP-ECG statements,
 mapped to SNOMED CT with :data:`~fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`); ``--labels`` overrides
 the CSV's location. With a ``strat_fold`` column, each record carries the recommended split.
+:func:`ptbxl_task_refs` labels the records with one of the benchmark's tasks instead
+(``--ptbxl-labels``), from the ``scp_statements.csv`` beside the database.
 """
 from __future__ import annotations
 
 import ast
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..labels import PTBXL_SCP_TO_SNOMED
+from ..labels import PTBXL_SCP_TO_SNOMED, PTBXL_STATEMENTS, SNOMED_TASK, ptbxl_task_labels, read_scp_statements
 from .base import LayoutError, RawRecord, RecordRef, Source, register_source
 from .wfdb_folder import read_wfdb
 
@@ -36,7 +39,15 @@ def _ptbxl_fold(row: dict, line: int) -> tuple[str, str]:
     return PTBXL_FOLD_SPLITS[int(fold)], ""
 
 
-def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True) -> Iterator[RecordRef]:
+def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True, task: str = SNOMED_TASK) -> Iterator[RecordRef]:
+    if task == SNOMED_TASK:
+        label = lambda scp: tuple(dict.fromkeys(PTBXL_SCP_TO_SNOMED[s] for s in scp if s in PTBXL_SCP_TO_SNOMED))
+    else:
+        try:
+            table = read_scp_statements(database.parent / PTBXL_STATEMENTS)
+        except ValueError as error:
+            raise LayoutError(str(error)) from None
+        label = lambda scp: ptbxl_task_labels(scp, table, task)
     try:
         handle = open(database, newline="")
     except OSError as error:
@@ -73,7 +84,7 @@ def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True) -> Iterator[R
                 scp = ast.literal_eval(row["scp_codes"] or "{}")
                 if not isinstance(scp, dict):
                     raise ValueError
-                codes = tuple(dict.fromkeys(PTBXL_SCP_TO_SNOMED[s] for s in scp if s in PTBXL_SCP_TO_SNOMED))
+                codes = label(scp)
             except (ValueError, SyntaxError):
                 codes = ()
                 problem = problem or f"{PTBXL_DATABASE} line {line}: scp_codes {row['scp_codes']!r} is not a dict"
@@ -82,6 +93,13 @@ def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True) -> Iterator[R
     yield from sorted(refs, key=lambda ref: ref.key)
 
 
+def ptbxl_task_refs(src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True,
+                    task: str = SNOMED_TASK) -> Iterator[RecordRef]:
+    """The records of a PTB-XL archive as :class:`PtbXl` discovers them, labelled with the
+    benchmark ``task`` (:func:`~fairseq_ecg.labels.ptbxl_task_labels`; ``snomed``: the CinC
+    classes); raises :class:`LayoutError` when ``scp_statements.csv`` is missing or not PTB-XL's."""
+    for ref in _ptbxl_refs(src, labels_csv or src / PTBXL_DATABASE, use_folds, task):
+        yield replace(ref, layout=PtbXl.name)
 
 
 @register_source

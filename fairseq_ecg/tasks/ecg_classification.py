@@ -14,6 +14,11 @@ Thresholds: a record is predicted positive for a class when its probability reac
 ``valid`` subset instead. Training tunes them at every validation and keeps them in the task's
 state, which fairseq saves in each checkpoint (``task_state``) and restores in fairseq-validate,
 so a test subset is scored at the thresholds tuned on the validation data of that checkpoint.
+
+Classes other than the CinC 2021 scored ones (PTB-XL's benchmark tasks, ``fairseq-ecg-manifest
+--ptbxl-labels``): the Challenge metric, defined for the CinC classes only, is off (one notice),
+and a run whose ``checkpoint.best_checkpoint_metric`` is ``challenge_metric`` (the YAML's) chooses
+its checkpoints by macro AUROC instead.
 """
 
 import logging
@@ -23,12 +28,14 @@ from typing import List, Optional
 
 import numpy as np
 
+from omegaconf import DictConfig, open_dict
+
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..criterions.ecg_bce import Scoring, log_classification
 from ..data import EcgSegmentDataset
-from ..labels import SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, label_set_from_names, read_weights_csv
+from ..labels import SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, label_set_from_names, read_weights_csv, scored_labels
 from ..manifest import CLASSES_FILE, Manifest, read_classes, read_labels
 from .base import EcgTask, EcgTaskConfig
 
@@ -37,6 +44,7 @@ logger = logging.getLogger(__name__)
 AGGREGATE = ChoiceEnum(["mean", "max"])
 TUNE_SPLIT = "valid"
 NO_WEIGHTS = ("none", "")
+CHALLENGE_METRIC, SELECT_WITHOUT_CHALLENGE = "challenge_metric", "auroc"
 
 
 @dataclass
@@ -47,7 +55,8 @@ class EcgClassificationConfig(EcgTaskConfig):
     weights_path: Optional[str] = field(
         default=None,
         metadata={"help": "Challenge reward table (weights.csv) for the Challenge metric; its classes must be those "
-                  "of classes.tsv, in order. Default: the packaged 2021 table; 'none': no Challenge metric"},
+                  "of classes.tsv, in order. Default: the packaged 2021 table for the CinC classes, none for other classes "
+                  "(PTB-XL's tasks: one notice, checkpoints chosen by macro AUROC); 'none': no Challenge metric"},
     )
     threshold: float = field(default=0.5, metadata={"help": "probability at or above which a class is predicted"})
     tune_thresholds: bool = field(
@@ -97,11 +106,18 @@ class EcgClassificationTask(EcgTask):
 
     @property
     def reward_table(self) -> Optional[LabelSet]:
-        """The Challenge weights for ``classes.tsv`` (None with ``weights_path=none``); a table for
-        other classes is refused here, before any training, rather than scored wrongly."""
+        """The Challenge weights for ``classes.tsv`` (None with ``weights_path=none``, and by default
+        for classes other than the CinC ones); a table for other classes is refused here, before any
+        training, rather than scored wrongly."""
         if not self._table_read:
             path = self.cfg.weights_path
             if path is not None and path.strip().lower() in NO_WEIGHTS:
+                table = None
+                logger.info(f"task.weights_path={path}: {self._select_by_auroc()}")
+            elif path is None and self.label_set.names != scored_labels().names:
+                logger.warning(f"{Path(self.cfg.data) / CLASSES_FILE}: {len(self.label_set)} classes that are not "
+                               "the CinC 2021 scored classes: no Challenge metric (it is defined for those only); "
+                               f"{self._select_by_auroc()}")
                 table = None
             else:
                 path = path or str(WEIGHTS_CSV)
@@ -125,13 +141,28 @@ class EcgClassificationTask(EcgTask):
         label_set = self.label_set  # first: a folder without classes.tsv is named before its labels
         manifest = self.read_split(split)
         targets = np.stack([label_set.encode(codes) for codes in read_labels(manifest)])
-        if self.reward_table is None:  # read now: a table that does not fit fails before training
-            logger.info(f"{split}: no Challenge metric (task.weights_path=none)")
+        if self.reward_table is None and self.cfg.weights_path is not None:  # read now: a table that
+            logger.info(f"{split}: no Challenge metric (task.weights_path=none)")  # does not fit fails first
         train = split.startswith("train")
         self.datasets[split] = LabelledSegments(
             manifest, split, segment_samples=self.segment_samples, cut="crop" if train else "consecutive",
             leads=self.cfg.leads, normalize=self.normalize_mode, targets=targets, shuffle=train, seed=self.cfg.seed,
         )
+
+    def _select_by_auroc(self) -> str:
+        """Without a Challenge metric, a training run set to choose checkpoints by it (the YAML's
+        ``checkpoint.best_checkpoint_metric``) chooses them by macro AUROC. fairseq gives a task only
+        its own config, whose parent is the run's (``merge_with_parent``): the checkpoint settings
+        are changed there, before the first validation reads them. Returns what was done, for the
+        notice."""
+        root = self.cfg._get_parent() if isinstance(self.cfg, DictConfig) else None
+        checkpoint = root.get("checkpoint") if isinstance(root, DictConfig) else None
+        if checkpoint is None or checkpoint.get("best_checkpoint_metric") != CHALLENGE_METRIC:
+            return "checkpoints are chosen as checkpoint.best_checkpoint_metric says"
+        with open_dict(checkpoint):
+            checkpoint.best_checkpoint_metric = SELECT_WITHOUT_CHALLENGE
+            checkpoint.maximize_best_checkpoint_metric = True
+        return f"checkpoints are chosen by macro AUROC (checkpoint.best_checkpoint_metric={SELECT_WITHOUT_CHALLENGE})"
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         """As the base task's; a training run also keeps the class names in the task state (saved in
