@@ -400,7 +400,9 @@ def labeled_subset(goods: Sequence[Good], limit: Optional[int], seed: int) -> li
 
 def task_classes(goods: Sequence[Good]) -> list[str]:
     """The classes of a PTB-XL benchmark task: those present among the records, sorted (the
-    benchmark's MultiLabelBinarizer order)."""
+    benchmark's MultiLabelBinarizer order). Where this differs from the benchmark's ``select_data``:
+    it counts every row of the database, here only the records that were read (a class whose
+    records were all skipped is not listed: a class without records cannot be trained or scored)."""
     return sorted({code for good in goods if good.labelled for code in good.codes})
 
 
