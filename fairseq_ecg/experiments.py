@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from .launcher import PreloadedLauncher, subprocess_launcher
 from .leads import lead_set_name, parse_leads
+from .models.encoder import FEATURE_GRAD_MULT_BY_INIT
 from .manifest import ManifestError, identify_test_missing, read_manifest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -150,10 +151,11 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], varian
     folder = s.out / "runs" / name
     if checkpoint is None:
         checkpoint = s.out / "runs" / pretrain.name / "checkpoint_best.pt"
+    init = "random" if variant == BASELINE else "pretrained"  # a random CNN trains, a pretrained one stays frozen
     train = [
         "fairseq-hydra-train", "--config-dir", str(s.config_root / "finetune"), "--config-name", FINETUNE_CONFIG[task],
         f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / FINETUNE_DATA[task]}", f"task.leads={leads}",
-        f"model.model_path={checkpoint}", f"model.init={'random' if variant == BASELINE else 'pretrained'}",
+        f"model.model_path={checkpoint}", f"model.init={init}", f"model.feature_grad_mult={FEATURE_GRAD_MULT_BY_INIT[init]}",
         f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset][task],
     ]
     if linear:  # a frozen encoder: only the head learns, which takes a larger step size

@@ -208,6 +208,33 @@ def tiny_classifier(classify_data, tiny_pretrained, tmp_path_factory) -> Path:
     return work / "checkpoint_best.pt"
 
 
+CNN = "encoder.feature_extractor."
+
+
+def cnn_weights(path: Path) -> dict:
+    return {k: v for k, v in torch.load(path, weights_only=True)["model"].items() if k.startswith(CNN)}
+
+
+@pytest.mark.parametrize("init", ["random", "pretrained"])
+def test_a_random_cnn_trains_and_a_pretrained_one_stays_frozen(classify_data, tiny_pretrained, tmp_path, init):
+    """The YAML's feature_grad_mult is left to the initialisation: the random-init baseline's CNN
+    trains (0.1, fairseq-signals' from-scratch value), a pretrained CNN keeps its weights (0.0)."""
+    run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
+            "+size=tiny", f"task.data={classify_data}", f"model.model_path={tiny_pretrained}", f"model.init={init}",
+            f"checkpoint.save_dir={tmp_path}", "optimization.max_update=4", "checkpoint.save_interval_updates=1",
+            "dataset.validate_interval_updates=0", "dataset.disable_validation=true")
+    first, last = cnn_weights(tmp_path / "checkpoint_1_1.pt"), cnn_weights(tmp_path / "checkpoint_last.pt")
+    assert len(first) == 6  # 4 convolutions and the first one's group norm (weight, bias)
+    changed = [k for k in first if not torch.equal(first[k], last[k])]
+    saved = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]
+    if init == "random":
+        assert saved["feature_grad_mult"] == 0.1 and changed == list(first)  # every CNN parameter moved
+    else:
+        assert saved["feature_grad_mult"] == 0.0 and changed == []
+        pretrained = torch.load(tiny_pretrained, weights_only=True)["model"]
+        assert all(torch.equal(last[k], pretrained[k[len("encoder."):]]) for k in last)
+
+
 def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
     state = torch.load(tiny_classifier, weights_only=True)
     assert state["cfg"]["model"]["num_classes"] == 26 and state["cfg"]["model"]["encoder_args"]

@@ -64,6 +64,11 @@ def test_plan_matrix_shapes(tmp_path):
     assert exp2 and all(l["pretrain_leads"] == l["finetune_leads"] for l in exp2)
     baseline = [r for r in runs if r.name.startswith("classification/random_init") and not r.name.endswith("evaluate")]
     assert baseline and all("model.init=random" in r.command for r in baseline)
+    # the baseline's CNN trains (fairseq-signals' from-scratch value); a pretrained CNN stays frozen
+    assert all("model.feature_grad_mult=0.1" in r.command for r in baseline)
+    pretrained = [r for r in runs if r.name.startswith(("classification/w2v", "identification/w2v"))
+                  and not r.name.endswith("evaluate")]
+    assert pretrained and all("model.feature_grad_mult=0.0" in r.command for r in pretrained)
     for run in runs:
         for dependency in run.after:
             assert runs.index(next(r for r in runs if r.name == dependency)) < runs.index(run)

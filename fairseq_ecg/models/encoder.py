@@ -16,6 +16,14 @@ from ..checkpoints import read_encoder
 from .ecg_wav2vec2 import EcgWav2Vec2Config, EcgWav2Vec2Model
 
 ENCODER_INIT = ChoiceEnum(["pretrained", "random"])
+# The CNN feature encoder's gradient multiplier when model.feature_grad_mult is left empty: a
+# pretrained CNN stays frozen, as in fairseq-signals' fine-tuning configs
+# (examples/w2v_cmsc/config/finetuning/ecg_transformer/diagnosis.yaml: 0.0); a random one trains, as
+# in its from-scratch classification config (examples/scratch/ecg_classification/ecg_transformer/
+# diagnosis_physionet2021.yaml: 0.1), since a CNN frozen at its random initialisation is no
+# baseline. fairseq-signals' from-scratch identification config keeps 0.0; here both tasks follow
+# one rule, so the identification baseline's CNN trains too.
+FEATURE_GRAD_MULT_BY_INIT = {"pretrained": 0.0, "random": 0.1}
 
 
 @dataclass
@@ -40,8 +48,11 @@ class EcgEncoderConfig(FairseqDataclass):
         metadata={"help": "keep the encoder frozen for this many updates (linear probing, then fine-tuning); "
                   "-1 = frozen throughout"},
     )
-    feature_grad_mult: float = field(
-        default=0.0, metadata={"help": "gradient multiplier of the CNN feature encoder (0 = frozen CNN)"}
+    feature_grad_mult: Optional[float] = field(
+        default=None,
+        metadata={"help": "gradient multiplier of the CNN feature encoder (0 = frozen CNN); empty: by init, "
+                  "0.0 for a pretrained CNN (frozen) and 0.1 for init=random (it trains, as fairseq-signals' "
+                  "from-scratch runs do); the value used is saved with the checkpoint"},
     )
     final_dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
 
@@ -51,6 +62,8 @@ class EcgEncoderModel(BaseFairseqModel):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
+        if cfg.feature_grad_mult is None:
+            cfg.feature_grad_mult = FEATURE_GRAD_MULT_BY_INIT[str(cfg.init)]
         self.encoder.feature_grad_mult = cfg.feature_grad_mult
         self.final_dropout = torch.nn.Dropout(cfg.final_dropout)
         self.num_updates = 0
