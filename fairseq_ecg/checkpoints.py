@@ -3,15 +3,18 @@
 A fairseq checkpoint is a pickle. Every place where the plugin reads one (``model.model_path``,
 ``fairseq-ecg-embed``, the experiments runner) goes through ``load_checkpoint``, which uses
 ``torch.load(weights_only=True)``; a file that needs more is refused unless the user opts in for a
-file they trust (``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1``).
+file they trust (``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1``). What it loads is checked before any model
+is built from it (:func:`check_settings`): values are as untrusted as pickles.
 """
 from __future__ import annotations
 
+import ast
+import math
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -57,10 +60,143 @@ def load_checkpoint(path: Path | str) -> dict:
                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("cfg"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint written by fairseq-hydra-train")
+    check_settings(state, path)
     from .models.ecg_wav2vec2 import upgrade_saved_model_cfg  # here: the models import this module
 
     upgrade_saved_model_cfg(state["cfg"].get("model"))
     return state
+
+
+# ---------------------------------------------------------------- settings checked before building
+
+MAX_SEGMENT_SAMPLES = 10_000_000  # 5.5 h at 500 Hz: far beyond any segment, far below the host's memory
+MAX_CLASSES = 100_000
+_SIZES = ("encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "encoder_attention_heads", "conv_pos",
+          "conv_pos_groups", "input_leads")
+
+
+def conv_feature_layers(text: Any) -> list[tuple[int, int, int]]:
+    """fairseq's ``conv_feature_layers`` string (``[(512, 10, 5)] + [(512, 3, 2)] * 4``) read
+    without ``eval``: lists and tuples of integers joined by ``+`` and ``*`` only, so that a
+    checkpoint's text cannot run code when fairseq ``eval``s it building the model."""
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(item) for item in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Mult) and isinstance(right, int) and not 0 <= right <= 1000:
+                raise ValueError(f"a repeat of {right}")
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"{type(node).__name__} is not a list of (dim, kernel, stride) integers")
+
+    try:
+        layers = value(ast.parse(str(text), mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as error:
+        raise ValueError(str(error) or "not a list of (dim, kernel, stride)") from None
+    if not isinstance(layers, list) or not layers or not all(
+            isinstance(t, tuple) and len(t) == 3 and all(isinstance(n, int) and 1 <= n <= 1_000_000 for n in t)
+            for t in layers):
+        raise ValueError("not a non-empty list of (dim, kernel, stride) with positive integers")
+    return layers
+
+
+def _positive_number(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def is_probability(value: Any) -> bool:
+    """A finite number in [0, 1] (a threshold: NaN would silently assign no label)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool) and 0.0 <= number <= 1.0
+
+
+def _positive_int(value: Any) -> Optional[int]:
+    return value if type(value) is int and value > 0 else None
+
+
+def _weights_in(model: Any) -> int:
+    return sum(v.numel() for v in model.values() if torch.is_tensor(v)) if isinstance(model, dict) else 0
+
+
+def settings_problem(state: dict) -> str:
+    """What in a checkpoint's settings would crash, mislead or exhaust memory once a model is
+    built from them ("setting = value: why"); "" when they are usable. Sizes must also fit the
+    weights the file holds: a model that needs more parameters than the file stores is not one
+    that was trained (a 2**20-wide encoder would ask for terabytes before any weight is loaded)."""
+    cfg = state.get("cfg") or {}
+    task, model = dict(cfg.get("task") or {}), dict(cfg.get("model") or {})
+    rate = task.get("sample_rate", 500)
+    if _positive_number(rate) is None:
+        return f"task.sample_rate = {rate!r}: not a positive number of Hz"
+    seconds = task.get("segment_seconds", 5.0)
+    if _positive_number(seconds) is None:
+        return f"task.segment_seconds = {seconds!r}: not a positive number of seconds"
+    samples = round(float(rate) * float(seconds))
+    if not 1 <= samples <= MAX_SEGMENT_SAMPLES:
+        return (f"task.sample_rate x task.segment_seconds = {rate!r} x {seconds!r} = {samples} samples per segment: "
+                f"not between 1 and {MAX_SEGMENT_SAMPLES}")
+    name = str(model.get("_name", ""))
+    encoder, prefix = (model, "model.") if name == ENCODER_MODEL else (model.get("encoder_args"), "model.encoder_args.")
+    if name not in (ENCODER_MODEL,) + DOWNSTREAM_MODELS or not isinstance(encoder, dict):
+        return ""  # not the plugin's, or without encoder settings: the loaders say so
+    for key in _SIZES:
+        if key in encoder and _positive_int(encoder[key]) is None:
+            return f"{prefix}{key} = {encoder[key]!r}: not a positive integer"
+    embed, heads = encoder.get("encoder_embed_dim", 768), encoder.get("encoder_attention_heads", 12)
+    groups = encoder.get("conv_pos_groups", 16)
+    if embed % heads or embed % groups:
+        return (f"{prefix}encoder_embed_dim = {embed}: not divisible by encoder_attention_heads = {heads} and "
+                f"conv_pos_groups = {groups}")
+    try:
+        convs = conv_feature_layers(encoder.get("conv_feature_layers", "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2"))
+    except ValueError as error:
+        return f"{prefix}conv_feature_layers = {str(encoder.get('conv_feature_layers'))[:80]!r}: {error}"
+    ffn, layers = encoder.get("encoder_ffn_embed_dim", 3072), encoder.get("encoder_layers", 12)
+    channels, needed = encoder.get("input_leads", 12), 0
+    for dim, kernel, _ in convs:
+        needed, channels = needed + dim * channels * kernel, dim
+    needed += layers * (4 * embed * embed + 2 * embed * ffn) + embed * (embed // groups) * encoder.get("conv_pos", 128)
+    classes = model.get("num_classes") if name == "ecg_wav2vec2_classifier" else None
+    if classes is not None:
+        if _positive_int(classes) is None or classes > MAX_CLASSES:
+            return f"model.num_classes = {classes!r}: not an integer between 1 and {MAX_CLASSES}"
+        needed += classes * embed
+    stored = _weights_in(state.get("model"))
+    if needed > stored:
+        return (f"{prefix}encoder_embed_dim = {embed}, encoder_ffn_embed_dim = {ffn}, encoder_layers = {layers}: a model "
+                f"of at least {needed:,} weights, the file holds {stored:,}")
+    task_state = state.get("task_state") or {}
+    thresholds = task_state.get("thresholds") if isinstance(task_state, dict) else None
+    if thresholds is not None:
+        values = list(thresholds) if isinstance(thresholds, (list, tuple)) or torch.is_tensor(thresholds) else [thresholds]
+        bad = [v for v in values if not is_probability(v)]
+        if bad:
+            return f"task_state.thresholds holds {bad[0]!r}: thresholds are probabilities in [0, 1]"
+    classes_named = task_state.get("classes") if isinstance(task_state, dict) else None
+    if classes_named is not None and not all(isinstance(c, str) for c in classes_named):
+        return "task_state.classes: class names must be text"
+    return ""
+
+
+def check_settings(state: dict, path: Path | str) -> None:
+    """Refuse, in one line, a checkpoint whose settings no model can be built from (see
+    :func:`settings_problem`); every loader of the plugin calls it before building anything."""
+    problem = settings_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: refused, {' '.join(problem.split())}; the checkpoint was edited or damaged, "
+                              "train or import it again")
 
 
 def model_name(state: dict) -> str:

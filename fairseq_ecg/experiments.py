@@ -11,7 +11,6 @@ and fine-tune on the same reduced lead set; 3 = each variant with and without RL
 the RLM probability. ``random_init`` (same architecture, fresh weights) is the baseline row.
 """
 import argparse
-import csv
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from .launcher import PreloadedLauncher, subprocess_launcher
 from .leads import lead_set_name, parse_leads
 from .models.encoder import FEATURE_GRAD_MULT_BY_INIT
 from .manifest import ManifestError, identify_test_missing, read_manifest
+from .spreadsheet import csv_writer
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = PACKAGE_DIR.parent / "examples"
@@ -320,9 +320,9 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
 def write_results(rows: list[dict], out: Path) -> Path:
     path = out / "results.csv"
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: row[k] for k in RESULT_COLUMNS} for row in rows)
+        writer = csv_writer(handle)  # names from the runs' settings: never a spreadsheet formula
+        writer.writerow(RESULT_COLUMNS)
+        writer.writerows([row[k] for k in RESULT_COLUMNS] for row in rows)
     return path
 
 

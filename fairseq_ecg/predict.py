@@ -36,7 +36,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, load_checkpoint, model_name
+from .checkpoints import CheckpointError, is_probability, load_checkpoint, model_name
 from .leads import NUM_LEADS, lead_mask, parse_leads
 from .manifest import ManifestError, atomic_output, read_manifest
 from .metrics import aggregate_by_record
@@ -44,6 +44,7 @@ from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segm
     resolve_normalization
 from .preparation import SALT_FROM_HELP, output_salt
 from .sources import AUTO as SOURCE_AUTO
+from .spreadsheet import csv_writer
 from .sources import layouts
 
 CLASSIFIER = "ecg_wav2vec2_classifier"
@@ -124,9 +125,13 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
             "(train with task.tune_thresholds=true); using 0.5 for every class")
         return np.full(num, 0.5)
     try:
-        return np.full(num, float(spec))
+        number = float(spec)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        if not is_probability(number):
+            raise ValueError(f"--thresholds {spec}: a threshold is a probability in [0, 1]")
+        return np.full(num, number)
     path = Path(spec)
     try:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -141,6 +146,8 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
             value = float(cells[-1])
         except ValueError:
             raise ValueError(f"{path}:{number}: {cells[-1]!r} is not a number") from None
+        if not is_probability(value):
+            raise ValueError(f"{path}:{number}: threshold {cells[-1].strip()} is not a probability in [0, 1]")
         if len(cells) > 1:
             k = len(values)
             if k < num and cells[0].strip() not in (predictor.class_names[k], predictor.columns[k]):
@@ -261,7 +268,7 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     written = 0
     started = last = time.monotonic()
     with atomic_output(out, newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv_writer(handle)
         writer.writerow(["record", "segments", *predictor.columns, "labels"])
 
         def write_finished() -> None:

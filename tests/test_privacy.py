@@ -46,7 +46,7 @@ def _secrets(exports: Path) -> set[str]:
     """Every identifier the exports hold, as written, and its hash under the old public salt."""
     import pydicom
 
-    found = {PLANTED_FOLDER, "Doe", "Pat0", "Pat1", "1950", "19500", *SURNAMES}
+    found = {PLANTED_FOLDER, "Doe", "Pat0", "Pat1", "1950", "19500", "03-14-2019", "10:21:07", *SURNAMES}  # MUSE: + test date, time
     for path in exports.rglob("*"):
         if path.is_file():
             found |= {path.name, path.stem, _old_hash(path.stem), _old_hash(path.relative_to(path.parent.parent).as_posix())}
