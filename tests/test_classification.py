@@ -235,6 +235,41 @@ def test_a_random_cnn_trains_and_a_pretrained_one_stays_frozen(classify_data, ti
         assert all(torch.equal(last[k], pretrained[k[len("encoder."):]]) for k in last)
 
 
+def encoder_regularisation(encoder) -> dict:
+    """The dropouts and layerdrop a built ``ecg_wav2vec2`` encoder applies, read off its modules."""
+    layer = encoder.encoder.layers[0]
+    return {"dropout": layer.dropout1.p, "attention_dropout": layer.self_attn.dropout_module.p,
+            "activation_dropout": layer.dropout2.p, "dropout_input": encoder.dropout_input.p,
+            "encoder_layerdrop": encoder.encoder.layerdrop}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"dropout": 0.2, "attention_dropout": 0.15, "activation_dropout": 0.05,
+                                            "dropout_input": 0.25, "encoder_layerdrop": 0.3}])
+def test_finetuning_uses_its_own_regularisation_not_the_pretrainings(classify_data, tiny_pretrained, tmp_path,
+                                                                     overrides):
+    """The pretraining run (tiny W2V+CMSC+RLM) used dropout 0.1, attention 0.0, activation 0.0, input
+    0.1, layerdrop 0.0; a fine-tuning run builds its encoder with the YAML's values (fairseq-signals'
+    fine-tuning values by default) or the command line's, and its checkpoint rebuilds with them."""
+    from fairseq import checkpoint_utils
+
+    pretraining = torch.load(tiny_pretrained, weights_only=True)["cfg"]["model"]
+    assert (pretraining["dropout"], pretraining["dropout_input"], pretraining["activation_dropout"]) == (0.1, 0.1, 0.0)
+    expected = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.1, "dropout_input": 0.0,
+                "encoder_layerdrop": 0.0, **overrides}
+    result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
+                     "+size=tiny", f"task.data={classify_data}", f"model.model_path={tiny_pretrained}",
+                     f"checkpoint.save_dir={tmp_path}", "optimization.max_update=1", "dataset.disable_validation=true",
+                     *(f"model.{k}={v}" for k, v in overrides.items()))
+    log = result.stdout + result.stderr
+    # what the training run built, as it says when it builds the encoder
+    assert f"fine-tuning regularisation: dropout={expected['dropout']:g} (pretraining 0.1)" in log
+    assert f"activation_dropout={expected['activation_dropout']:g} (pretraining 0)" in log
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "checkpoint_last.pt")])
+    assert encoder_regularisation(models[0].encoder) == pytest.approx(expected)
+    # the architecture still comes from the pretraining run
+    assert models[0].encoder.encoder.layers[0].fc1.out_features == pretraining["encoder_ffn_embed_dim"]
+
+
 def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
     state = torch.load(tiny_classifier, weights_only=True)
     assert state["cfg"]["model"]["num_classes"] == 26 and state["cfg"]["model"]["encoder_args"]

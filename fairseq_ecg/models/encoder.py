@@ -3,6 +3,7 @@ initialised, pooled into one global vector per segment, with options to freeze i
 
 Not registered itself; ``ecg_wav2vec2_classifier`` and ``ecg_wav2vec2_identifier`` subclass it.
 """
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,7 +16,11 @@ from fairseq.models import BaseFairseqModel
 from ..checkpoints import read_encoder
 from .ecg_wav2vec2 import EcgWav2Vec2Config, EcgWav2Vec2Model
 
+logger = logging.getLogger(__name__)
+
 ENCODER_INIT = ChoiceEnum(["pretrained", "random"])
+# The encoder settings a fine-tuning run sets itself, over those of the pretraining run.
+FINETUNE_REGULARISATION = ("dropout", "attention_dropout", "activation_dropout", "dropout_input", "encoder_layerdrop")
 # The CNN feature encoder's gradient multiplier when model.feature_grad_mult is left empty: a
 # pretrained CNN stays frozen, as in fairseq-signals' fine-tuning configs
 # (examples/w2v_cmsc/config/finetuning/ecg_transformer/diagnosis.yaml: 0.0); a random one trains, as
@@ -55,6 +60,22 @@ class EcgEncoderConfig(FairseqDataclass):
                   "from-scratch runs do); the value used is saved with the checkpoint"},
     )
     final_dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
+    # Fine-tuning's own regularisation, applied over the pretrained architecture (``encoder_args``
+    # says only what to build). Defaults: fairseq-signals' fine-tuning values (its YAMLs under
+    # examples/{wav2vec2,cmsc,w2v_cmsc}/config/finetuning/ and TransformerFinetuningConfig).
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout in the transformer (fairseq-signals' fine-tuning: 0.0; "
+                               "pretraining: 0.1)"})
+    attention_dropout: float = field(
+        default=0.0, metadata={"help": "dropout of the attention weights (fairseq-signals' fine-tuning: 0.0)"})
+    activation_dropout: float = field(
+        default=0.1, metadata={"help": "dropout after the feed-forward activation (fairseq-signals' fine-tuning: 0.1)"})
+    dropout_input: float = field(
+        default=0.0, metadata={"help": "dropout of the CNN features entering the transformer (fairseq-signals' "
+                               "fine-tuning: 0.0; pretraining: 0.1)"})
+    encoder_layerdrop: float = field(
+        default=0.0, metadata={"help": "probability of skipping a transformer layer in training (fairseq-signals' "
+                               "fine-tuning: 0.0; pretraining: 0.05)"})
 
 
 class EcgEncoderModel(BaseFairseqModel):
@@ -73,7 +94,10 @@ class EcgEncoderModel(BaseFairseqModel):
         """Build the encoder from ``encoder_args`` or ``model_path``; load weights when pretrained.
 
         ``encoder_args`` is written back into ``cfg`` so that a saved downstream checkpoint
-        rebuilds without the pretraining file.
+        rebuilds without the pretraining file. The architecture comes from there, the
+        regularisation (``FINETUNE_REGULARISATION``) from ``cfg``: a fine-tuning run sets its own,
+        as fairseq-signals' ``from_pretrained`` overrides the pretraining run's with the fine-tuning
+        config's, instead of inheriting the pretraining's dropouts and layerdrop.
         """
         weights = None
         if cfg.model_path and (cfg.init == "pretrained" or cfg.encoder_args is None):
@@ -87,6 +111,14 @@ class EcgEncoderModel(BaseFairseqModel):
         known = set(EcgWav2Vec2Config.__dataclass_fields__)
         encoder_cfg = EcgWav2Vec2Config(**{k: v for k, v in args.items() if k in known})
         encoder_cfg.rlm_prob = 0.0  # lead masking belongs to pretraining only
+        changed = []
+        for name in FINETUNE_REGULARISATION:
+            value = float(getattr(cfg, name))
+            if value != float(getattr(encoder_cfg, name)):
+                changed.append(f"{name}={value:g} (pretraining {float(getattr(encoder_cfg, name)):g})")
+            setattr(encoder_cfg, name, value)
+        if changed:
+            logger.info(f"fine-tuning regularisation: {', '.join(changed)}")
         encoder = EcgWav2Vec2Model(encoder_cfg)
         if weights is not None and cfg.init == "pretrained":
             encoder.load_state_dict(weights, strict=True)
