@@ -220,10 +220,24 @@ def check_and_record(cfg: Any, model: Any = None) -> None:
 _fairseq_load_checkpoint = getattr(checkpoint_utils.load_checkpoint, "__wrapped__", checkpoint_utils.load_checkpoint)
 
 
+def check_schedule(cfg: Any) -> None:
+    """Stop in one line on a schedule fairseq would stop on with a bare ``AssertionError`` once the
+    model is built: ``tri_stage`` with ``phase_ratio`` (identification's, after fairseq-signals) is
+    fractions of ``optimization.max_update``, so it needs one."""
+    scheduler = _lookup(cfg, "lr_scheduler._name")[1]
+    if scheduler == "tri_stage" and _lookup(cfg, "lr_scheduler.phase_ratio")[1] is not None:
+        if (_lookup(cfg, "optimization.max_update")[1] or 0) <= 0:
+            raise RunSettingsError(
+                "lr_scheduler=tri_stage with phase_ratio needs optimization.max_update > 0 (its phases are "
+                "fractions of it); give optimization.max_update=N, or schedule=fixed (examples/finetune/schedule/) "
+                "for a constant rate")
+
+
 def load_checkpoint(cfg, trainer, **passthrough_args):
-    """fairseq's resume step, after the settings check for the plugin's tasks."""
+    """fairseq's resume step, after the settings and schedule checks for the plugin's tasks."""
     full = getattr(trainer, "cfg", None)
     if full is not None and _lookup(full, "task._name")[1] in PLUGIN_TASKS:
+        check_schedule(full)
         check_and_record(full, getattr(trainer, "model", None))
     return _fairseq_load_checkpoint(cfg, trainer, **passthrough_args)
 

@@ -212,6 +212,41 @@ def tiny_identifier(identify_data, tiny_pretrained, tmp_path_factory) -> Path:
     return work / "checkpoint_best.pt"
 
 
+@pytest.mark.parametrize("size", ["reference", "tiny"])
+def test_identification_trains_with_the_references_arcface_and_schedule(identify_data, tiny_pretrained, tmp_path,
+                                                                        size):
+    """identification.yaml: fairseq-signals' identification settings (ArcFace s=192, m=1.0, lr 3e-5,
+    tri_stage 0.1/0.2/0.7 of max_update, Adam eps 1e-8, no weight decay); +size=tiny keeps ArcFace's
+    settings and switches to a constant rate. Read from what the real run saved."""
+    tiny = ["+size=tiny"] if size == "tiny" else []
+    run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "identification", *tiny,
+            f"task.data={identify_data}", f"model.model_path={tiny_pretrained}", f"checkpoint.save_dir={tmp_path}",
+            "optimization.max_update=4", "dataset.batch_size=8", "dataset.num_workers=0",
+            "dataset.disable_validation=true")
+    cfg = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["cfg"]
+    assert (cfg["criterion"]["scale"], cfg["criterion"]["margin"]) == (192.0, 1.0)
+    if size == "reference":
+        assert cfg["lr_scheduler"]["_name"] == "tri_stage"
+        assert list(cfg["lr_scheduler"]["phase_ratio"]) == [0.1, 0.2, 0.7]
+        assert (cfg["lr_scheduler"]["init_lr_scale"], cfg["lr_scheduler"]["final_lr_scale"]) == (0.01, 0.01)
+        assert list(cfg["optimization"]["lr"]) == [3e-5]
+        assert (cfg["optimizer"]["adam_eps"], cfg["optimizer"]["weight_decay"]) == (1e-8, 0.0)
+    else:
+        assert cfg["lr_scheduler"]["_name"] == "fixed" and list(cfg["optimization"]["lr"]) == [1e-3]
+
+
+def test_a_tri_stage_schedule_without_max_update_stops_in_one_line(identify_data, tiny_pretrained, tmp_path):
+    """tri_stage's phases are fractions of max_update: an epoch-only run would end in fairseq's bare
+    AssertionError after the model is built; the plugin names the setting and the way out first."""
+    result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "identification",
+                     f"task.data={identify_data}", f"model.model_path={tiny_pretrained}",
+                     f"checkpoint.save_dir={tmp_path}", "optimization.max_update=0", "optimization.max_epoch=1",
+                     check=False)
+    assert result.returncode != 0
+    assert "needs optimization.max_update > 0" in result.stderr and "schedule=fixed" in result.stderr
+    assert not (tmp_path / "checkpoint_last.pt").exists()
+
+
 def test_train_then_fairseq_validate(identify_data, tiny_identifier):
     state = torch.load(tiny_identifier, weights_only=True)
     assert state["cfg"]["model"]["num_patients"] == 6 and state["cfg"]["model"]["encoder_args"]

@@ -33,14 +33,14 @@ from fairseq.logging.meters import Meter
 @dataclass
 class ArcFaceConfig(FairseqDataclass):
     scale: float = field(
-        default=30.0,
-        metadata={"help": "s, the radius of the hypersphere the cosines are scaled to; 30 is enough for a few "
-                  "thousand patients (the ArcFace paper's 64 was for 85k identities) and gives smoother gradients"},
+        default=192.0,
+        metadata={"help": "s, the radius of the hypersphere the cosines are scaled to; 192, the value of "
+                  "fairseq-signals' identification configs (the paper is silent)"},
     )
     margin: float = field(
-        default=0.3,
-        metadata={"help": "m, additive angular margin (radians) on the true patient; below ArcFace's 0.5 because "
-                  "a patient has only a few records (PTB-XL: 2-3), where a wide margin stalls training"},
+        default=1.0,
+        metadata={"help": "m, additive angular margin (radians) on the true patient; 1.0, fairseq-signals' "
+                  "identification configs (ArcFace's own paper used 0.5 for face identities)"},
     )
 
 
@@ -172,7 +172,7 @@ fairseq_meters.IdentificationMeter = IdentificationMeter
 
 @register_criterion("arcface", dataclass=ArcFaceConfig)
 class ArcFaceCriterion(FairseqCriterion):
-    def __init__(self, task, scale: float = 30.0, margin: float = 0.3) -> None:
+    def __init__(self, task, scale: float = 192.0, margin: float = 1.0) -> None:
         super().__init__(task)
         if scale <= 0 or not 0 <= margin < math.pi / 2:
             raise ValueError(f"criterion: need scale > 0 and 0 <= margin < pi/2, found scale={scale}, margin={margin}")
