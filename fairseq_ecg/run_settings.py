@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fairseq import checkpoint_utils
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf, open_dict
 
 from .checkpoints import CheckpointError
@@ -60,8 +61,9 @@ PATH_KEYS = ("model.model_path",)
 KEPT_ON_RESUME = ("model.rlm_mode",)
 
 
-class RunSettingsError(ValueError):
-    """A training run started into a folder that holds a run with other settings."""
+class RunSettingsError(ValueError, CompactHydraException):
+    """A training run that cannot go on as asked (a folder that holds a run with other settings, a
+    schedule fairseq cannot build); Hydra prints a ``CompactHydraException`` as its one line."""
 
 
 def _lookup(cfg: Any, dotted: str) -> tuple[bool, Any]:

@@ -42,6 +42,15 @@ def run_cli(program: str, *args: str, timeout: float = 300, check: bool = True, 
     return result
 
 
+def one_line_error(result: subprocess.CompletedProcess, phrase: str) -> str:
+    """The one line a failed command printed that holds ``phrase``, after checking that it failed and
+    printed no traceback (Hydra's own "Error executing job" and HYDRA_FULL_ERROR lines may frame it)."""
+    text = result.stdout + result.stderr
+    lines = [line for line in text.splitlines() if phrase in line and not line.startswith("Error executing job")]
+    assert result.returncode != 0 and "Traceback" not in text and len(lines) == 1, text[-3000:]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def pretrain_data(tmp_path_factory) -> Path:
     """A tiny pretraining manifest folder: 16 train and 8 valid records of 10 s."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BIN, REPO, run_cli, write_random_manifest
+from conftest import BIN, REPO, one_line_error, run_cli, write_random_manifest
 from fairseq_ecg import run_settings
 from fairseq_ecg.manifest import atomic_save_npy, atomic_write_text, write_manifest
 
@@ -28,10 +28,7 @@ def num_updates(path: Path) -> int:
 
 
 def settings_error(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in (result.stdout + result.stderr).splitlines()
-             if line.startswith("fairseq_ecg.run_settings.RunSettingsError: ")]
-    assert result.returncode != 0 and len(lines) == 1, (result.stdout + result.stderr)[-3000:]
-    return lines[0]
+    return one_line_error(result, "holds the checkpoints of a run with other settings")
 
 
 @pytest.fixture(scope="module")
