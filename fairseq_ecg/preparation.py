@@ -669,6 +669,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         codes = ref.codes if ref.codes is not None else outcome.dx
         split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
         known = ref.known if args.ptbxl_labels == SNOMED_TASK or codes else ()  # no label in the task: no finetune
+        if ref.codes is None and not outcome.dx:
+            known = ()  # no table codes and no #Dx code: labels unknown, not a negative (pretrain/identify only)
         goods.append(Good(row, tuple(codes), split, known))
     elapsed = time.perf_counter() - start
     if not goods:
@@ -740,7 +742,8 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
                          "an all-zero label line"
                          + (f"; {partial} record(s) label only some classes (the others are marked unknown, ?CODE)"
                             if partial else "")
-                         + (f"; {without} record(s) of sources without labels are left out (pretrain/identify only)"
+                         + (f"; {without} record(s) without labels (a source without labels, or a header without "
+                            "a #Dx code and no codes in --labels) are left out as unlabeled (pretrain/identify only)"
                             if without else ""))
         patients = {split: len({g.row.patient for g in goods if g.split == split and g.labelled}) for split in SPLITS}
         tested = sum(1 for g in goods if g.split == "test")
