@@ -32,8 +32,8 @@ import torch
 from .checkpoints import CheckpointError, encoder_state, load_checkpoint
 from .data import EcgSegmentDataset
 from .leads import lead_set_name, mask_to_string, parse_leads
-from .manifest import (Manifest, ManifestError, ManifestRow, atomic_save_npy, atomic_write_text,
-                       check_waveforms, read_manifest)
+from .manifest import (EXIT_MACHINE_ERROR, MachineError, Manifest, ManifestError, ManifestRow, atomic_save_npy,
+                       atomic_write_text, check_waveforms, read_manifest)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.encoder import EcgEncoderConfig, EcgEncoderModel
 from .normalization import AUTO as NORMALIZE_AUTO
@@ -200,6 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ]
         atomic_save_npy(args.out, embeddings)
         atomic_write_text(args.out.with_suffix(".tsv"), "\n".join(lines) + "\n")
+    except MachineError as error:  # the disk, not the input: nothing half-written is kept
+        print(f"fairseq-ecg-embed: error: {error}", file=sys.stderr)
+        return EXIT_MACHINE_ERROR
     except (CheckpointError, ManifestError, ValueError, OSError) as error:
         print(f"fairseq-ecg-embed: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import pickle
 import sys
 from argparse import Namespace
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from .checkpoints import ENCODER_MODEL, CheckpointError, _refusal_reason
-from .manifest import atomic_output
+from .manifest import EXIT_MACHINE_ERROR, MachineError, atomic_output
 from .normalization import MODES, normalize_mode
 
 PRETRAINED_MODELS = ("wav2vec2", "wav2vec2_cmsc")
@@ -333,8 +334,12 @@ def _full_config(task_name: str, task_args: dict, model_args: dict, criterion: s
 
 
 def _save(state: dict, out: Path) -> None:
+    """Serialise in memory, then write: torch's zip writer turns a refused write into a RuntimeError
+    ("unexpected pos 64 vs 0") without its errno, which would hide a full disk."""
+    serialised = io.BytesIO()
+    torch.save(state, serialised)
     with atomic_output(out, "wb") as handle:
-        torch.save(state, handle)
+        handle.write(serialised.getbuffer())
 
 
 def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = None,
@@ -444,6 +449,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     say = lambda text: print(f"fairseq-ecg-import: {text}")  # noqa: E731
     try:
         report = convert(args.source, args.out, args.kind, args.labels, args.normalize, log=say)
+    except MachineError as error:  # the disk, not the checkpoint: nothing half-written is kept
+        print(f"fairseq-ecg-import: error: {error}", file=sys.stderr)
+        return EXIT_MACHINE_ERROR
     except CheckpointError as error:
         print(f"fairseq-ecg-import: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

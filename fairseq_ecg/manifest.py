@@ -15,6 +15,7 @@ order; equivalent codes joined by ``|``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -80,6 +81,30 @@ def _normal_mode(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~_UMASK)
 
 
+# Errors of the machine, not of a record: writing cannot succeed until the user frees space, fixes
+# the disk or the quota. They stop a run (a record that failed this way is not a bad record).
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+EXIT_MACHINE_ERROR = 74  # the exit status of every command stopped by one (sysexits' EX_IOERR)
+
+
+class MachineError(OSError):
+    """A write the machine refused (``MACHINE_ERRNOS``); the message names the file being written.
+    Commands stop on it with that one line and a non-zero exit, keeping nothing half-written."""
+
+    def __str__(self) -> str:
+        return (f"{os.strerror(self.errno).lower()} writing {self.filename}; nothing half-written was kept: "
+                "free space (or fix the disk or quota) and run the same command again")
+
+
+def machine_error(error: BaseException, path: Path | str) -> Optional[MachineError]:
+    """``error`` as a :class:`MachineError` writing ``path`` when it is one, else None."""
+    if isinstance(error, MachineError):
+        return error
+    if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
+        return MachineError(error.errno, os.strerror(error.errno), str(path))
+    return None
+
+
 @contextmanager
 def atomic_output(path: Path | str, mode: str = "w", *, suffix: str = ".tmp", prefix: Optional[str] = None,
                   fsync: bool = False, **open_args) -> Iterator[IO]:
@@ -87,19 +112,30 @@ def atomic_output(path: Path | str, mode: str = "w", *, suffix: str = ".tmp", pr
     ``path`` when the block ends and removed if it raises: a crash or a kill leaves no half file,
     and the file gets the mode a plain ``open(path, "w")`` would."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=suffix)
+    except OSError as error:
+        raise (machine_error(error, path) or error) from None
+    in_block = False
     try:
         _normal_mode(fd)
         with os.fdopen(fd, mode, **open_args) as handle:
+            in_block = True
             yield handle
+            in_block = False
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # From the caller's block, an I/O error may be a read of its input (a bad record, not the
+        # machine): only the errors writing alone gives (no space, quota, too large, read-only) count.
+        refused = machine_error(error, path)
+        if refused is not None and refused is not error and not (in_block and error.errno == errno.EIO):
+            raise refused from None
         raise
 
 
@@ -114,7 +150,16 @@ def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
     preparation cleans up after a kill) and a rename."""
     path = Path(path)
     with atomic_output(path, "wb", prefix=f".{path.stem}.", suffix=".npy.tmp") as handle:
-        np.save(handle, array)
+        np.save(_PlainWrites(handle), array)
+
+
+class _PlainWrites:
+    """A file numpy writes through ``write`` in chunks, not ``ndarray.tofile``: a short ``tofile``
+    raises an OSError without errno ("60000 requested and 24968 written"), which would hide a full
+    disk; ``write`` raises it with its errno (ENOSPC, EFBIG, ...)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.write = handle.write
 
 
 def write_manifest(path: Path | str, root: Path | str, rows: Iterable[ManifestRow]) -> None:

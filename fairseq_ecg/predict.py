@@ -38,7 +38,7 @@ import torch
 
 from .checkpoints import CheckpointError, is_probability, load_checkpoint, model_name
 from .leads import NUM_LEADS, lead_mask, parse_leads
-from .manifest import ManifestError, atomic_output, read_manifest
+from .manifest import EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_output, read_manifest
 from .metrics import aggregate_by_record
 from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
     resolve_normalization
@@ -343,6 +343,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with output_salt(args.salt_from, args.out):
             written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
                                        args.layout, device, args.progress_seconds, log=say)
+    except MachineError as error:  # the disk, not the input: nothing half-written is kept
+        print(f"fairseq-ecg-predict: error: {error}", file=sys.stderr)
+        return EXIT_MACHINE_ERROR
     except (CheckpointError, ManifestError, ValueError, OSError) as error:
         print(f"fairseq-ecg-predict: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ import numpy as np
 from .labels import PTBXL_TASKS, SNOMED_TASK, LabelSet, scored_labels
 from .leads import NUM_LEADS, mask_to_string
 from .manifest import (
-    ManifestRow, atomic_save_npy, atomic_write_text, write_classes, write_labels, write_manifest,
+    EXIT_MACHINE_ERROR, MachineError, ManifestRow, atomic_save_npy, atomic_write_text, machine_error, write_classes, write_labels, write_manifest,
 )
 from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
@@ -201,6 +201,8 @@ def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]
                        digest=waveform_digest(signal))
     except RecordError as error:
         return Outcome(ref.key, "skipped", record=ref.name, note=error.reason, kind=error.kind)
+    except MachineError:  # the disk, not the record: the run stops (main)
+        raise
     except Exception as error:  # a bad record must not stop the run; say what happened instead
         return Outcome(ref.key, "skipped", record=ref.name, kind="unexpected error",
                        note=_one_line(f"unexpected error ({type(error).__name__}: {error})"))
@@ -592,7 +594,17 @@ def _check_arguments(args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console script; returns 0 on success, 1 when no record was usable, 2 for a bad command line."""
+    """Console script; returns 0 on success, 1 when no record was usable, 2 for a bad command line,
+    74 when the machine refused a write (no space, quota, read-only, I/O error): then no manifest is
+    written from the records done so far, which the journal keeps, so the same command resumes."""
+    try:
+        return _prepare(argv)
+    except MachineError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_MACHINE_ERROR
+
+
+def _prepare(argv: Optional[Sequence[str]] = None) -> int:
     # importing fairseq (through the package) sets the root logger to DEBUG; wfdb's file system
     # layer would then log every file it opens
     logging.getLogger().setLevel(logging.WARNING)
@@ -647,6 +659,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress.close()
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as error:  # the journal's own appends; a MachineError from a record's write as it is
+        progress.close()
+        raise (machine_error(error, journal_path) or error) from None
     progress.close()
 
     ordered = [outcomes[ref.key] for ref in refs]
