@@ -3,7 +3,8 @@
 A fairseq checkpoint is a pickle. Every place where the plugin reads one (``model.model_path``,
 ``fairseq-ecg-embed``, the experiments runner) goes through ``load_checkpoint``, which uses
 ``torch.load(weights_only=True)``; a file that needs more is refused unless the user opts in for a
-file they trust (``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1``). What it loads is checked before any model
+file they trust (``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1``); fairseq's own loader, hooked in
+``fairseq_ecg.resume``, follows the same rule whatever torch's ``TORCH_FORCE_*`` switches say. What it loads is checked before any model
 is built from it (:func:`check_settings`): values are as untrusted as pickles.
 """
 from __future__ import annotations
@@ -13,18 +14,53 @@ import math
 import os
 import pickle
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
+from hydra.errors import CompactHydraException
 
 TRUST_ENV = "FAIRSEQ_ECG_TRUST_CHECKPOINTS"
 ENCODER_MODEL = "ecg_wav2vec2"
 DOWNSTREAM_MODELS = ("ecg_wav2vec2_classifier", "ecg_wav2vec2_identifier")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what was expected."""
+class CheckpointError(ValueError, CompactHydraException):
+    """A checkpoint that cannot be used; the message names the file and what was expected. Hydra
+    (``fairseq-hydra-train``) prints it as its one line; the plugin's ``sys.excepthook`` does so
+    elsewhere (``fairseq-validate``, see ``fairseq_ecg.resume``)."""
+
+
+TORCH_SWITCHES = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+
+
+def trusted() -> bool:
+    """The plugin's opt-in for checkpoints that need more than tensors: the only way to load one."""
+    return os.environ.get(TRUST_ENV, "") == "1"
+
+
+@contextmanager
+def only_the_plugins_opt_in() -> Iterator[None]:
+    """Within the block, ``torch.load`` without ``weights_only`` (fairseq's loader) is weights-only
+    unless :func:`trusted`: torch's own switches (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns
+    weights-only off for every call that does not pass it) are set aside and restored after."""
+    saved = {name: os.environ.pop(name) for name in TORCH_SWITCHES if name in os.environ}
+    if trusted():
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for name in TORCH_SWITCHES:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+def refusal(path: Path | str, error: Exception) -> CheckpointError:
+    """The one-line refusal of a file that needs more than tensors to load (torch's weights-only
+    ``UnpicklingError``), naming the file, what it holds and the opt-in."""
+    return CheckpointError(f"{path}: refused, the file needs more than tensors to load ({_refusal_reason(error)}); "
+                           f"if you trust its source, set {TRUST_ENV}=1")
 
 
 def _refusal_reason(error: Exception) -> str:
@@ -43,18 +79,15 @@ def load_checkpoint(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    trusted = os.environ.get(TRUST_ENV, "") == "1"
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic[:2] != b"PK" and magic[:1] != b"\x80":  # zip (torch >= 1.6) or a bare pickle
         raise CheckpointError(f"{path}: not a checkpoint (neither a torch zip file nor a pickle)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=not trusted)
+        with only_the_plugins_opt_in():
+            state = torch.load(path, map_location="cpu", weights_only=not trusted())
     except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: refused, the file needs more than tensors to load ({_refusal_reason(error)}); "
-            f"if you trust its source, set {TRUST_ENV}=1"
-        ) from None
+        raise refusal(path, error) from None
     except Exception as error:  # truncated zip, bad pickle opcodes, ...: whatever torch raises
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt "
                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None

@@ -58,6 +58,9 @@ def _run_in_child(command: list[str], log: str, env: dict[str, str]) -> None:
     sys.argv = [command[0], *command[1:]]
     try:
         sys.exit(entry())  # as the console script does: None is 0, a message is printed and is 1
+    except Exception:  # as an interpreter does with an uncaught exception (multiprocessing would not)
+        sys.excepthook(*sys.exc_info())
+        sys.exit(1)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

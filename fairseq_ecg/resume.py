@@ -17,6 +17,12 @@ archive"). Importing the plugin (``common.user_dir`` / ``--user-dir``) changes t
    resume from it: ``checkpoint.restore_file=THAT_FILE`` for one rerun (fairseq then writes a good
    ``checkpoint_last.pt`` again), or copying it over the bad file.
 
+3. the same loader is weights-only whatever torch's switches say (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+   would otherwise make fairseq-validate run a checkpoint's pickle): only the plugin's opt-in
+   ``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1`` trusts a file; a refusal, like any ``CheckpointError``, is
+   printed in one line (``sys.excepthook``; hydra prints it as its one line too), and the
+   settings of the plugin's models are checked before fairseq builds a model from them.
+
 Nothing is substituted automatically: with (1), a kill no longer leaves a corrupt file, so one
 points at the disk or a copy gone wrong, and whether to go back to an older state is the user's
 call. Checking costs nothing on the normal path: a file is examined only after fairseq failed to
@@ -26,15 +32,18 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 from typing import Optional
 
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
+from omegaconf import OmegaConf
 
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, check_settings, load_checkpoint, only_the_plugins_opt_in, refusal
 from .models.ecg_wav2vec2 import upgrade_saved_model_cfg
 
 logger = logging.getLogger(__name__)
@@ -102,22 +111,55 @@ _fairseq_load_checkpoint_to_cpu = getattr(checkpoint_utils.load_checkpoint_to_cp
 
 
 def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
-    """fairseq's reader, with a corrupt file reported in one line and, as fairseq's own
-    ``_upgrade_state_dict`` does for its configs, the plugin's model configs saved by an older
-    version upgraded to what that version trained with (``upgrade_saved_model_cfg``)."""
+    """fairseq's reader, weights-only whatever torch's switches say (only the plugin's opt-in
+    trusts a file: see ``checkpoints.only_the_plugins_opt_in``), refusing or reporting a corrupt
+    file in one line; the plugin's models' settings are checked before fairseq builds anything
+    from them and, as fairseq's own ``_upgrade_state_dict`` does for its configs, a model config
+    saved by an older version is upgraded to what that version trained with."""
     try:
-        state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
-    except Exception:
+        with only_the_plugins_opt_in():
+            state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+            raise refusal(path, error) from None
         reason = damage(path) if os.path.isfile(path) else None
         if reason is None:
             raise
         raise CheckpointError(corrupt_checkpoint_message(path, reason)) from None
     cfg = state.get("cfg") if isinstance(state, dict) else None
+    if cfg is not None:
+        _check_saved_settings(state, path)
     if cfg is not None and "model" in cfg:
         upgrade_saved_model_cfg(cfg["model"])
     return state
 
 
+def _check_saved_settings(state: dict, path) -> None:
+    """:func:`fairseq_ecg.checkpoints.check_settings` on what fairseq loaded (its cfg is then an
+    OmegaConf config): a plugin model's values are refused before fairseq builds the model."""
+    try:
+        cfg = state["cfg"]
+        plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    except Exception:  # an interpolation that does not resolve: fairseq says so when it builds
+        return
+    check_settings({**state, "cfg": plain}, path)
+
+
+def one_line_errors(kind, value, traceback) -> None:
+    """``sys.excepthook`` of a program that imported the plugin (``fairseq-validate``): a
+    :class:`CheckpointError` is printed as one line (``PROGRAM: error: ...``), anything else as
+    before."""
+    if isinstance(value, CheckpointError):
+        print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {' '.join(str(value).split())}",
+              file=sys.stderr, flush=True)
+        return
+    one_line_errors.previous(kind, value, traceback)
+
+
+one_line_errors.previous = getattr(sys.excepthook, "previous", sys.excepthook)  # imported twice: not chained
+
+
 load_checkpoint_to_cpu.__wrapped__ = _fairseq_load_checkpoint_to_cpu
 checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 checkpoint_utils.PathManager = _AtomicCopyPathManager
+sys.excepthook = one_line_errors

@@ -1,9 +1,12 @@
 """Untrusted checkpoints: a file shaped like a fairseq checkpoint whose unpickling would run code
 (it writes a marker file) is refused by every place that loads one (model.model_path in a real
 fine-tuning run, fairseq-ecg-embed, fairseq-validate, a resumed run's checkpoint_last.pt, the
-experiments runner), in torch's zip format and in the legacy pickle format, and nothing runs.
-The plugin's refusals are one line naming the file and the opt-in; the opt-in loads a trusted
-legacy checkpoint that holds more than tensors (an argparse.Namespace, as old fairseq wrote)."""
+experiments runner), in torch's zip format and in the legacy pickle format, and nothing runs,
+even with torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (the programs run with it set). The
+refusals are one line naming the file and the opt-in, never a traceback; the opt-in loads a
+trusted legacy checkpoint that holds more than tensors (an argparse.Namespace, as old fairseq
+wrote). fairseq-validate also checks a plugin model's settings before fairseq builds it (a
+conv_feature_layers text that fairseq would eval)."""
 import argparse
 import os
 import pickle
@@ -51,6 +54,28 @@ def plant(path: Path, marker: Path, fmt: str) -> Path:
     return path
 
 
+def plant_settings(path: Path, marker: Path) -> Path:
+    """A classifier checkpoint of tensors and plain values only, whose conv_feature_layers text
+    writes ``marker`` when fairseq ``eval``s it to build the model."""
+    code = f"[(open({str(marker)!r}, 'w').write('ran') * 0 + 32, 2, 2)] * 2"
+    encoder = {"_name": "ecg_wav2vec2", "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_layers": 1,
+               "encoder_attention_heads": 4, "conv_pos": 4, "conv_pos_groups": 4, "conv_feature_layers": code}
+    state = {"cfg": {"model": {"_name": "ecg_wav2vec2_classifier", "encoder_args": encoder, "num_classes": 26},
+                     "task": {"_name": "ecg_classification"}, "common": {"seed": 1}},
+             "model": {"head.weight": torch.zeros(26, 32)}, "extra_state": {"epoch": 1},
+             "optimizer_history": [{"criterion_name": "EcgClassificationCriterion", "num_updates": 0,
+                                    "lr_scheduler_state": {"best": 0.0}}]}
+    torch.save(state, path)
+    return path
+
+
+def refusal_line(output: str, path: Path) -> str:
+    """The one line of a program's output that refuses ``path``; the output holds no traceback."""
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "refused" in line and str(path) in line]
+    return line
+
+
 def assert_refusal(message: str, path: Path) -> None:
     """The plugin's refusal: one line, naming the file and the opt-in."""
     assert len(message.strip().splitlines()) == 1, message
@@ -67,7 +92,8 @@ def markers(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, markers) -> dict:
     folder = tmp_path_factory.mktemp("planted")
-    return {fmt: plant(folder / f"checkpoint_best_{fmt}.pt", markers / f"{fmt}.ran", fmt) for fmt in FORMATS}
+    files = {fmt: plant(folder / f"checkpoint_best_{fmt}.pt", markers / f"{fmt}.ran", fmt) for fmt in FORMATS}
+    return {**files, "settings": plant_settings(folder / "checkpoint_settings.pt", markers / "settings.ran")}
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +109,9 @@ def finetune_data(tmp_path_factory) -> Path:
 
 def _start(log: Path, *command: str) -> subprocess.Popen:
     """One of the installed programs, in the background, its output to ``log``, in an environment
-    without the plugin's opt-in and without torch's switch that turns weights_only off."""
-    env = {k: v for k, v in os.environ.items() if k not in (TRUST_ENV, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    without the plugin's opt-in and with torch's switch that turns weights_only off for every
+    torch.load that does not pass it (fairseq's)."""
+    env = {**{k: v for k, v in os.environ.items() if k != TRUST_ENV}, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     with open(log, "w") as output:
         return subprocess.Popen([str(BIN / command[0]), *command[1:]], cwd=REPO, stdout=output,
                                 stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1"})
@@ -107,6 +134,9 @@ def runs(planted, finetune_data, tmp_path_factory, request) -> dict:
                                      "--valid-subset", "test", "--batch-size", "2")
            for fmt in FORMATS},
     }
+    processes["validate_settings"] = _start(logs / "validate_settings", "fairseq-validate", str(finetune_data),
+                                            "--user-dir", "fairseq_ecg", "--task", "ecg_classification", "--path",
+                                            str(planted["settings"]), "--valid-subset", "test", "--batch-size", "2")
     resume = tmp_path_factory.mktemp("save_resume")
     (resume / "checkpoint_last.pt").write_bytes(planted["zip"].read_bytes())
     pretrained = request.getfixturevalue("tiny_pretrained")
@@ -169,8 +199,7 @@ def test_model_path_is_refused_when_the_model_is_built(planted, finetune_data, m
 def test_finetuning_run_refuses_a_planted_model_path(runs, planted, markers):
     returncode, output = runs["model_path"]
     assert returncode != 0
-    (line,) = [line for line in output.splitlines() if line.startswith("fairseq_ecg.checkpoints.CheckpointError: ")]
-    assert_refusal(line, planted["zip"])
+    assert_refusal(refusal_line(output, planted["zip"]), planted["zip"])
     assert "| epoch 001" not in output and not any(markers.iterdir())
 
 
@@ -186,24 +215,35 @@ def test_embed_refuses(planted, finetune_data, markers, fmt, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_fairseq_validate_refuses_through_torchs_default(runs, planted, markers, fmt):
-    """fairseq's loader is not the plugin's: torch's multi-line refusal, which does not know
-    FAIRSEQ_ECG_TRUST_CHECKPOINTS; fairseq names the file in the line before."""
+def test_fairseq_validate_refuses_whatever_torchs_switch_says(runs, planted, markers, fmt):
+    """fairseq's loader calls torch.load without weights_only, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+    turns off; the plugin's hook keeps it on and refuses in its one line."""
     returncode, output = runs[f"validate_{fmt}"]
     assert returncode != 0
-    assert f"loading model(s) from {planted[fmt]}" in output
-    assert "Weights only load failed" in output and "GLOBAL exec was not an allowed global" in output
+    line = refusal_line(output, planted[fmt])
+    assert line.startswith("fairseq-validate: error: ") and "GLOBAL exec was not an allowed global" in line
+    assert_refusal(line, planted[fmt])
     assert "valid on 'test' subset" not in output and not any(markers.iterdir())
+
+
+def test_fairseq_validate_checks_a_plugin_models_settings(runs, planted, markers):
+    returncode, output = runs["validate_settings"]
+    assert returncode != 0
+    line = refusal_line(output, planted["settings"])
+    assert line.startswith("fairseq-validate: error: ") and "conv_feature_layers" in line
+    assert not any(markers.iterdir())
 
 
 def test_resumed_run_refuses_a_planted_checkpoint_last(runs, markers):
     returncode, output = runs["resume"]
     assert returncode != 0
-    assert "checkpoint_last.pt" in output and "Weights only load failed" in output
+    (line,) = [line for line in output.splitlines() if "refused" in line]
+    assert "checkpoint_last.pt" in line and f"{TRUST_ENV}=1" in line and "Traceback" not in output
     assert "| epoch 001" not in output and not any(markers.iterdir())
 
 
-def test_experiments_runner_refuses_a_planted_pretraining_checkpoint(finetune_data, markers, tmp_path):
+def test_experiments_runner_refuses_a_planted_pretraining_checkpoint(finetune_data, markers, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # the runs inherit it: no difference
     data = tmp_path / "data"
     data.mkdir()
     os.symlink(finetune_data, data / "finetune")
@@ -221,8 +261,7 @@ def test_experiments_runner_refuses_a_planted_pretraining_checkpoint(finetune_da
     for run in finetunes:
         log = (run.folder(settings.out) / "log.txt").read_text()
         assert f"model.model_path={checkpoint}" in (run.folder(settings.out) / "command.sh").read_text()
-        (line,) = [line for line in log.splitlines() if line.startswith("fairseq_ecg.checkpoints.CheckpointError: ")]
-        assert_refusal(line, checkpoint)
+        assert_refusal(refusal_line(log, checkpoint), checkpoint)
         assert not (run.folder(settings.out) / "done").exists()
     assert not any(markers.iterdir())
 
