@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from fairseq_ecg.manifest import ManifestRow, write_manifest
+from fairseq_ecg.sources import PATIENT_SALT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Splits hash the salted patient id, and without this variable every prepared folder draws a random
+# salt: a test's split counts would change from run to run (4 patients put 0 to 4 of them in one
+# split). One fixed salt for the suite, inherited by the programs it runs; tests/test_privacy.py
+# removes it to test the random salt itself.
+os.environ.setdefault(PATIENT_SALT_ENV, "fairseq_ecg test suite")
 BIN = Path(sys.executable).parent
 USER_DIR = REPO / "fairseq_ecg"
 

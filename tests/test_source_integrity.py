@@ -5,6 +5,7 @@ another archive is not rewritten in silence; a folder holding two layouts is rea
 from pathlib import Path
 
 import numpy as np
+import pytest
 import wfdb
 
 from fairseq_ecg.manifest import read_labels, read_manifest
@@ -59,3 +60,36 @@ def test_a_cinc_header_without_dx_is_unlabeled_beside_labelled_ones(tmp_path, ca
     assert len(read_manifest(tmp_path / "out" / "pretrain" / "train.tsv").rows) == 3
     out = capsys.readouterr().out
     assert "1 record(s) with no scored class" in out and "1 record(s) without labels" in out
+
+
+# --- item 11: a header that disagrees with its signal file ------------------------------------
+
+def _rewrite_header(record: Path, signals: int, samples: int) -> None:
+    """Keep the first ``signals`` signal lines and state ``signals`` x ``samples`` on the record line."""
+    header = record.with_suffix(".hea")
+    lines = header.read_text().splitlines()
+    name, _, fs, _ = lines[0].split()[:4]
+    signal_lines = [line for line in lines[1:] if not line.startswith("#")][:signals]
+    comments = [line for line in lines[1:] if line.startswith("#")]
+    header.write_text("\n".join([f"{name} {signals} {fs} {samples}", *signal_lines, *comments]) + "\n")
+
+
+def test_a_mat_file_with_other_signals_or_samples_than_its_header_is_skipped(tmp_path, capsys):
+    """An 11-signal header over a 12-channel .mat was read with every lead shifted; a header of
+    fewer samples than the file was read short. Both skipped with both shapes; the good one stays."""
+    from fairseq_ecg.sources import RecordError, read_record
+    from test_records import ref_of
+
+    src = tmp_path / "cinc" / "g1"
+    wave = np.tile(np.arange(12, dtype=np.int16)[:, None] * 100, (1, 5000))
+    good = write_mat_record(src, "A1", wave)
+    assert read_record(ref_of(good)).signal.shape == (12, 5000)
+    _rewrite_header(write_mat_record(src, "A2", wave), 11, 5000)
+    _rewrite_header(write_mat_record(src, "A3", wave), 12, 4000)
+    for name, stated in (("A2", "11 x 5000"), ("A3", "12 x 4000")):
+        with pytest.raises(RecordError, match=f"holds 12 signals x 5000 samples, the header describes {stated}"):
+            read_record(ref_of(src / name))
+    assert main([str(tmp_path / "cinc"), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 0
+    skipped = (tmp_path / "out" / "skipped.tsv").read_text()
+    assert "g1/A2\t" in skipped and "g1/A3\t" in skipped and "A1" not in skipped
+    assert "header disagrees with signal file: 2" in capsys.readouterr().out

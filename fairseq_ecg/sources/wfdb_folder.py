@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -76,6 +77,36 @@ def _truncation(path: Path, info) -> Optional[RecordError]:
     return None
 
 
+def _mat_shape_problem(path: Path, info) -> Optional[RecordError]:
+    """A MATLAB v4 ``.mat`` signal file (PhysioNet/CinC's ``16+24``) whose array is not the
+    header's signals x samples. wfdb reads the first frames the header describes whatever the file
+    holds, so an 11-signal header over a 12-channel file is read with every lead shifted (about
+    0.9 mV off in a real case) and no error; the file's own header (type, rows, columns, imaginary
+    flag, name length: five int32) says what it holds."""
+    for file_name in dict.fromkeys(info.file_name or []):
+        if not file_name.endswith(".mat") or not (path.parent / file_name).is_file():
+            continue
+        channels = sum(1 for f in info.file_name if f == file_name)
+        try:
+            with open(path.parent / file_name, "rb") as handle:
+                head = handle.read(20)
+        except OSError:
+            continue  # left to wfdb's read, which reports it
+        if len(head) < 20:
+            continue  # truncated: _truncation says so
+        for order in "<>":
+            kind, rows, columns, imaginary, _ = struct.unpack(f"{order}5i", head)
+            if 0 <= kind < 5000 and rows >= 0 and columns >= 0 and imaginary in (0, 1):
+                break
+        else:
+            continue  # not a MATLAB v4 header: nothing to compare
+        if (int(rows), int(columns)) != (channels, int(info.sig_len or 0)):
+            return RecordError(f"signal file {file_name} holds {int(rows)} signals x {int(columns)} samples, the "
+                               f"header describes {channels} x {int(info.sig_len or 0)}; re-export the record so "
+                               "that they agree", "header disagrees with signal file")
+    return None
+
+
 def _checked_header(path: Path):
     """The parsed header of ``path`` once checked for what wfdb would misread silently or spend
     unbounded memory on, before the signal is read: bytes outside ASCII in a line that is not a
@@ -114,7 +145,7 @@ def _checked_header(path: Path):
     if info.n_sig != described:
         raise RecordError(f"header {header.name} claims {info.n_sig} signals but describes {described}",
                           "unreadable header")
-    problem = _truncation(path, info)
+    problem = _truncation(path, info) or _mat_shape_problem(path, info)
     if problem is not None:
         raise problem
     return info
