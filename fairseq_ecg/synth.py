@@ -39,6 +39,7 @@ import scipy.io
 import scipy.signal
 
 from .labels import PTBXL_SCP_TO_SNOMED as SCP
+from .labels import scored_labels
 from .leads import LEADS
 
 LAYOUTS = ("physionet2021", "ptbxl", "numpy", "code15", "mimic_iv_ecg", "muse_xml", "dicom")
@@ -535,8 +536,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fairseq-ecg-synth: error: {error}", file=sys.stderr)
         return 1
     names = {**{code: abbr for code, (abbr, _, _) in CLASSES.items()}, **_EXTRA_NAMES}
-    found = sorted({c for r in written for c in r.codes}, key=list(names).index)
-    counts = {names[c]: sum(c in r.codes for r in written) for c in found}
+    scored = scored_labels()  # CODE-15% writes equivalent codes (59118001 for RBBB): name their class
+    represent = {code: scored.classes[i][0] for code, i in scored.code_to_index.items()}
+    classes_of = [{represent.get(c, c) for c in r.codes} for r in written]
+    found = sorted(set().union(*classes_of), key=list(names).index)
+    counts = {names[c]: sum(c in codes for codes in classes_of) for c in found}
     rates = sorted(Counter(r.sample_rate for r in written).items())
     print(f"wrote {len(written)} records of {patients} patients to {args.out} ({args.layout}); "
           f"rates {', '.join(f'{fs} Hz: {n}' for fs, n in rates)}; classes "

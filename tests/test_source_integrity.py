@@ -93,3 +93,138 @@ def test_a_mat_file_with_other_signals_or_samples_than_its_header_is_skipped(tmp
     skipped = (tmp_path / "out" / "skipped.tsv").read_text()
     assert "g1/A2\t" in skipped and "g1/A3\t" in skipped and "A1" not in skipped
     assert "header disagrees with signal file: 2" in capsys.readouterr().out
+
+
+# --- item 6: CODE-15% exam ids must match their tracings --------------------------------------
+
+def _code15(tmp_path: Path, trace_file: bool = True) -> tuple[Path, dict[str, list[int]]]:
+    """A synthetic CODE-15% archive (two HDF5 parts, 4 exams each) and each part's exam ids by row."""
+    import csv
+
+    import h5py
+
+    from fairseq_ecg.synth import synthesize_archive
+
+    src = tmp_path / "code15"
+    synthesize_archive(src, records=8, patients=4, seed=15, layout="code15")
+    if not trace_file:
+        with open(src / "exams.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        _write_exams(src, [{k: v for k, v in row.items() if k != "trace_file"} for row in rows])
+    parts = {}
+    for part in ("exams_part0", "exams_part1"):
+        with h5py.File(src / f"{part}.hdf5", "r") as h5:
+            parts[part] = [int(i) for i in h5["exam_id"][()]]
+    return src, parts
+
+
+def _write_exams(src: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(src / "exams.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _rewrite_part(path: Path, ids=None, tracings=None) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        old_ids, old_tracings = h5["exam_id"][()], h5["tracings"][()]
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("tracings", data=old_tracings if tracings is None else tracings)
+        h5.create_dataset("exam_id", data=old_ids if ids is None else ids)
+
+
+def _prepared_and_skipped(src: Path, dest: Path) -> tuple[set[str], dict[str, str]]:
+    from test_sources import skipped
+
+    assert main([str(src), "--dest", str(dest), "--workers", "1"]) == 0
+    rows = {r.record for split in ("train", "valid") for r in read_manifest(dest / "pretrain" / f"{split}.tsv").rows}
+    test = read_manifest(dest / "identify" / "test_gallery.tsv").rows + read_manifest(dest / "identify" / "test_probe.tsv").rows
+    records = {line.split("\t")[0] for line in (dest / "records.tsv").read_text().splitlines()[1:]}
+    return records | rows | {r.record for r in test}, skipped(dest)
+
+
+def test_code15_exam_ids_one_longer_than_tracings_skip_that_file(tmp_path):
+    src, parts = _code15(tmp_path)
+    ids = parts["exams_part0"]
+    _rewrite_part(src / "exams_part0.hdf5", ids=np.array([99, *ids], dtype=np.int64))  # every id one row late
+    _, reasons = _prepared_and_skipped(src, tmp_path / "out")
+    part0 = {f"exams_part0/{i}" for i in ids if i}
+    assert set(reasons) == part0
+    assert all("exam_id has 6 entries but tracings 5" in why for why in reasons.values())
+
+
+def test_code15_exam_in_two_files_keeps_the_one_its_trace_file_names(tmp_path):
+    import h5py
+
+    src, parts = _code15(tmp_path)
+    stolen = parts["exams_part0"][0]  # part1's first tracing now also claims part0's first exam id
+    ids = np.array(parts["exams_part1"], dtype=np.int64)
+    ids[-1] = stolen  # the padding row
+    with h5py.File(src / "exams_part1.hdf5", "r") as h5:
+        tracings = h5["tracings"][()]
+    tracings[-1] = tracings[0]
+    _rewrite_part(src / "exams_part1.hdf5", ids=ids, tracings=tracings)
+    _, reasons = _prepared_and_skipped(src, tmp_path / "out")
+    assert list(reasons) == [f"exams_part1/{stolen}_row4"]
+    assert f"exam {stolen} is in exams_part1.hdf5, but exams.csv line" in reasons[f"exams_part1/{stolen}_row4"]
+    assert "gives trace_file exams_part0.hdf5" in reasons[f"exams_part1/{stolen}_row4"]
+
+
+def test_code15_exam_in_two_files_without_trace_file_is_skipped_in_both(tmp_path):
+    src, parts = _code15(tmp_path, trace_file=False)
+    stolen = parts["exams_part0"][0]
+    ids = np.array(parts["exams_part1"], dtype=np.int64)
+    ids[-1] = stolen
+    _rewrite_part(src / "exams_part1.hdf5", ids=ids)
+    _, reasons = _prepared_and_skipped(src, tmp_path / "out")
+    assert set(reasons) == {f"exams_part0/{stolen}_row0", f"exams_part1/{stolen}_row4"}
+    assert all(f"exam_id {stolen} is written 2 times (exams_part0.hdf5 row 0, exams_part1.hdf5 row 4)" in why
+               for why in reasons.values())
+
+
+def test_code15_bad_ids_and_table_rows_are_skipped_with_their_line(tmp_path):
+    import csv
+
+    src, parts = _code15(tmp_path)
+    ids = np.array(parts["exams_part1"], dtype=np.float64)
+    ids[1] = np.nan
+    _rewrite_part(src / "exams_part1.hdf5", ids=ids)
+    text_ids = np.array([str(i).encode() for i in parts["exams_part0"]], dtype="S12")  # ids stored as text
+    _rewrite_part(src / "exams_part0.hdf5", ids=text_ids)
+    with open(src / "exams.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_id = {int(r["exam_id"]): r for r in rows}
+    duplicate = dict(by_id[parts["exams_part0"][1]])
+    twin = dict(by_id[parts["exams_part0"][2]])
+    duplicate["AF"] = "True" if duplicate["AF"] == "False" else "False"  # the same exam, other labels
+    missing = dict(twin, exam_id="424242")  # an exam of a part not downloaded
+    rows += [duplicate, twin, missing, dict(twin, exam_id="")]
+    _write_exams(src, rows)
+    records, reasons = _prepared_and_skipped(src, tmp_path / "out")
+    nan_exam, conflicted = parts["exams_part1"][1], parts["exams_part0"][1]
+    assert set(reasons) == {"exams_part1/row1", f"exams_part1/{nan_exam}", f"exams_part0/{conflicted}",
+                            "exams_part0/424242", f"exams/line{len(rows) + 1}"}
+    assert "exam_id of row 1 is 'nan', not an integer id" in reasons["exams_part1/row1"]
+    assert "both give exam_id" in reasons[f"exams_part0/{conflicted}"] and "different values" in reasons[f"exams_part0/{conflicted}"]
+    assert "is not in its trace_file exams_part1.hdf5" in reasons[f"exams_part1/{nan_exam}"]  # and said of the exam
+    assert "exam 424242 is not in its trace_file exams_part0.hdf5" in reasons["exams_part0/424242"]
+    assert "exam_id '' is not an integer id" in reasons[f"exams/line{len(rows) + 1}"]
+    assert str(nan_exam) not in records  # the NaN row's exam is nowhere else: not prepared
+    assert str(parts["exams_part0"][2]) in records  # an identical second line is the same exam
+    assert str(parts["exams_part0"][0]) in records  # text ids read as the numbers they are
+
+
+def test_code15_tracings_stored_as_a_group_stop_in_one_line(tmp_path, capsys):
+    import h5py
+
+    src, parts = _code15(tmp_path)
+    with h5py.File(src / "exams_part0.hdf5", "w") as h5:
+        h5.create_group("tracings")
+        h5.create_dataset("exam_id", data=np.array(parts["exams_part0"]))
+    assert main([str(src), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exams_part0.hdf5: not a CODE-15% HDF5 file" in err[0] and "tracings: Group" in err[0]

@@ -177,3 +177,14 @@ def test_cli_bad_arguments(tmp_path, args, capsys):
     assert stop.value.code != 0
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("fairseq-ecg-synth: error:")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("layout", ["code15", "ptbxl", "numpy"])
+def test_the_command_names_the_classes_of_every_layout(tmp_path, capsys, layout):
+    """CODE-15% writes codes equivalent to a scored class (59118001 for RBBB): the summary names the
+    class instead of failing after the archive is written (issue 20 item 16)."""
+    from fairseq_ecg.synth import main
+
+    assert main([str(tmp_path / "out"), "--records", "30", "--seed", "2", "--layout", layout]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 30 records" in out and "classes " in out and "=" in out.split("classes ", 1)[1]

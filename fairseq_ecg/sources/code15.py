@@ -15,7 +15,13 @@ each with ``tracings`` [exams, 4096, 12] float32 at 400 Hz and ``exam_id`` [exam
   4,096 samples whose symmetric padding is zero in every lead (a signal that happens to start
   at 0 mV keeps its samples).
 * Rows whose ``exam_id`` is not in ``exams.csv`` are not exams (the files end with a padding row
-  of zeros, exam id 0) and are not listed. The HDF5 is read one exam at a time (h5py; the file
+  of zeros, exam id 0) and are not listed.
+* Which tracing is which exam is checked, never assumed: a file whose ``exam_id`` and ``tracings``
+  differ in length, an exam found in another file than its ``trace_file`` column names, an id
+  written twice where the table cannot tell which row is the exam, two ``exams.csv`` lines of one
+  exam that disagree, an id that is not an integer (NaN, text) and an exam of ``exams.csv`` found
+  in no file are each skipped with the reason in ``skipped.tsv``: a wrong match would put one
+  exam's labels on another's ECG. The HDF5 is read one exam at a time (h5py; the file
   is never loaded whole), with one file kept open per worker.
 * Labels: the six columns map to SNOMED CT codes of CinC 2021 scored classes
   (:data:`CODE15_TO_SNOMED`); only these six classes are known, the other 20 are marked unknown
@@ -68,6 +74,82 @@ def exam_length(tracing: np.ndarray) -> int:
     return total
 
 
+def _exam_rows(table: Path) -> tuple[dict[int, tuple[int, dict, str]], list[RecordRef]]:
+    """``exams.csv`` as exam -> (line, row, problem) and a skipped ref for each row without a usable
+    ``exam_id``. An exam on two lines that disagree is a problem (which labels are its?); two
+    identical lines are one exam."""
+    try:
+        handle = open(table, newline="")
+    except OSError as error:
+        raise LayoutError(f"{table}: cannot read ({error.strerror}); the code15 layout needs {EXAMS_CSV}") from None
+    exams: dict[int, tuple[int, dict, str]] = {}
+    bad: list[RecordRef] = []
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = {"exam_id", "patient_id", *CODE15_TO_SNOMED} - set(reader.fieldnames or [])
+        if missing:
+            raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this CODE-15%'s exams.csv?")
+        for line, row in enumerate(reader, start=2):
+            text = (row.get("exam_id") or "").strip()
+            exam = _int_id(text)
+            if exam is None:
+                bad.append(RecordRef(path=table, name=f"line{line}", key=f"{table.stem}/line{line}",
+                                     problem=f"{EXAMS_CSV} line {line}: exam_id {text!r} is not an integer id"))
+            elif exam not in exams:
+                exams[exam] = (line, row, "")
+            elif exams[exam][1] != row:
+                first = exams[exam][0]
+                exams[exam] = (first, row, f"{EXAMS_CSV} lines {first} and {line} both give exam_id {exam}, with "
+                                           "different values: which are its labels is unknown")
+    return exams, bad
+
+
+def _exam_ids(path: Path) -> tuple[list[Optional[int]], str, list[RecordRef]]:
+    """An HDF5 file's exam ids by row, why its rows cannot be trusted ("" if they can), and a skipped
+    ref for each row whose id is not an integer (NaN, text)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            tracings, exam_id = h5.get("tracings"), h5.get("exam_id")
+            if not isinstance(tracings, h5py.Dataset) or not isinstance(exam_id, h5py.Dataset):
+                kinds = {n: type(d).__name__ if d is not None else "missing" for n, d in
+                         (("tracings", tracings), ("exam_id", exam_id))}
+                raise LayoutError(f"{path}: not a CODE-15% HDF5 file: tracings and exam_id must be datasets "
+                                  f"(found {', '.join(f'{n}: {k}' for n, k in kinds.items())})")
+            raw, shape = np.asarray(exam_id[()]).ravel(), tracings.shape
+    except OSError as error:
+        raise LayoutError(f"{path}: not a CODE-15% HDF5 file with tracings and exam_id ({error})") from None
+    ids: list[Optional[int]] = []
+    bad: list[RecordRef] = []
+    for index, value in enumerate(raw.tolist()):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        ids.append(_int_id(text.strip()))
+        if ids[-1] is None:
+            bad.append(RecordRef(path=path, name=f"row{index}", key=f"{path.stem}/row{index}", item=index,
+                                 problem=f"{path.name}: exam_id of row {index} is {text[:40]!r}, not an integer id"))
+    why = ""
+    if len(shape) != 3 or shape[2] != 12 or shape[1] != CODE15_SAMPLES:
+        why = (f"{path.name}: tracings has shape {shape}, expected [exams, {CODE15_SAMPLES}, 12] "
+               f"(CODE-15% tracings are {CODE15_SAMPLES} samples, 10.24 s at 400 Hz)")
+    elif shape[0] != len(ids):
+        why = (f"{path.name}: exam_id has {len(ids)} entries but tracings {shape[0]}: which tracing is "
+               "which exam cannot be told")
+    return ids, why, bad
+
+
+def _placement_problem(exam: int, line: int, trace_file: str, path: Path, places: list[tuple[Path, int]]) -> str:
+    """Why the tracing at ``path`` may not be this exam's: ``exams.csv`` names another file, or the id
+    is written more than once where the table cannot tell which row is the exam."""
+    if trace_file and path.name != trace_file:
+        return f"exam {exam} is in {path.name}, but {EXAMS_CSV} line {line} gives trace_file {trace_file}"
+    rivals = [(p, i) for p, i in places if not trace_file or p.name == trace_file]
+    if len(rivals) > 1:
+        where = ", ".join(f"{p.name} row {i}" for p, i in rivals)
+        return f"exam_id {exam} is written {len(rivals)} times ({where}): which tracing is its is unknown"
+    return ""
+
+
 _OPEN: dict = {}
 
 
@@ -94,51 +176,38 @@ class Code15(Source):
         return (src / EXAMS_CSV).is_file() and next(walk_files(src, (".hdf5", ".h5"), limit=1), None) is not None
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
-        import h5py
-
         table = Path(labels_csv) if labels_csv else src / EXAMS_CSV
-        try:
-            handle = open(table, newline="")
-        except OSError as error:
-            raise LayoutError(f"{table}: cannot read ({error.strerror}); the code15 layout needs {EXAMS_CSV}") from None
-        exams: dict[int, tuple[int, dict]] = {}
-        with handle:
-            reader = csv.DictReader(handle)
-            missing = {"exam_id", "patient_id", *CODE15_TO_SNOMED} - set(reader.fieldnames or [])
-            if missing:
-                raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this CODE-15%'s exams.csv?")
-            for line, row in enumerate(reader, start=2):
-                exam = _int_id((row.get("exam_id") or "").strip())
-                if exam is not None:
-                    exams[exam] = (line, row)
-        known = tuple(CODE15_TO_SNOMED.values())
-        refs = []
+        exams, refs = _exam_rows(table)
+        found: dict[int, list[tuple[Path, int]]] = {}  # exam -> where its id is written: (file, row)
+        shapes: dict[Path, str] = {}  # file -> why none of its rows can be trusted ("" if they can)
         for path in walk_files(src, (".hdf5", ".h5")):
-            try:
-                with h5py.File(path, "r") as h5:
-                    ids = np.asarray(h5["exam_id"][()]).astype(np.int64).ravel()
-                    shape = h5["tracings"].shape
-            except (OSError, KeyError) as error:
-                raise LayoutError(f"{path}: not a CODE-15% HDF5 file with tracings and exam_id ({error})") from None
-            for index, exam in enumerate(ids.tolist()):
-                if exam not in exams:
-                    continue  # not an exam (the padding row at the end of each file)
-                line, row = exams[exam]
-                problem = ""
-                if len(shape) != 3 or shape[2] != 12 or index >= shape[0] or shape[1] != CODE15_SAMPLES:
-                    problem = (f"{path.name}: tracings has shape {shape}, expected [exams, {CODE15_SAMPLES}, 12] "
-                               f"covering exam_id (CODE-15% tracings are {CODE15_SAMPLES} samples, 10.24 s at 400 Hz)")
-                codes = []
-                for column, code in CODE15_TO_SNOMED.items():
-                    value = (row.get(column) or "").strip().lower()
-                    if value in _TRUE:
-                        codes.append(code)
-                    elif value not in _FALSE:
-                        problem = problem or f"{EXAMS_CSV} line {line}: {column} {row.get(column)!r} is not True/False"
-                patient = _int_id((row.get("patient_id") or "").strip())
-                refs.append(RecordRef(path=path, name=str(exam), key=f"{path.stem}/{exam}",
+            ids, shapes[path], unreadable = _exam_ids(path)
+            refs += unreadable
+            for index, exam in enumerate(ids):
+                if exam in exams:
+                    found.setdefault(exam, []).append((path, index))
+        known = tuple(CODE15_TO_SNOMED.values())
+        for exam, (line, row, problem) in exams.items():
+            places = found.get(exam, [])
+            trace_file = (row.get("trace_file") or "").strip()
+            codes = []
+            for column, code in CODE15_TO_SNOMED.items():
+                value = (row.get(column) or "").strip().lower()
+                if value in _TRUE:
+                    codes.append(code)
+                elif value not in _FALSE:
+                    problem = problem or f"{EXAMS_CSV} line {line}: {column} {row.get(column)!r} is not True/False"
+            patient = _int_id((row.get("patient_id") or "").strip())
+            if not places:
+                where = f"its trace_file {trace_file}" if trace_file else "any HDF5 file of the folder"
+                places, problem = [(src / (trace_file or EXAMS_CSV), -1)], (
+                    problem or f"{EXAMS_CSV} line {line}: exam {exam} is not in {where} (a part not downloaded?)")
+            for path, index in places:
+                why = problem or shapes[path] or _placement_problem(exam, line, trace_file, path, places)
+                key = f"{path.stem}/{exam}" if len(places) == 1 else f"{path.stem}/{exam}_row{index}"
+                refs.append(RecordRef(path=path, name=str(exam), key=key,
                                       patient="" if patient is None else str(patient), codes=tuple(codes),
-                                      problem=problem, item=index, known=known))
+                                      problem=why, item=index, known=known))
         yield from sorted(refs, key=lambda ref: ref.key)
 
     def read(self, ref: RecordRef) -> RawRecord:
