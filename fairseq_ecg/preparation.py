@@ -289,6 +289,30 @@ def load_journal(path: Path, settings: Settings) -> dict[str, Outcome]:
     return entries
 
 
+def journal_sources(path: Path) -> tuple[str, ...]:
+    """The source folders a journal's run prepared (its signature line); () without a journal."""
+    try:
+        with open(path, errors="replace") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        return ()
+    found = re.search(r" sources=(.*) bounds=", first)
+    return tuple(s for s in found.group(1).split(",") if s) if first.startswith(f"# {PROG} journal") and found else ()
+
+
+def _other_archive(journal: Path, sources: Sequence[str]) -> str:
+    """Why ``--dest`` may not be prepared from ``sources``: it holds another archive, whose waveforms
+    would stay behind as orphans and whose journal would be replaced. Listing the folder's sources
+    with the new one adds to it deliberately (duplicates across sources are then checked)."""
+    before = journal_sources(journal)
+    left_out = [s for s in before if s not in sources]
+    if not left_out:
+        return ""
+    return (f"{journal.parent} was prepared from {', '.join(before)}, not from {', '.join(sources)}: "
+            "choose another --dest (or empty this one), or name its sources too to add to it "
+            f"({PROG} {' '.join(dict.fromkeys((*before, *sources)))} --dest {journal.parent})")
+
+
 def journal_text(settings: Settings, outcomes: Iterable[Outcome]) -> str:
     lines = [settings.signature, "\t".join(JOURNAL_COLUMNS)] + [o.journal_line() for o in outcomes]
     return "\n".join(lines) + "\n"
@@ -630,9 +654,12 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
     settings = Settings(dest=dest, sample_rate=args.sample_rate, min_seconds=args.min_seconds, force=args.force,
                         sources=tuple(str(src.resolve()) for src in args.sources), layout=",".join(args.layouts),
                         bounds=Bounds(args.min_rate, args.max_rate, args.max_seconds, args.max_mv))
+    journal_path = dest / JOURNAL
+    problem = _other_archive(journal_path, settings.sources)
+    if problem:
+        return _fail(problem)
     start = time.perf_counter()
     remove_stale_temporaries(dest)
-    journal_path = dest / JOURNAL
     cached = load_journal(journal_path, settings)
     outcomes: dict[str, Outcome] = {}
     tasks = []

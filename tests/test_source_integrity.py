@@ -228,3 +228,27 @@ def test_code15_tracings_stored_as_a_group_stop_in_one_line(tmp_path, capsys):
     assert main([str(src), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exams_part0.hdf5: not a CODE-15% HDF5 file" in err[0] and "tracings: Group" in err[0]
+
+
+# --- item 12: a --dest prepared from another archive ------------------------------------------
+
+def test_a_dest_holding_another_archive_is_refused_then_added_to_deliberately(tmp_path, capsys):
+    from fairseq_ecg.synth import synthesize_archive
+
+    first, second, dest = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    synthesize_archive(first, records=6, patients=3, seed=1)
+    synthesize_archive(second, records=6, patients=3, seed=2, layout="numpy")
+    assert main([str(first), "--dest", str(dest), "--workers", "1"]) == 0
+    journal = (dest / "records.tsv").read_bytes()
+    waves = sorted(p.relative_to(dest) for p in (dest / "waves").rglob("*.npy"))
+    capsys.readouterr()
+    assert main([str(second), "--dest", str(dest), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{dest} was prepared from {first.resolve()}, not from {second.resolve()}" in err[0]
+    assert f"{first.resolve()} {second.resolve()} --dest {dest}" in err[0]  # the command that adds to it
+    assert (dest / "records.tsv").read_bytes() == journal  # nothing rewritten
+    assert sorted(p.relative_to(dest) for p in (dest / "waves").rglob("*.npy")) == waves
+    assert main([str(first), str(second), "--dest", str(dest), "--workers", "1"]) == 0  # deliberately both
+    assert "layout=physionet2021,numpy " in (dest / "records.tsv").read_text().splitlines()[0]
+    assert main([str(first), str(second), "--dest", str(dest), "--workers", "1"]) == 0  # and again: the same
+    assert main([str(first), "--dest", str(dest), "--workers", "1"]) == 2  # dropping one is refused too
