@@ -48,7 +48,7 @@ from .manifest import (
 )
 from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
-    AUTO, DEFAULT_BOUNDS, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, Bounds, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout,
+    AUTO, DEFAULT_BOUNDS, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, Bounds, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout, unread_files, MIXED_LAYOUTS,
     discover, get_source, layouts, patient_salt_from, read_record, resample,
 )
 from .sources.ptbxl import ptbxl_task_refs
@@ -555,7 +555,8 @@ def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
             raise LayoutError(f"--ptbxl-labels {ptbxl_labels}: {src} is not a PTB-XL archive (layout {name}); "
                               "prepare it in a run of its own, or use --ptbxl-labels snomed (the CinC classes)")
         if not found:
-            raise LayoutError(f"no records found in {src} (layout {name}: {get_source(name).summary}); "
+            summary = "; ".join(get_source(part).summary for part in name.split(MIXED_LAYOUTS))
+            raise LayoutError(f"no records found in {src} (layout {name}: {summary}); "
                               "check the folder, or pick the right --layout")
         if split_by == "strat-fold" and not any(ref.split for ref in found):
             way_out = ("use --ptbxl-labels snomed to split by patient hash" if ptbxl_labels != SNOMED_TASK
@@ -728,8 +729,14 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
 
 def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[str]:
     """Summary lines about the inputs: the archive's own split in use, a PhysioNet/CinC 2021
-    source without patient ids."""
+    source without patient ids, files of another layout that ``--layout NAME`` leaves unread."""
     lines = []
+    for src, name in zip(args.sources, getattr(args, "layouts", ())):
+        unread = unread_files(src, name)
+        if unread:
+            lines.append(f"  notice: {src} also holds files that --layout {name} does not read ({unread}); "
+                         "--layout auto reads MUSE and DICOM exports side by side, or prepare the others as a "
+                         "source of their own")
     if any(ref.split for ref in refs):
         lines.append("  splits: PTB-XL's strat_fold (folds 1-8 train, 9 valid, 10 test; --valid-percent and "
                      "--test-percent unused); "

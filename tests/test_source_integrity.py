@@ -252,3 +252,53 @@ def test_a_dest_holding_another_archive_is_refused_then_added_to_deliberately(tm
     assert "layout=physionet2021,numpy " in (dest / "records.tsv").read_text().splitlines()[0]
     assert main([str(first), str(second), "--dest", str(dest), "--workers", "1"]) == 0  # and again: the same
     assert main([str(first), "--dest", str(dest), "--workers", "1"]) == 2  # dropping one is refused too
+
+
+# --- item 13: a folder holding two layouts is read whole ---------------------------------------
+
+def _mixed_exports(folder: Path) -> None:
+    """Three DICOM exports beside one GE MUSE XML, as a hospital's export folder holds them."""
+    import shutil
+
+    from fairseq_ecg.synth import synthesize_archive
+
+    synthesize_archive(folder.parent / "muse", records=1, patients=1, seed=21, layout="muse_xml")
+    synthesize_archive(folder.parent / "dicom", records=3, patients=2, seed=22, layout="dicom")
+    folder.mkdir()
+    for path in [*(folder.parent / "muse").rglob("*.xml"), *(folder.parent / "dicom").rglob("*.dcm")]:
+        shutil.copy(path, folder / path.name)
+
+
+def test_a_folder_of_muse_and_dicom_exports_is_read_whole(tmp_path, capsys):
+    src, dest = tmp_path / "exports", tmp_path / "out"
+    _mixed_exports(src)
+    assert main([str(src), "--dest", str(dest), "--workers", "1", "--valid-percent", "0", "--test-percent", "0"]) == 0
+    keys = [line.split("\t")[0] for line in (dest / "records.tsv").read_text().splitlines()[2:]]
+    assert sorted(k.split("/")[0] for k in keys) == ["dicom", "dicom", "dicom", "muse"]
+    assert "layout=muse_xml+dicom " in (dest / "records.tsv").read_text().splitlines()[0]
+    assert "4 records found, 4 written" in capsys.readouterr().out
+
+
+def test_layout_named_on_a_mixed_folder_counts_the_files_it_leaves_unread(tmp_path, capsys):
+    src, dest = tmp_path / "exports", tmp_path / "out"
+    _mixed_exports(src)
+    assert main([str(src), "--dest", str(dest), "--workers", "1", "--layout", "muse_xml"]) == 0
+    out = capsys.readouterr().out
+    assert "1 records found" in out and "also holds files that --layout muse_xml does not read (dicom: 3 .dcm)" in out
+
+
+def test_an_archive_beside_files_of_another_layout_stops_in_one_line(tmp_path, capsys):
+    import shutil
+
+    from fairseq_ecg.synth import synthesize_archive
+
+    src = tmp_path / "cinc"
+    synthesize_archive(src, records=4, patients=2, seed=23)
+    _mixed_exports(tmp_path / "exports")
+    for path in list((tmp_path / "exports").glob("*.dcm"))[:2]:
+        shutil.copy(path, src / path.name)
+    assert main([str(src), "--dest", str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files of several layouts (" in err[0]
+    assert "physionet2021: 4 .hea" in err[0] and "dicom: 2 .dcm" in err[0]
+    assert not (tmp_path / "out" / "records.tsv").exists()

@@ -16,6 +16,7 @@ from .ptbxl import PTBXL_DATABASE, PTBXL_FOLD_SPLITS  # noqa: E402
 from .base import DEFAULT_BOUNDS, UNKNOWN_LEAD_NOTE, Bounds, check_plausible  # noqa: E402
 from .base import PATIENT_SALT_ENV, SaltError, patient_salt_from, resolve_salt  # noqa: E402  (the salt of the patient hashes)
 from .wfdb_folder import MAT_NAMED_NOTE  # noqa: E402
+from .base import MIXED_LAYOUTS, unread_files  # noqa: E402  (folders holding several layouts)
 
 LAYOUTS = layouts()
 
@@ -26,4 +27,5 @@ __all__ = [
     "resample_factors", "resampled_length", "salted_patient", "split_codes",
     "MAT_NAMED_NOTE", "UNKNOWN_LEAD_NOTE", "Bounds", "DEFAULT_BOUNDS", "check_plausible",
 ]
+__all__ += ["MIXED_LAYOUTS", "unread_files"]
 __all__ += ["PATIENT_SALT_ENV", "SaltError", "patient_salt_from", "resolve_salt"]

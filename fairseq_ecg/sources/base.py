@@ -32,6 +32,7 @@ from ..leads import LEADS, NUM_LEADS, UnknownLeadError, canonical_lead
 PATIENTS_CSV = "patients.csv"
 DEFAULT_MIN_SECONDS = 5.0
 AUTO = "auto"
+MIXED_LAYOUTS = "+"  # a folder of exports read by several layouts, one per file: "muse_xml+dicom"
 # Physical units accepted for ECG channels and their factor to mV. An empty unit is WFDB's default (mV).
 UNIT_TO_MV = {"": 1.0, "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
               "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3}
@@ -176,6 +177,8 @@ class Source:
     summary = ""  # one line for --help
     priority = 50  # --layout auto tries lower numbers first (specific layouts before generic ones)
     private = False  # hospital exports: names and ids are salted hashes, and no reason names the file
+    files: tuple[str, ...] = ()  # suffixes of the files it reads records from (which files are its)
+    one_file_one_record = False  # each file is a whole record: it can be read beside another layout's
 
     def recognise(self, src: Path) -> bool:
         """Whether ``src`` is a folder of this layout (cheap: looks at a few files only)."""
@@ -213,22 +216,58 @@ def get_source(name: str) -> Source:
 
 
 def detect_layout(src: Path) -> str:
-    """The layout of ``src`` (``--layout auto``); :class:`LayoutError` listing the known ones if none fits."""
-    for name in layouts():
-        if SOURCES[name].recognise(Path(src)):
-            return name
-    raise LayoutError(f"{src}: no known archive layout recognised (known: {', '.join(layouts())}); "
-                      "pass --layout NAME or check the folder")
+    """The layout of ``src`` (``--layout auto``); :class:`LayoutError` listing the known ones if none
+    fits. A folder holding files of several layouts is read whole or not at all: exports of one file
+    per record (MUSE XML beside DICOM) are read each by its own layout (``muse_xml+dicom``); other
+    mixtures stop with one line naming what would be left unread."""
+    found = [name for name in layouts() if SOURCES[name].recognise(Path(src))]
+    if not found:
+        raise LayoutError(f"{src}: no known archive layout recognised (known: {', '.join(layouts())}); "
+                          "pass --layout NAME or check the folder")
+    chosen: list[str] = []
+    for name in found:  # one layout per kind of file: physionet2021, not also wfdb, for the same .hea
+        if not any(set(SOURCES[name].files) & set(SOURCES[other].files) for other in chosen):
+            chosen.append(name)
+    if len(chosen) > 1 and not all(SOURCES[name].one_file_one_record for name in chosen):
+        raise LayoutError(f"{src}: holds files of several layouts ({_file_counts(Path(src), chosen)}); one "
+                          "folder is read as one archive: put each in a folder of its own and pass the "
+                          f"folders as sources, or pass --layout NAME (the others' files are then left out, counted)")
+    return MIXED_LAYOUTS.join(chosen)
+
+
+def unread_files(src: Path, layout: str) -> str:
+    """The files of other recognised layouts in ``src`` that ``layout`` does not read, counted by
+    layout (``"dicom: 3 .dcm"``); "" when there are none."""
+    names = layout.split(MIXED_LAYOUTS)
+    mine = {suffix for name in names for suffix in SOURCES[name].files}
+    others = [n for n in layouts() if n not in names and SOURCES[n].files and not set(SOURCES[n].files) & mine
+              and SOURCES[n].recognise(Path(src))]
+    kinds = []
+    for name in others:  # one entry per kind of file
+        if not any(set(SOURCES[name].files) & set(SOURCES[other].files) for other in kinds):
+            kinds.append(name)
+    return _file_counts(Path(src), kinds) if kinds else ""
+
+
+def _file_counts(src: Path, names: Sequence[str]) -> str:
+    counts = []
+    for name in names:
+        suffixes = SOURCES[name].files
+        counts.append(f"{name}: {sum(1 for _ in walk_files(src, suffixes))} {'/'.join(suffixes)}")
+    return ", ".join(counts)
 
 
 def discover(src: Path, layout: str, labels_csv: Optional[Path] = None,
              use_folds: bool = True) -> Iterator[RecordRef]:
     """The records of an archive, sorted by ``key`` so that every run sees them in the same order;
     ``layout`` may be ``auto``. Each ref names its layout, so :func:`read_record` finds its reader."""
-    name = detect_layout(Path(src)) if layout == AUTO else layout
-    source = get_source(name)
-    for ref in source.discover(Path(src), Path(labels_csv) if labels_csv else None, use_folds):
-        yield ref if ref.layout else _with_layout(ref, name)
+    names = (detect_layout(Path(src)) if layout == AUTO else layout).split(MIXED_LAYOUTS)
+    refs = []
+    for name in names:
+        source = get_source(name)
+        for ref in source.discover(Path(src), Path(labels_csv) if labels_csv else None, use_folds):
+            refs.append(ref if ref.layout else _with_layout(ref, name))
+    yield from (refs if len(names) == 1 else sorted(refs, key=lambda ref: ref.key))
 
 
 def _with_layout(ref: RecordRef, name: str) -> RecordRef:

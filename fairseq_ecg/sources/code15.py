@@ -171,6 +171,7 @@ class Code15(Source):
     name = "code15"
     summary = "CODE-15%: exams.csv + exams_partN.hdf5 (tracings, exam_id); 6 labels, the rest unknown"
     priority = 20
+    files = (".hdf5", ".h5")
 
     def recognise(self, src: Path) -> bool:
         return (src / EXAMS_CSV).is_file() and next(walk_files(src, (".hdf5", ".h5"), limit=1), None) is not None

@@ -93,6 +93,8 @@ class Dicom(Source):
     name = "dicom"
     summary = "DICOM ECG waveforms (.dcm; pydicom): the rhythm multiplex group in mV; patients hashed"
     priority = 70
+    files = (".dcm",)
+    one_file_one_record = True
     private = True
 
     def recognise(self, src: Path) -> bool:

@@ -41,6 +41,7 @@ class MimicIvEcg(Source):
     name = "mimic_iv_ecg"
     summary = "MIMIC-IV-ECG: record_list.csv + files/pNNNN/... WFDB; no labels (pretrain/identify), reports kept"
     priority = 15
+    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         return (src / RECORD_LIST).is_file() and (src / "files").is_dir()

@@ -73,6 +73,8 @@ class MuseXml(Source):
     name = "muse_xml"
     summary = "GE MUSE XML exports (RestingECG, Rhythm waveform); limb leads derived; patients hashed"
     priority = 60
+    files = (".xml",)
+    one_file_one_record = True
     private = True
 
     def recognise(self, src: Path) -> bool:

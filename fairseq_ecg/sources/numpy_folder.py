@@ -67,6 +67,7 @@ class NumpyFolder(Source):
     name = "numpy"
     summary = "NumPy arrays (.npy/.npz) listed in records.csv: record,sample_rate,leads,axis,patient,codes"
     priority = 40
+    files = (".npy",)
 
     def recognise(self, src: Path) -> bool:
         try:

@@ -28,6 +28,7 @@ class PhysioNet2021(Source):
     name = "physionet2021"
     summary = "PhysioNet/CinC 2021: tree of .hea + .mat (patients.csv at the root is used)"
     priority = 80
+    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         """A WFDB tree whose first header points at a ``.mat`` signal file."""

@@ -107,6 +107,7 @@ class PtbXl(Source):
     name = "ptbxl"
     summary = "PTB-XL: ptbxl_database.csv + records500/ (strat_fold gives the recommended split)"
     priority = 10
+    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         return (src / PTBXL_DATABASE).is_file()

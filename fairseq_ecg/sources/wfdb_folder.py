@@ -339,6 +339,7 @@ class WfdbFolder(Source):
     name = "wfdb"
     summary = "any folder of WFDB records (.hea + signal files); --labels CSV: record[,patient][,codes]"
     priority = 90
+    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         return has_header(src)
