@@ -39,7 +39,7 @@ from .models.encoder import EcgEncoderConfig, EcgEncoderModel
 from .normalization import AUTO as NORMALIZE_AUTO
 from .normalization import MODES, checkpoint_normalization, resolve_normalization
 from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
-from .preparation import SALT_FROM_HELP, output_salt
+from .preparation import SALT_FROM_HELP, check_outputs, output_salt, salt_beside
 from .sources import AUTO, layouts
 
 
@@ -172,6 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     try:
+        salt_file = [] if args.salt_from else [salt_beside(args.out)]
+        check_outputs([args.out, args.out.with_suffix(".tsv"), *salt_file], [args.inputs, args.checkpoint])
         encoder, task = load_encoder(args.checkpoint)
         trained = task.get("leads", "12")  # a preset, or a list (task.leads=[I,II,V2])
         leads = args.leads if args.leads is not None else (trained if isinstance(trained, (str, int)) else list(trained))

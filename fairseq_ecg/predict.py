@@ -42,7 +42,7 @@ from .manifest import EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_ou
 from .metrics import aggregate_by_record
 from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
     resolve_normalization
-from .preparation import SALT_FROM_HELP, output_salt
+from .preparation import SALT_FROM_HELP, check_outputs, output_salt, salt_beside
 from .sources import AUTO as SOURCE_AUTO
 from .spreadsheet import csv_writer
 from .sources import layouts
@@ -334,6 +334,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--batch-size must be at least 1")
     say = lambda text: print(f"fairseq-ecg-predict: {text}", file=sys.stderr, flush=True)  # noqa: E731
     try:
+        salt_file = [] if args.salt_from else [salt_beside(args.out)]
+        check_outputs([args.out, args.out.with_suffix(".skipped.tsv"), *salt_file],
+                      [args.inputs, args.checkpoint, *(p for p in [Path(args.thresholds or '')] if p.is_file())])
         if args.leads is not None:
             parse_leads(args.leads)
         predictor = load_predictor(args.checkpoint, args.normalize, log=say)

@@ -44,7 +44,8 @@ import numpy as np
 from .labels import PTBXL_TASKS, SNOMED_TASK, LabelSet, scored_labels
 from .leads import NUM_LEADS, mask_to_string
 from .manifest import (
-    EXIT_MACHINE_ERROR, MachineError, ManifestRow, atomic_save_npy, atomic_write_text, machine_error, write_classes, write_labels, write_manifest,
+    CLASSES_FILE, EXIT_MACHINE_ERROR, LABEL_SUFFIX, MachineError, ManifestError, ManifestRow, atomic_save_npy,
+    atomic_write_text, label_path, machine_error, read_manifest, write_classes, write_labels, write_manifest,
 )
 from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
@@ -56,6 +57,7 @@ from .sources.ptbxl import ptbxl_task_refs
 PROG = "fairseq-ecg-manifest"
 WAVES = "waves"
 JOURNAL = "records.tsv"
+JOURNAL_MARK = f"# {PROG} journal"  # how a journal's first line starts: a folder holding one is prepared
 SKIPPED = "skipped.tsv"
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
                    "statement", "sha256", "note")
@@ -81,7 +83,7 @@ class Settings:
     @property
     def signature(self) -> str:
         """First line of the journal: a journal written for other sources or settings is not reused."""
-        return (f"# {PROG} journal: sample_rate={self.sample_rate:g} min_seconds={self.min_seconds:g} "
+        return (f"{JOURNAL_MARK}: sample_rate={self.sample_rate:g} min_seconds={self.min_seconds:g} "
                 f"layout={self.layout} sources={','.join(self.sources)} bounds={self.bounds.describe()}")
 
 
@@ -154,7 +156,12 @@ def output_salt(salt_from: Optional[Path], out: Path):
     (``OUT.patient_salt.txt``), created on first need, so that re-runs give the same hashes."""
     if salt_from is not None:
         return patient_salt_from(Path(salt_from) / SALT_FILE, create=False)
-    return patient_salt_from(Path(out).with_suffix(".patient_salt.txt"))
+    return patient_salt_from(salt_beside(out))
+
+
+def salt_beside(out: Path) -> Path:
+    """Where predict and embed keep the salt they made for ``out`` (see :func:`output_salt`)."""
+    return Path(out).with_suffix(".patient_salt.txt")
 
 
 def wave_relative_path(key: str) -> str:
@@ -297,7 +304,7 @@ def journal_sources(path: Path) -> tuple[str, ...]:
     except FileNotFoundError:
         return ()
     found = re.search(r" sources=(.*) bounds=", first)
-    return tuple(s for s in found.group(1).split(",") if s) if first.startswith(f"# {PROG} journal") and found else ()
+    return tuple(s for s in found.group(1).split(",") if s) if first.startswith(JOURNAL_MARK) and found else ()
 
 
 def _other_archive(journal: Path, sources: Sequence[str]) -> str:
@@ -318,6 +325,59 @@ def journal_text(settings: Settings, outcomes: Iterable[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepared_files() -> dict[str, tuple[str, ...]]:
+    """The files preparation writes, by subfolder of the prepared folder ("": its root), besides
+    ``waves/``."""
+    return {"": (JOURNAL, SKIPPED, STATEMENTS, DUPLICATES, SALT_FILE), "pretrain": ("train.tsv", "valid.tsv"),
+            "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", LABEL_SUFFIX)) + (CLASSES_FILE,),
+            "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
+
+
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """:class:`ManifestError` (one line) when a command that uses a trained model would write over
+    what it reads or over a prepared folder: an input file (a manifest with its label file and
+    class list, a checkpoint), an existing file inside an input folder, a file preparation wrote
+    (journal, manifests, labels, waveforms), or any existing manifest, label file or class list.
+    Paths are resolved, so a link to an input counts as the input."""
+    protected: dict[Path, str] = {}
+    folders = []
+    for given in inputs:
+        path = Path(given).resolve()
+        if path.is_dir():
+            folders.append(path)
+            continue
+        protected[path] = f"the input {given}"
+        if path.suffix == ".tsv":  # a manifest's own side files
+            protected[label_path(path)] = f"the label file of {given}"
+            protected[path.parent / CLASSES_FILE] = f"the class list beside {given}"
+    for out in outputs:
+        target = Path(out).resolve()
+        why = protected.get(target, "")
+        if not why and target.exists():
+            inside = next((folder for folder in folders if target.is_relative_to(folder)), None)
+            why = f"a file of the input folder {inside}" if inside else _format_file(target)
+        if why:
+            raise ManifestError(f"{out} would overwrite {why}; choose another --out")
+
+
+def _format_file(path: Path) -> str:
+    """What ``path`` (an existing file) is in the manifest format or a prepared folder; "" if neither."""
+    for root in list(path.parents)[:3]:  # the prepared folder, its subfolder, or waves/'s subfolder
+        if journal_sources(root / JOURNAL):
+            relative = path.relative_to(root)
+            if relative.parts[0] == WAVES or relative.name in prepared_files().get(relative.parent.as_posix().strip("."), ()):
+                return f"{relative} of the prepared folder {root}"
+    if path.suffix == LABEL_SUFFIX or path.name == CLASSES_FILE:
+        return f"the {'label file' if path.suffix == LABEL_SUFFIX else 'class list'} {path}"
+    if path.suffix == ".tsv":
+        try:
+            read_manifest(path)
+        except (ManifestError, OSError, UnicodeDecodeError):
+            return ""
+        return f"the manifest {path}"
+    return ""
+
+
 def remove_stale_temporaries(dest: Path) -> int:
     """Delete the temporary files that a killed run of the atomic writers left: ``.NAME.*.npy.tmp``
     under ``waves/`` and ``.NAME.*.tmp`` beside our own outputs (nothing else in ``dest``)."""
@@ -327,10 +387,7 @@ def remove_stale_temporaries(dest: Path) -> int:
             if name.startswith(".") and name.endswith(".npy.tmp"):
                 os.unlink(os.path.join(folder, name))
                 removed += 1
-    ours = {"": (JOURNAL, SKIPPED, STATEMENTS, DUPLICATES, SALT_FILE), "pretrain": ("train.tsv", "valid.tsv"),
-            "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", ".lbl")) + ("classes.tsv",),
-            "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
-    for sub, names in ours.items():
+    for sub, names in prepared_files().items():
         folder = dest / sub
         if not folder.is_dir():
             continue
