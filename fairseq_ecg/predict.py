@@ -16,8 +16,9 @@ Thresholds: ``valid`` (default) takes those tuned on the validation subset and s
 checkpoint (``task.tune_thresholds``), or 0.5 when it has none (said in one line); a number is used
 for every class; a FILE holds one threshold per class, one per line (``value`` or ``name,value``).
 
-A record that cannot be used is listed on stderr and in ``OUT.skipped.tsv`` (record, reason) and
-the run goes on. Records stream through: memory holds one record and one batch of segments,
+A record that cannot be used (unreadable, NaN, shorter than the encoder's receptive field, or one
+the model fails on: a failing batch is scored again record by record) is listed on stderr and in
+``OUT.skipped.tsv`` (record, reason) and the run goes on; a run that skipped every record exits 1. Records stream through: memory holds one record and one batch of segments,
 whatever the number of records; progress goes to stderr. Input problems that stop everything (an
 unusable checkpoint, manifest or threshold file) end with one line and exit status 2.
 """
@@ -31,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ class Predictor:
     normalize: str
     aggregate: str
     tuned_thresholds: Optional[np.ndarray]
+    min_samples: int = 1  # the encoder's receptive field: a shorter record gives no frame to classify
 
 
 def column_names(names: Sequence[str]) -> list[str]:
@@ -78,6 +80,7 @@ def column_names(names: Sequence[str]) -> list[str]:
 def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
     """Read a classifier checkpoint (safely) and build its model in eval mode."""
     from .models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
+    from .models.ecg_wav2vec2 import MultiLeadFeatureEncoder
 
     state = load_checkpoint(path)
     name = model_name(state)
@@ -112,6 +115,7 @@ def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
         leads=task.get("leads", "12"),
         normalize=resolve_normalization(normalize, checkpoint_normalization(state), str(path)),
         aggregate=str(task.get("aggregate", "mean")), tuned_thresholds=thresholds,
+        min_samples=next(m.receptive_field for m in model.modules() if isinstance(m, MultiLeadFeatureEncoder)),
     )
 
 
@@ -217,24 +221,40 @@ class _Batcher:
         self.pending: list[tuple[int, torch.Tensor]] = []
         self.probs: dict[int, list[np.ndarray]] = {}
         self.expected: dict[int, int] = {}
+        self.failed: dict[int, str] = {}  # record -> why the model could not score it
 
     @torch.no_grad()
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        longest = max(s.shape[-1] for _, s in self.pending)
-        source = torch.zeros(len(self.pending), NUM_LEADS, longest)
-        padding = torch.zeros(len(self.pending), longest, dtype=torch.bool)
-        for i, (_, s) in enumerate(self.pending):
+    def _probabilities(self, segments: Sequence[torch.Tensor]) -> np.ndarray:
+        longest = max(s.shape[-1] for s in segments)
+        source = torch.zeros(len(segments), NUM_LEADS, longest)
+        padding = torch.zeros(len(segments), longest, dtype=torch.bool)
+        for i, s in enumerate(segments):
             source[i, :, : s.shape[-1]] = s
             padding[i, s.shape[-1]:] = True
         net_input = {"source": source.to(self.device)}
         if padding.any():
             net_input["padding_mask"] = padding.to(self.device)
-        probs = torch.sigmoid(self.predictor.model(**net_input)["logits"].float()).cpu().numpy()
-        for (record, _), p in zip(self.pending, probs):
-            self.probs[record].append(p)
-        self.pending = []
+        return torch.sigmoid(self.predictor.model(**net_input)["logits"].float()).cpu().numpy()
+
+    def flush(self) -> None:
+        """Score the pending segments; a batch that fails is scored again record by record, so that
+        one record's failure (its reason kept in ``failed``) loses no other record's rows."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        try:
+            probs = self._probabilities([s for _, s in pending])
+        except (RuntimeError, ValueError) as error:
+            if len(pending) == 1 or len({record for record, _ in pending}) == 1:
+                self.failed[pending[0][0]] = f"{type(error).__name__}: {' '.join(str(error).split())}"
+                return
+            for record in dict.fromkeys(r for r, _ in pending):
+                self.pending = [(r, s) for r, s in pending if r == record]
+                self.flush()
+            return
+        for (record, _), p in zip(pending, probs):
+            if record in self.probs:  # not a record that failed in an earlier batch
+                self.probs[record].append(p)
 
     def add(self, record: int, segments: Sequence[torch.Tensor]) -> None:
         self.expected[record] = len(segments)
@@ -244,9 +264,14 @@ class _Batcher:
             if len(self.pending) >= self.batch_size:
                 self.flush()
 
-    def finished(self) -> Iterator[tuple[int, np.ndarray, int]]:
-        """(record, aggregated probabilities, segments) of each record whose segments are all scored."""
+    def finished(self) -> Iterator[tuple[int, Union[np.ndarray, str], int]]:
+        """(record, aggregated probabilities or the reason it failed, segments) of each record whose
+        segments are all scored, in order."""
         for record in sorted(self.probs):
+            if record in self.failed:
+                del self.probs[record]
+                yield record, self.failed.pop(record), self.expected.pop(record)
+                continue
             if len(self.probs[record]) < self.expected[record]:
                 break
             parts = np.stack(self.probs.pop(record))
@@ -271,20 +296,28 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
         writer = csv_writer(handle)
         writer.writerow(["record", "segments", *predictor.columns, "labels"])
 
+        def skip(name: str, reason: str) -> None:
+            skipped.append((name, reason))
+            log(f"skipped {name}: {reason}")
+
         def write_finished() -> None:
             nonlocal written
             for record, probs, count in batcher.finished():
+                if isinstance(probs, str):
+                    skip(names.pop(record), f"the model could not score it ({probs})")
+                    continue
                 labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
                 writer.writerow([names.pop(record), count, *(f"{p:.6f}" for p in probs), labels])
                 written += 1
 
         for number, (name, wave) in enumerate(records):
             if isinstance(wave, str):
-                skipped.append((name, wave))
-                log(f"skipped {name}: {wave}")
+                skip(name, wave)
             elif not np.isfinite(wave).all():
-                skipped.append((name, "NaN or Inf samples"))
-                log(f"skipped {name}: NaN or Inf samples")
+                skip(name, "NaN or Inf samples")
+            elif wave.shape[1] < predictor.min_samples:
+                skip(name, f"{wave.shape[1]} samples ({wave.shape[1] / predictor.sample_rate:.3g} s) is shorter than "
+                           f"the model's receptive field of {predictor.min_samples} samples")
             else:
                 names[number] = name
                 batcher.add(number, list(segments_of(wave, predictor, keep)))
@@ -356,7 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     where = f"; skipped records in {args.out.with_suffix('.skipped.tsv')}" if skipped else ""
     say(f"{written} records -> {args.out} ({len(skipped)} skipped, {seconds:.1f} s, "
         f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.normalize}){where}")
-    return 0
+    return 0 if written else 1  # every record skipped: nothing was predicted
 
 
 if __name__ == "__main__":

@@ -218,3 +218,59 @@ def test_pretraining_records_its_mode(tiny_pretrained):
     state = load_checkpoint(tiny_pretrained)
     assert state["task_state"]["normalize"] == "none" == state["cfg"]["task"]["normalize"]
     assert checkpoint_normalization(state) == "none"
+
+
+def test_a_short_record_is_skipped_and_loses_no_other_row(imported, tmp_path):
+    """A 10-sample record alone in a batch raised a convolution error and no CSV was written; among
+    longer records it was padded and predicted without a word (issue 20 item 3)."""
+    from fairseq_ecg.predict import main as predict_main
+
+    predictor = load_predictor(imported["classifier"])
+    assert predictor.min_samples == 22  # [(24, 4, 2)] * 3: 4, 10, 22 samples
+    folder = tmp_path / "short"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    rows = []
+    for name, samples in (("long_a", 2500), ("tiny", 10), ("long_b", 3000), ("edge", 22)):
+        np.save(folder / f"{name}.npy", rng.normal(0, 0.2, (12, samples)).astype(np.float32))
+        rows.append(ManifestRow(f"{name}.npy", samples, record=name))
+    write_manifest(folder / "test.tsv", folder, rows)
+    for batch in ("1", "4"):  # alone in its batch, and among longer records
+        out = tmp_path / f"short_{batch}.csv"
+        assert predict_main(["--checkpoint", str(imported["classifier"]), str(folder / "test.tsv"), "--out", str(out),
+                             "--batch-size", batch]) == 0
+        assert [r["record"] for r in _read_csv(out)] == ["long_a", "long_b", "edge"]
+        skipped = out.with_suffix(".skipped.tsv").read_text().splitlines()
+        assert skipped[1] == "tiny\t10 samples (0.02 s) is shorter than the model's receptive field of 22 samples"
+    only_tiny = folder / "tiny.tsv"
+    write_manifest(only_tiny, folder, rows[1:2])
+    assert predict_main(["--checkpoint", str(imported["classifier"]), str(only_tiny),
+                         "--out", str(tmp_path / "none.csv")]) == 1  # every record skipped
+
+
+def test_a_record_the_model_fails_on_is_skipped_and_the_batch_scored_without_it(imported, tmp_path, monkeypatch):
+    from fairseq_ecg import predict as predict_module
+
+    predictor = load_predictor(imported["classifier"])
+    folder = tmp_path / "fail"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    rows = []
+    for name, samples in (("a", 1500), ("b", 1600), ("c", 1700)):  # shorter than a segment: one each
+        np.save(folder / f"{name}.npy", rng.normal(0, 0.2, (12, samples)).astype(np.float32))
+        rows.append(ManifestRow(f"{name}.npy", samples, record=name))
+    write_manifest(folder / "test.tsv", folder, rows)
+    forward = predictor.model.forward
+
+    def fails_on_1600(source, padding_mask=None, **kwargs):
+        lengths = source.shape[-1] - (padding_mask.sum(-1) if padding_mask is not None else 0)
+        if (torch.as_tensor(lengths) == 1600).any():
+            raise RuntimeError("injected failure of one record")
+        return forward(source, padding_mask=padding_mask, **kwargs)
+
+    monkeypatch.setattr(predictor.model, "forward", fails_on_1600)
+    out = tmp_path / "fail.csv"
+    written, skipped = predict_module.predict(predictor, folder / "test.tsv", out, np.full(26, 0.5), batch_size=8,
+                                              log=lambda _: None)
+    assert written == 2 and [r["record"] for r in _read_csv(out)] == ["a", "c"]
+    assert skipped == [("b", "the model could not score it (RuntimeError: injected failure of one record)")]

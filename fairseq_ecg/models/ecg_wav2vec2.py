@@ -69,6 +69,15 @@ class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
         nn.init.kaiming_normal_(replacement.weight)
         self.conv_layers[0][0] = replacement
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples one output frame sees: a shorter input gives no frame (a convolution error)."""
+        need = 1
+        for block in reversed(self.conv_layers):
+            conv = block[0]
+            need = (need - 1) * conv.stride[0] + conv.kernel_size[0]
+        return need
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"expected input of shape [batch, leads, time], found {tuple(x.shape)}")
