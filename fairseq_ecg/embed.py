@@ -12,9 +12,14 @@ head is not applied). Segment length, sampling rate, normalisation and (by defau
 from the checkpoint's task settings, so the input is prepared as in training; ``--normalize``
 defaults to ``auto`` (the checkpoint's mode) and another mode is refused.
 
-A folder is read as WFDB records with :mod:`fairseq_ecg.records` (resampled like the preparation
+A folder is read with :mod:`fairseq_ecg.sources` (any layout, resampled like the preparation
 step) into a temporary manifest; a manifest is taken to be at the checkpoint's sampling rate.
-Problems with the inputs (unusable checkpoint or manifest) end with one line and exit status 2.
+Records are skipped by predict's rules: one that cannot be read (a bad header field, a missing or
+truncated waveform file), holds NaN or Inf samples, or is shorter than the encoder's receptive field
+is named on stderr with its reason and listed in ``FILE.skipped.tsv`` (record, reason); the others
+are embedded. A run that skipped every record writes no embeddings and exits 1. Problems with the
+inputs as a whole (unusable checkpoint or manifest) end with one line and exit status 2; a full disk
+with exit status 74.
 """
 from __future__ import annotations
 
@@ -33,12 +38,13 @@ from .checkpoints import CheckpointError, encoder_state, load_checkpoint
 from .data import EcgSegmentDataset
 from .leads import lead_set_name, mask_to_string, parse_leads
 from .manifest import (EXIT_MACHINE_ERROR, MachineError, Manifest, ManifestError, ManifestRow, atomic_save_npy,
-                       atomic_write_text, check_waveforms, read_manifest)
+                       atomic_write_text, read_manifest, waveform_problem)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.encoder import EcgEncoderConfig, EcgEncoderModel
 from .normalization import AUTO as NORMALIZE_AUTO
 from .normalization import MODES, checkpoint_normalization, resolve_normalization
 from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
+from .predict import unusable_signal, write_skipped
 from .preparation import SALT_FROM_HELP, check_outputs, output_salt, salt_beside
 from .sources import AUTO, layouts
 
@@ -81,33 +87,62 @@ def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
     return encoder.eval(), task
 
 
-def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = AUTO) -> tuple[Manifest, list[str]]:
-    """Read every WFDB record below ``folder``, resample to ``sample_rate`` and write them as a
-    manifest in ``workdir``; unusable records are reported on stderr and left out. Returns the
-    manifest and the source of each row: its key in ``folder`` (MUSE, DICOM: the salted hash, never
-    the export's file name, which carries the MRN)."""
+def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = AUTO,
+                  min_samples: int = 1) -> tuple[Manifest, list[str], list[tuple[str, str]]]:
+    """Read every record below ``folder`` (any layout), resample to ``sample_rate`` and write the
+    usable ones as a manifest in ``workdir``. Returns the manifest, the source of each row (its key
+    in ``folder``; MUSE, DICOM: the salted hash, never the export's file name, which carries the
+    MRN) and the skipped records (key, reason), by predict's rules (:func:`unusable_signal`)."""
     from .sources import LayoutError, RecordError, discover, read_record, resample
 
-    rows, sources = [], []
+    rows, sources, skipped = [], [], []
     try:
         refs = list(discover(folder, layout))
     except LayoutError as error:
         raise ManifestError(str(error)) from None
+    if not refs:
+        raise ManifestError(f"{folder}: no records found (layout {layout})")
     for number, ref in enumerate(refs):
         try:
             record = read_record(ref)
+            signal = resample(record.signal, record.sample_rate, sample_rate).astype(np.float32)
         except RecordError as error:
-            print(f"fairseq-ecg-embed: skipped {ref.key}: {error.reason}", file=sys.stderr)
+            skipped.append((ref.key, error.reason))
             continue
-        signal = resample(record.signal, record.sample_rate, sample_rate)
+        except MachineError:
+            raise
+        except Exception as error:  # one record must never stop the run
+            skipped.append((ref.key, f"{type(error).__name__}: {' '.join(str(error).split())}"))
+            continue
+        reason = unusable_signal(signal, sample_rate, min_samples)
+        if reason:
+            skipped.append((ref.key, reason))
+            continue
         relative = f"waves/{number}.npy"
         atomic_save_npy(workdir / relative, signal)
         rows.append(ManifestRow(relative, int(signal.shape[1]), mask_to_string(record.present), record.patient,
                                 record.sample_rate, ref.key))
         sources.append(ref.key)
-    if not rows:
-        raise ManifestError(f"{folder}: no usable record found")
-    return Manifest(root=workdir, rows=rows, path=folder), sources
+    return Manifest(root=workdir, rows=rows, path=folder), sources, skipped
+
+
+def usable_rows(manifest: Manifest, sample_rate: float,
+                min_samples: int = 1) -> tuple[Manifest, list[str], list[tuple[str, str]]]:
+    """The rows of ``manifest`` whose waveform can be embedded, their waveform files and the
+    skipped rows (record, reason): a missing or unreadable file, NaN samples or a record shorter than
+    the receptive field skips that row only, as in predict."""
+    kept, sources, skipped = [], [], []
+    for index, row in enumerate(manifest.rows):
+        name = row.record or row.relative_path
+        reason = waveform_problem(manifest, index)
+        if not reason:
+            reason = unusable_signal(np.load(manifest.file_of(index), mmap_mode="r"), sample_rate, min_samples)
+        if reason:
+            skipped.append((name, f"line {index + 2}: {reason}"))
+            continue
+        kept.append(row)
+        sources.append(str(manifest.file_of(index)))
+    return Manifest(root=manifest.root, rows=kept, path=manifest.path), sources, skipped
 
 
 @torch.no_grad()
@@ -173,7 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--batch-size must be at least 1")
     try:
         salt_file = [] if args.salt_from else [salt_beside(args.out)]
-        check_outputs([args.out, args.out.with_suffix(".tsv"), *salt_file], [args.inputs, args.checkpoint])
+        check_outputs([args.out, args.out.with_suffix(".tsv"), args.out.with_suffix(".skipped.tsv"), *salt_file],
+                      [args.inputs, args.checkpoint])
         encoder, task = load_encoder(args.checkpoint)
         trained = task.get("leads", "12")  # a preset, or a list (task.leads=[I,II,V2])
         leads = args.leads if args.leads is not None else (trained if isinstance(trained, (str, int)) else list(trained))
@@ -182,16 +218,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         normalize = resolve_normalization(args.normalize, task["normalize"], str(args.checkpoint))
         rate = float(task.get("sample_rate", 500))
         segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))
+        min_samples = encoder.feature_extractor.receptive_field
+        skipped_file = args.out.with_suffix(".skipped.tsv")
         with tempfile.TemporaryDirectory(prefix="fairseq-ecg-embed-") as workdir:
             if args.inputs.is_dir():
                 with output_salt(args.salt_from, args.out):
-                    manifest, sources = wfdb_manifest(args.inputs, rate, Path(workdir), args.layout)
+                    manifest, sources, skipped = wfdb_manifest(args.inputs, rate, Path(workdir), args.layout,
+                                                               min_samples)
             else:
                 manifest = read_manifest(args.inputs)
                 if not manifest.rows:
                     raise ManifestError(f"{args.inputs}: no records")
-                check_waveforms(manifest)
-                sources = [str(manifest.file_of(i)) for i in range(len(manifest))]
+                manifest, sources, skipped = usable_rows(manifest, rate, min_samples)
+            for name, reason in skipped:
+                print(f"fairseq-ecg-embed: skipped {name}: {reason}", file=sys.stderr)
+            write_skipped(skipped_file, skipped)
+            if not manifest.rows:
+                print(f"fairseq-ecg-embed: every record was skipped ({len(skipped)}, reasons in {skipped_file}); "
+                      "nothing was embedded", file=sys.stderr)
+                return 1
             dataset = EcgSegmentDataset(manifest, segment, cut="consecutive", leads=leads,
                                         normalize=normalize, shuffle=False)
             device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -208,8 +253,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, ManifestError, ValueError, OSError) as error:
         print(f"fairseq-ecg-embed: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    where = f"; skipped records in {skipped_file}" if skipped else ""
     print(f"fairseq-ecg-embed: {embeddings.shape[0]} records x {embeddings.shape[1]} -> {args.out} "
-          f"(records listed in {args.out.with_suffix('.tsv')})")
+          f"(records listed in {args.out.with_suffix('.tsv')}; {len(skipped)} skipped{where})")
     return 0
 
 

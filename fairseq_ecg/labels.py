@@ -261,3 +261,11 @@ def ptbxl_task_labels(statements: Iterable[str], table: dict[str, ScpStatement],
             if value:
                 found.add(value)
     return tuple(sorted(found))
+
+
+def column_names(names: Sequence[str]) -> list[str]:
+    """CSV column per class: a CinC 2021 scored class as ``code abbreviation`` (``426783006 SNR``),
+    anything else (imported text names, unscored codes) as it is named."""
+    scored = scored_labels()
+    abbreviation = {"|".join(c): a for c, a in zip(scored.classes, scored.abbreviations)}
+    return [f"{name} {abbreviation[name]}" if abbreviation.get(name) else name for name in names]

@@ -264,25 +264,31 @@ def read_classes(directory: Path | str) -> list[str]:
     return names
 
 
+def waveform_problem(manifest: Manifest, index: int) -> Optional[str]:
+    """Why row ``index``'s waveform file cannot be read as the manifest states (array header only:
+    missing, unreadable, not 12 channels, another length), with the fix; None when it can."""
+    file = manifest.root / manifest.rows[index].relative_path
+    try:
+        array = np.load(file, mmap_mode="r")
+    except FileNotFoundError:
+        return f"waveform file {file} is missing; re-run fairseq-ecg-manifest or remove the row"
+    except (OSError, ValueError) as error:
+        return f"waveform file {file} is unreadable or truncated ({error}); re-run fairseq-ecg-manifest"
+    if array.ndim != 2 or array.shape[0] != NUM_LEADS:
+        return f"{file} has shape {tuple(array.shape)}, expected ({NUM_LEADS}, samples)"
+    if array.shape[1] != manifest.rows[index].num_samples:
+        return (f"{file} holds {array.shape[1]} samples but the manifest says "
+                f"{manifest.rows[index].num_samples}; re-run fairseq-ecg-manifest")
+    return None
+
+
 def check_waveforms(manifest: Manifest) -> None:
     """Cheap load-time check (array headers only) that every row's file exists with 12 channels
     and at least the stated number of samples, so a bad row fails before training starts."""
-    for number, row in enumerate(manifest.rows, start=2):
-        file = manifest.root / row.relative_path
-        where = f"{manifest.path}:{number}"
-        try:
-            array = np.load(file, mmap_mode="r")
-        except FileNotFoundError:
-            raise ManifestError(f"{where}: waveform file {file} is missing; re-run fairseq-ecg-manifest "
-                                "or remove the row") from None
-        except (OSError, ValueError) as error:
-            raise ManifestError(f"{where}: waveform file {file} is unreadable or truncated ({error}); "
-                                "re-run fairseq-ecg-manifest") from None
-        if array.ndim != 2 or array.shape[0] != NUM_LEADS:
-            raise ManifestError(f"{where}: {file} has shape {tuple(array.shape)}, expected ({NUM_LEADS}, samples)")
-        if array.shape[1] != row.num_samples:
-            raise ManifestError(f"{where}: {file} holds {array.shape[1]} samples but the manifest says "
-                                f"{row.num_samples}; re-run fairseq-ecg-manifest")
+    for index in range(len(manifest.rows)):
+        problem = waveform_problem(manifest, index)
+        if problem:
+            raise ManifestError(f"{manifest.path}:{index + 2}: {problem}")
 
 
 def load_waveform(path: Path | str, start: int = 0, length: Optional[int] = None) -> np.ndarray:

@@ -38,8 +38,10 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, is_probability, load_checkpoint, model_name
+from .labels import column_names
 from .leads import NUM_LEADS, lead_mask, parse_leads
-from .manifest import EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_output, read_manifest
+from .manifest import (EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_output, atomic_write_text,
+                       read_manifest)
 from .metrics import aggregate_by_record
 from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
     resolve_normalization
@@ -65,16 +67,6 @@ class Predictor:
     aggregate: str
     tuned_thresholds: Optional[np.ndarray]
     min_samples: int = 1  # the encoder's receptive field: a shorter record gives no frame to classify
-
-
-def column_names(names: Sequence[str]) -> list[str]:
-    """CSV column per class: a CinC 2021 scored class as ``code abbreviation`` (``426783006 SNR``),
-    anything else (imported text names, unscored codes) as it is named."""
-    from .labels import scored_labels
-
-    scored = scored_labels()
-    abbreviation = {"|".join(c): a for c, a in zip(scored.classes, scored.abbreviations)}
-    return [f"{name} {abbreviation[name]}" if abbreviation.get(name) else name for name in names]
 
 
 def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
@@ -203,6 +195,26 @@ def iter_records(inputs: Path, sample_rate: float, layout: str) -> tuple[int, It
     return len(manifest), from_manifest()
 
 
+def unusable_signal(wave: np.ndarray, sample_rate: float, min_samples: int) -> Optional[str]:
+    """Why a waveform [leads, T] cannot go through the model, or None: predict and embed skip such a
+    record with this reason (a NaN would poison its batch; a record shorter than the encoder's
+    receptive field gives no frame, a convolution error)."""
+    if not np.isfinite(wave).all():
+        return "NaN or Inf samples"
+    if wave.shape[1] < min_samples:
+        return (f"{wave.shape[1]} samples ({wave.shape[1] / sample_rate:.3g} s) is shorter than "
+                f"the model's receptive field of {min_samples} samples")
+    return None
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    """``OUT.skipped.tsv`` (record, reason) when records were skipped; an earlier run's is removed."""
+    if skipped:
+        atomic_write_text(path, "record\treason\n" + "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped))
+    elif path.exists():
+        path.unlink()
+
+
 def segments_of(wave: np.ndarray, predictor: Predictor, keep: torch.Tensor) -> Iterator[torch.Tensor]:
     """The consecutive segments of a record as evaluation cuts them (``cut="consecutive"`` of the
     dataset: every whole segment, or the one shorter record), normalised and lead-masked."""
@@ -311,13 +323,10 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
                 written += 1
 
         for number, (name, wave) in enumerate(records):
-            if isinstance(wave, str):
-                skip(name, wave)
-            elif not np.isfinite(wave).all():
-                skip(name, "NaN or Inf samples")
-            elif wave.shape[1] < predictor.min_samples:
-                skip(name, f"{wave.shape[1]} samples ({wave.shape[1] / predictor.sample_rate:.3g} s) is shorter than "
-                           f"the model's receptive field of {predictor.min_samples} samples")
+            reason = wave if isinstance(wave, str) else unusable_signal(wave, predictor.sample_rate,
+                                                                        predictor.min_samples)
+            if reason:
+                skip(name, reason)
             else:
                 names[number] = name
                 batcher.add(number, list(segments_of(wave, predictor, keep)))
@@ -329,11 +338,7 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
                     f"{(number + 1) / (now - started):.1f} records/s")
         batcher.flush()
         write_finished()
-    skipped_file = out.with_suffix(".skipped.tsv")
-    if skipped:
-        skipped_file.write_text("record\treason\n" + "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped))
-    elif skipped_file.exists():
-        skipped_file.unlink()  # from an earlier run
+    write_skipped(out.with_suffix(".skipped.tsv"), skipped)
     return written, skipped
 
 

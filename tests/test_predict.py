@@ -274,3 +274,57 @@ def test_a_record_the_model_fails_on_is_skipped_and_the_batch_scored_without_it(
                                               log=lambda _: None)
     assert written == 2 and [r["record"] for r in _read_csv(out)] == ["a", "c"]
     assert skipped == [("b", "the model could not score it (RuntimeError: injected failure of one record)")]
+
+
+def test_embed_skips_bad_records_by_predicts_rules(imported, tmp_path):
+    """Embed stopped the whole run on one bad DICOM field and embedded a NaN record without a word,
+    where predict skips both (issue 20 item 15)."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    from fairseq_ecg.embed import main as embed_main
+    from fairseq_ecg.synth_sources import dicom_dataset
+
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    rows = []
+    for name, samples in (("good_a", 2500), ("nan", 2500), ("tiny", 10), ("gone", 2500), ("good_b", 3000)):
+        wave = rng.normal(0, 0.2, (12, samples)).astype(np.float32)
+        if name == "nan":
+            wave[4, 100] = np.nan
+        if name != "gone":
+            np.save(folder / f"{name}.npy", wave)
+        rows.append(ManifestRow(f"{name}.npy", samples, record=name))
+    write_manifest(folder / "test.tsv", folder, rows)
+    out = tmp_path / "m.npy"
+    assert embed_main(["--checkpoint", str(imported["pretrained"]), str(folder / "test.tsv"), "--out", str(out),
+                       "--cpu"]) == 0
+    listed = [line.split("\t")[0] for line in out.with_suffix(".tsv").read_text().splitlines()[1:]]
+    assert listed == ["good_a", "good_b"] and np.load(out).shape[0] == 2 and np.isfinite(np.load(out)).all()
+    reasons = dict(line.split("\t") for line in out.with_suffix(".skipped.tsv").read_text().splitlines()[1:])
+    assert set(reasons) == {"nan", "tiny", "gone"}
+    assert "NaN or Inf samples" in reasons["nan"] and "receptive field of 22 samples" in reasons["tiny"]
+    assert "gone.npy is missing" in reasons["gone"] and reasons["gone"].startswith("line 5:")
+
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    signal = np.sin(np.arange(5000) / 30.0)[None].repeat(12, 0) * 0.5
+    for name in ("one", "bad", "two"):
+        ds = dicom_dataset(signal, 500, "MRN1", "Doe^Jane", "19500101")
+        if name == "bad":  # written raw: pydicom refuses to set a DS it cannot parse
+            channel = ds.WaveformSequence[1].ChannelDefinitionSequence[2]
+            tag = channel["ChannelSensitivity"].tag
+            channel[tag] = RawDataElement(tag, "DS", 3, b"abc", 0, True, True)
+        ds.save_as(dicom / f"{name}.dcm", enforce_file_format=True)
+    out = tmp_path / "d.npy"
+    assert embed_main(["--checkpoint", str(imported["pretrained"]), str(dicom), "--out", str(out), "--cpu"]) == 0
+    assert np.load(out).shape[0] == 2
+    skipped = out.with_suffix(".skipped.tsv").read_text().splitlines()
+    assert len(skipped) == 2 and "abc" in skipped[1] and "bad" not in skipped[1].split("\t")[0]  # a hash, no name
+    assert pydicom.dcmread(dicom / "bad.dcm").PatientID == "MRN1"
+    # a run that skipped every record embeds nothing and exits 1
+    write_manifest(folder / "bad.tsv", folder, rows[1:4])
+    assert embed_main(["--checkpoint", str(imported["pretrained"]), str(folder / "bad.tsv"),
+                       "--out", str(tmp_path / "none.npy"), "--cpu"]) == 1
+    assert not (tmp_path / "none.npy").exists()
