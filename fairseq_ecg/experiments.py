@@ -168,6 +168,7 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], varian
         "fairseq-validate", str(s.data / FINETUNE_DATA[task]), "--user-dir", str(PACKAGE_DIR),
         "--task", f"ecg_{task}", "--path", str(folder / "checkpoint_best.pt"),
         "--valid-subset", VALID_SUBSET[task], "--batch-size", "16",
+        "--per-record-results", str(s.out / "runs" / name / "evaluate"),  # the report's intervals read them
     ]
     labels = dict(experiment=experiment, variant=variant, pretrain_leads=lead_set_name(pretrain_leads),
                   finetune_leads=lead_set_name(leads), task=mode, seed=seed)
@@ -316,7 +317,8 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
         for labels in [run.labels, *run.also]:
             for metric in METRICS[task]:
                 if metric in metrics:
-                    rows.append({**labels, "metric": metric, "value": metrics[metric]})
+                    rows.append({**labels, "metric": metric, "value": metrics[metric],
+                                 "results": str(run.folder(out))})
     return rows
 
 

@@ -1,10 +1,24 @@
 """The experiments' report: paper-style tables (rows: variants, columns: lead sets, cells: mean ±
-standard deviation over seeds) in ``report.md``, and PNG plots made with matplotlib."""
+standard deviation over seeds) in ``report.md``, PNG plots made with matplotlib, and for each
+headline figure its 95% bootstrap interval over the test patients and the paired difference to the
+random initialisation (fairseq_ecg.bootstrap), computed from the evaluations' per-record results.
+
+The spread over seeds says how much training varies; the bootstrap interval says how much the test
+sample does (the seeds' mean on the same resampled patients); a paired interval that excludes 0
+says that a difference between two variants on the same test records is more than test sampling.
+"""
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Optional
 
+import numpy as np
+
+from .bootstrap import (DEFAULT_RESAMPLES, identification_resamples, interval, paired_difference, patient_counts,
+                        row_nanmean, seed_mean, weighted_auroc)
+from .criterions.arcface import identification_metrics
 from .leads import PRESETS
+from .record_results import read_classification_results, read_identification_results
 
 LEAD_ORDER = list(PRESETS)  # 12, 6, 4, 3, 2, 1; explicit lists after them
 HEADLINE = {"classification": "auroc", "classification_linear_probe": "auroc", "identification": "top1_accuracy"}
@@ -111,6 +125,89 @@ def plot_rlm_sweep(table: dict, out: Path) -> list[Path]:
     return paths
 
 
+BASELINE = "random_init"
+
+
+def headline_resamples(folder: Path, task: str, resamples: int, seed: int) -> Optional[tuple[tuple, float, np.ndarray]]:
+    """(the test records, the headline metric on them, the metric per resample of the test patients)
+    of one evaluation folder, from its per-record results; None when it has none (an evaluation
+    from before them)."""
+    files = sorted(Path(folder).glob("*.results.csv"))
+    if len(files) != 1:
+        return None
+    subset = files[0].name[:-len(".results.csv")]
+    if task.startswith("identification"):
+        saved = read_identification_results(folder, subset)
+        patients = np.array(saved.patients)
+        point = identification_metrics(saved.embeddings, saved.probe, patients)[0]
+        values = identification_resamples(saved.embeddings, saved.probe, patients, resamples, seed)
+        return tuple(saved.records), point, values["top1_accuracy"]
+    saved = read_classification_results(files[0])
+    counts = np.vstack([np.ones(len(saved.records)), patient_counts(saved.patients, resamples, seed)])
+    macro = row_nanmean(weighted_auroc(saved.targets, saved.probs, counts, saved.known))
+    return tuple(saved.records), float(macro[0]), macro[1:]
+
+
+def bootstrap_tables(rows: list[dict], resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[str]:
+    """Markdown: per experiment and task, the headline metric's 95% interval per cell (the mean over
+    seeds on each resample) and its paired difference to ``random_init`` on the same resamples."""
+    cells = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        if row["metric"] == HEADLINE.get(row["task"]) and row.get("results"):
+            cells[(int(row["experiment"]), row["task"])][row["variant"]][row["finetune_leads"]].append(row["results"])
+    lines = []
+    for (experiment, task), by_variant in sorted(cells.items()):
+        values, missing = {}, 0
+        for variant, per_lead in by_variant.items():
+            for leads, folders in per_lead.items():
+                found = [headline_resamples(Path(f), task, resamples, seed) for f in folders]
+                missing += sum(f is None for f in found)
+                found = [f for f in found if f is not None]
+                if found and all(f[0] == found[0][0] for f in found):
+                    values[(variant, leads)] = (found[0][0], float(np.mean([f[1] for f in found])),
+                                                seed_mean([f[2] for f in found]), len(found))
+        if not values:
+            continue
+        leads_order = sorted({leads for _, leads in values}, key=_lead_key)
+        variants = sorted({variant for variant, _ in values}, key=_variant_key)
+        metric = HEADLINE[task]
+        header = "| variant | " + " | ".join(_lead_header(leads) for leads in leads_order) + " |"
+        rule = "|---" * (len(leads_order) + 1) + "|"
+        lines += [f"### Experiment {experiment}, {task}: {metric}, 95% bootstrap interval", "",
+                  f"Test patients resampled {resamples} times (seed {seed}); each cell: the mean over seeds "
+                  "on the test records [2.5th, 97.5th percentile of that mean over the resamples]." + (f" {missing} evaluations had no per-record results and are "
+                                                   "left out." if missing else ""), "", header, rule]
+        for variant in variants:
+            row = []
+            for leads in leads_order:
+                if (variant, leads) not in values:
+                    row.append("–")
+                    continue
+                _, point, per_resample, n = values[(variant, leads)]
+                low, high = interval(per_resample)
+                row.append(f"{point:.3f} [{low:.3f}, {high:.3f}] (n={n})")
+            lines.append(f"| {variant} | " + " | ".join(row) + " |")
+        lines.append("")
+        if not any(variant == BASELINE for variant, _ in values) or len(variants) < 2:
+            continue
+        lines += [f"Paired difference to {BASELINE} on the same resampled test patients (difference of the seed means "
+                  "[95% interval]; "
+                  "* where the interval excludes 0):", "", header, rule]
+        for variant in [v for v in variants if v != BASELINE]:
+            row = []
+            for leads in leads_order:
+                ours, base = values.get((variant, leads)), values.get((BASELINE, leads))
+                if ours is None or base is None or ours[0] != base[0]:
+                    row.append("–" if ours is None or base is None else "other test records")
+                    continue
+                _, low, high = paired_difference(ours[2], base[2])
+                real = " *" if low > 0 or high < 0 else ""
+                row.append(f"{ours[1] - base[1]:+.3f} [{low:+.3f}, {high:+.3f}]{real}")
+            lines.append(f"| {variant} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
 def write_report(rows: list[dict], out: Path) -> Path:
     """Write ``report.md`` and the plots; returns the report's path."""
     table = summarise(rows)
@@ -128,6 +225,9 @@ def write_report(rows: list[dict], out: Path) -> Path:
                 lines += [f"![{task} {metric}]({image.name})", ""]
     for path in plot_rlm_sweep(table, out):
         lines += [f"![RLM sweep]({path.name})", ""]
+    intervals = bootstrap_tables(rows)
+    if intervals:
+        lines += ["## Test sampling: bootstrap intervals and paired differences", "", *intervals]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -283,6 +283,44 @@ def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
     assert "the model was trained on leads" not in result.stdout + result.stderr  # its own lead set: no notice
 
 
+def test_fairseq_validate_prints_intervals_and_writes_per_record_results(classify_data, tiny_classifier, tmp_path):
+    """The test figures come with 95% bootstrap intervals over the test patients, and the per-record
+    results file holds exactly what they were computed from (issue 19 item 2)."""
+    from fairseq_ecg.bootstrap import classification_intervals, format_interval
+    from fairseq_ecg.labels import scored_labels
+    from fairseq_ecg.manifest import read_manifest
+    from fairseq_ecg.metrics import classification_metrics
+    from fairseq_ecg.record_results import read_classification_results
+
+    out = tmp_path / "results"
+    result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3",
+                     "--per-record-results", str(out), "--bootstrap-resamples", "300", "--bootstrap-seed", "7")
+    log = result.stdout + result.stderr
+    values = _values(log, "test")
+    printed = dict(re.findall(r"([a-z0-9_]+)_ci95 (\[[^]]+\])", [l for l in log.splitlines() if "valid on 'test'" in l][-1]))
+    assert set(printed) == {"challenge_metric", "auroc", "f1", "accuracy"}
+    saved = read_classification_results(out / "test.results.csv")
+    manifest = read_manifest(classify_data / "test.tsv")
+    assert sorted(saved.records) == sorted(row.record for row in manifest.rows) and len(saved.columns) == 26
+    thresholds = torch.load(tiny_classifier, weights_only=True)["task_state"]["thresholds"]
+    table = scored_labels()
+    again = classification_metrics(saved.targets, saved.probs, thresholds, table.weights, known=saved.known)
+    for name in ("challenge_metric", "auroc", "f1", "accuracy"):
+        assert again[name] == pytest.approx(values[name], abs=2e-5), name
+    intervals = classification_intervals(saved.targets, saved.probs, thresholds, saved.patients, 300, 7,
+                                         table.weights, known=saved.known)
+    assert printed == {name: format_interval(intervals.bounds[name]) for name in printed}
+    low, high = intervals.bounds["auroc"]
+    assert 0 <= low <= high <= 1 and high > low
+    assert "95% bootstrap intervals from 300 resamples" in log
+    # the subsets that choose the checkpoint get none; 0 resamples turns them off
+    result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tiny_classifier), "--valid-subset", "valid,test", "--batch-size", "3",
+                     "--bootstrap-resamples", "0")
+    assert "_ci95" not in result.stdout + result.stderr
+
+
 def test_fairseq_validate_on_other_leads_says_so_in_one_line(classify_data, tiny_classifier, tmp_path):
     """Evaluating a 12-lead model on 6 leads is allowed, with one line saying so; so is embedding."""
     result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",

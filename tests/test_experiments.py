@@ -1,6 +1,7 @@
 """The experiments runner's plan (dry run) and the report it writes from results."""
 import csv
 
+import numpy as np
 import pytest
 
 from fairseq_ecg import experiments
@@ -265,3 +266,38 @@ def test_shared_run_reports_under_each_experiment(tmp_path):
     (folder / "metrics.json").write_text('{"auroc": 0.7, "loss": 1.0}')
     rows = experiments.collect([run], tmp_path)
     assert [(r["experiment"], r["metric"], r["value"]) for r in rows] == [(1, "auroc", 0.7), (3, "auroc", 0.7)]
+
+
+def test_report_shows_bootstrap_intervals_and_paired_differences(tmp_path):
+    """From the evaluations' per-record results: each headline cell gets the interval of its seeds'
+    mean over resampled test patients, and a variant its paired difference to random_init; a real
+    gap is starred, a variant equal to the baseline is not (issue 19 item 2)."""
+    from fairseq_ecg.record_results import ClassificationResults, write_classification_results
+
+    rng = np.random.default_rng(0)
+    records, classes = 240, 3
+    targets = rng.random((records, classes)) < 0.3
+    patients = [f"p{i // 2}" for i in range(records)]
+    names = [f"r{i}" for i in range(records)]
+    rows = []
+    for seed in range(2):
+        noise = rng.normal(size=(records, classes))
+        for variant, scale in (("random_init", 1.6), ("w2v_cmsc_rlm", 0.6), ("same_as_random", 1.6)):
+            folder = tmp_path / "runs" / f"{variant}_s{seed}" / "evaluate"
+            folder.mkdir(parents=True)
+            probs = 1 / (1 + np.exp(-(targets * 1.0 - 0.5 + scale * (noise if variant != "w2v_cmsc_rlm"
+                                                                      else rng.normal(size=noise.shape)))))
+            write_classification_results(folder / "test.results.csv", ClassificationResults(
+                names, patients, [f"c{k}" for k in range(classes)], probs, targets, np.ones_like(targets)))
+            rows.append(dict(experiment=1, variant=variant, pretrain_leads="12", finetune_leads="12",
+                             task="classification", metric="auroc", value=0.7, seed=seed, results=str(folder)))
+    report = write_report(rows, tmp_path).read_text()
+    assert "## Test sampling: bootstrap intervals and paired differences" in report
+    table = report[report.index("95% bootstrap interval"):]
+    w2v = next(line for line in table.splitlines() if line.startswith("| w2v_cmsc_rlm |") and "(n=2)" in line)
+    low, high = (float(x) for x in w2v.split("[")[1].split("]")[0].split(","))
+    assert 0.5 < low < high < 1
+    paired = table[table.index("Paired difference"):]
+    assert next(l for l in paired.splitlines() if l.startswith("| w2v_cmsc_rlm |")).endswith("* |")
+    same = next(l for l in paired.splitlines() if l.startswith("| same_as_random |"))
+    assert "+0.000 [+0.000, +0.000]" in same and "*" not in same

@@ -256,6 +256,28 @@ def test_train_then_fairseq_validate(identify_data, tiny_identifier):
     assert values["top1_accuracy"] >= 0.5 and 0.0 <= values["eer"] <= 0.5
 
 
+def test_fairseq_validate_prints_intervals_over_probe_patients(identify_data, tiny_identifier, tmp_path):
+    """Top-1 and EER of the test patients come with bootstrap intervals over the probe patients (the
+    gallery fixed), reproducible from the per-record results (issue 19 item 2)."""
+    from fairseq_ecg.bootstrap import format_interval, identification_intervals
+    from fairseq_ecg.criterions.arcface import identification_metrics
+    from fairseq_ecg.record_results import read_identification_results
+
+    out = tmp_path / "results"
+    result = run_cli("fairseq-validate", str(identify_data), "--user-dir", "fairseq_ecg", "--task",
+                     "ecg_identification", "--path", str(tiny_identifier), "--valid-subset", "test", "--batch-size", "3",
+                     "--per-record-results", str(out), "--bootstrap-resamples", "200")
+    log = result.stdout + result.stderr
+    line = [l for l in log.splitlines() if "valid on 'test'" in l][-1]
+    printed = dict(re.findall(r"(top1_accuracy|eer)_ci95 (\[[^]]+\])", line))
+    saved = read_identification_results(out, "test")
+    assert saved.probe.sum() == 3 and (~saved.probe).sum() == 3  # test_gallery.tsv + test_probe.tsv
+    top1, eer = identification_metrics(saved.embeddings, saved.probe, np.array(saved.patients))
+    assert _values(log, "test") == pytest.approx({"top1_accuracy": top1, "eer": eer}, abs=2e-5)
+    intervals = identification_intervals(saved.embeddings, saved.probe, np.array(saved.patients), 200, 0)
+    assert printed == {name: format_interval(intervals.bounds[name]) for name in ("top1_accuracy", "eer")}
+
+
 def test_embed_a_manifest(identify_data, tiny_identifier, tiny_pretrained, tmp_path):
     out = tmp_path / "probe.npy"
     run_cli("fairseq-ecg-embed", "--checkpoint", str(tiny_identifier), str(identify_data / "valid_probe.tsv"),

@@ -120,6 +120,22 @@ def test_f1_and_accuracy_match_scikit_learn():
     assert accuracy(labels, labels) == 1.0
 
 
+def test_masked_f1_is_the_positive_labels_f1_per_class():
+    """A class scored on the records where it is known is one column; scikit-learn's macro F1 of one
+    column averaged the F1 of the positive and of the negative label (0.733 where it is 0.667)."""
+    labels = np.array([[1], [0], [0], [0]], dtype=bool)
+    assert macro_f1(labels, np.array([[1], [1], [0], [0]], dtype=bool)) == pytest.approx(2 / 3)
+    rng = np.random.default_rng(3)
+    labels, scores = rng.random((40, 4)) < 0.3, rng.random((40, 4))
+    known = rng.random((40, 4)) > 0.2
+    hand = []
+    for k in range(4):
+        y, p = labels[known[:, k], k], scores[known[:, k], k] >= 0.5
+        hand.append(f1_score(y, p))  # the positive label's F1 (binary average)
+    values = classification_metrics(labels, scores, 0.5, challenge=False, known=known)
+    assert values["f1"] == pytest.approx(np.mean(hand))
+
+
 def test_classification_metrics_without_weights_has_no_challenge_metric():
     labels, scores = _random_subset()
     values = classification_metrics(labels, scores, 0.5, challenge=False)

@@ -14,6 +14,7 @@ same number in ``fairseq-hydra-train`` (which reduces per batch) and ``fairseq-v
 reduces once), and never an average over batches.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -28,6 +29,10 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
+
+from ..bootstrap import Intervals, identification_intervals
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,13 +77,14 @@ class EmbeddedSegments(int):
     """
 
     def __new__(cls, ids: np.ndarray, rows: np.ndarray, probe: np.ndarray, patients: np.ndarray,
-                embeddings: np.ndarray) -> "EmbeddedSegments":
+                embeddings: np.ndarray, split: str = "") -> "EmbeddedSegments":
         self = super().__new__(cls, len(rows))
         self.ids, self.rows, self.probe, self.patients, self.embeddings = ids, rows, probe, patients, embeddings
+        self.split = split
         return self
 
     def __reduce__(self):  # pickled when fairseq gathers logs from several workers
-        return EmbeddedSegments, (self.ids, self.rows, self.probe, self.patients, self.embeddings)
+        return EmbeddedSegments, (self.ids, self.rows, self.probe, self.patients, self.embeddings, self.split)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -146,6 +152,7 @@ class IdentificationMeter(Meter):
         self.parts: List[EmbeddedSegments] = []
         self.seen: set = set()
         self._result: Optional[Tuple[float, float]] = None
+        self._intervals: dict = {}
 
     def update(self, segments: EmbeddedSegments) -> None:
         ids = set(segments.ids.tolist())
@@ -153,7 +160,20 @@ class IdentificationMeter(Meter):
             self.reset()
         self.seen |= ids
         self.parts.append(segments)
-        self._result = None
+        self._result, self._intervals = None, {}
+
+    def intervals(self, records: int, resamples: int, seed: int) -> Optional[Intervals]:
+        """Bootstrap intervals of top-1 and EER over the probe patients (gallery fixed), once the
+        meter holds all ``records`` of the subset; None before."""
+        if len({int(r) for p in self.parts for r in p.rows}) != records or resamples <= 0:
+            return None
+        key = (records, resamples, seed)
+        if key not in self._intervals:
+            embeddings, probe, patients = record_embeddings([p for p in self.parts if len(p)])
+            self._intervals[key] = identification_intervals(embeddings, probe, patients, resamples, seed)
+            logger.info(f"{self.parts[0].split or 'subset'}: 95% bootstrap intervals from {resamples} resamples of "
+                        f"{len(set(patients[probe].tolist()))} probe patients (gallery fixed)")
+        return self._intervals[key]
 
     def result(self) -> Tuple[float, float]:
         if self._result is None:
@@ -198,6 +218,7 @@ class ArcFaceCriterion(FairseqCriterion):
         segments = EmbeddedSegments(
             ids=sample["id"].cpu().numpy(), rows=sample["row"].cpu().numpy(), probe=sample["probe"].cpu().numpy(),
             patients=sample["target"].view(-1).cpu().numpy(), embeddings=embedding.detach().float().cpu().numpy(),
+            split=str(sample.get("split", "")),
         )
         logging_output = {"ntokens": count, "nsentences": count, "sample_size": count, "identification": segments}
         return embedding.new_zeros(()), count, logging_output

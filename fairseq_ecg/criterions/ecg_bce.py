@@ -18,6 +18,7 @@ file) are not negatives: they carry no loss (nor count in ``nlabels``) and every
 them out (:func:`fairseq_ecg.metrics.classification_metrics`).
 """
 
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -31,9 +32,12 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
 
+from ..bootstrap import Intervals, classification_intervals, interval_text
 from ..metrics import aggregate_by_record, classification_metrics, tune_thresholds, tune_thresholds_known
 
 METRICS = ("challenge_metric", "auroc", "auprc", "f1", "accuracy")
+INTERVAL_METRICS = ("challenge_metric", "auroc", "f1", "accuracy")  # with a bootstrap interval
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +79,12 @@ class Scoring:
     sinus_index: Optional[int] = None
     thresholds: Optional[np.ndarray] = None
     default_threshold: float = 0.5
+    # Bootstrap intervals (fairseq_ecg.bootstrap): 0 resamples for none; computed once the meter
+    # holds all ``records`` of the subset, resampling ``patients`` (one per record row).
+    resamples: int = 0
+    seed: int = 0
+    records: int = 0
+    patients: Optional[np.ndarray] = None
 
 
 class ClassificationMeter(Meter):
@@ -94,6 +104,7 @@ class ClassificationMeter(Meter):
         self.parts: List[ScoredSegments] = []
         self.seen: set = set()
         self._result: Optional[Tuple[Dict[str, float], np.ndarray]] = None
+        self._intervals: Optional[Intervals] = None
 
     def update(self, segments: ScoredSegments, scoring: Scoring) -> None:
         ids = set(segments.ids.tolist())
@@ -102,7 +113,40 @@ class ClassificationMeter(Meter):
         self.seen |= ids
         self.parts.append(segments)
         self.scoring = scoring
-        self._result = None
+        self._result = self._intervals = None
+
+    def records(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """Per record of the subset so far: (manifest rows, probabilities aggregated over its segments
+        [records, classes], targets [records, classes], known labels or None)."""
+        parts = [p for p in self.parts if len(p)]
+        rows = np.concatenate([p.rows for p in parts])
+        records, probs = aggregate_by_record(np.concatenate([p.probs for p in parts]), rows, self.scoring.aggregate)
+        first = np.unique(rows, return_index=True)[1]
+        targets = np.concatenate([p.targets for p in parts])[first]
+        known = None
+        if all(p.known is not None for p in parts):
+            known = np.concatenate([p.known for p in parts])[first]
+        return records, probs, targets, known
+
+    def complete(self) -> bool:
+        """Whether every record of the subset (``scoring.records``) has been scored."""
+        return self.scoring.records > 0 and len({int(r) for p in self.parts for r in p.rows}) == self.scoring.records
+
+    def intervals(self) -> Optional[Intervals]:
+        """Bootstrap intervals of every metric (``scoring.resamples`` of the patients), once the
+        whole subset is in; None before, or with 0 resamples."""
+        if self._intervals is None and self.scoring.resamples > 0 and self.complete():
+            records, probs, targets, known = self.records()
+            _, thresholds = self.result()
+            self._intervals = classification_intervals(
+                targets, probs, thresholds, self.scoring.patients[records], self.scoring.resamples, self.scoring.seed,
+                self.scoring.weights, self.scoring.sinus_index, known)
+            patients = len(set(self.scoring.patients[records].tolist()))
+            logger.info(f"{self.parts[0].split or 'subset'}: 95% bootstrap intervals from {self._intervals.resamples} "
+                        f"resamples of {patients} patients (a record without a patient id counts as one); a class "
+                        f"without positives or negatives in a resample was left out of that resample's macro AUROC "
+                        f"{self._intervals.dropped} times")
+        return self._intervals
 
     def result(self) -> Tuple[Dict[str, float], np.ndarray]:
         """(metrics by name, the per-class thresholds they were computed at)."""
@@ -110,13 +154,7 @@ class ClassificationMeter(Meter):
             parts = [p for p in self.parts if len(p)]
             if not parts:
                 return {name: float("nan") for name in METRICS}, np.zeros(0)
-            rows = np.concatenate([p.rows for p in parts])
-            records, probs = aggregate_by_record(np.concatenate([p.probs for p in parts]), rows, self.scoring.aggregate)
-            first = np.unique(rows, return_index=True)[1]
-            targets = np.concatenate([p.targets for p in parts])[first]
-            known = None
-            if all(p.known is not None for p in parts):
-                known = np.concatenate([p.known for p in parts])[first]
+            records, probs, targets, known = self.records()
             thresholds = self.scoring.thresholds
             if thresholds is None:
                 thresholds = (tune_thresholds(targets, probs, self.scoring.default_threshold) if known is None
@@ -142,8 +180,13 @@ def log_classification(parts: List[ScoredSegments], scoring: Scoring) -> None:
         return
     for part in parts:
         metrics.log_custom(ClassificationMeter, "_classification", part, scoring)
-    for name in METRICS if scoring.weights is not None else METRICS[1:]:
+    names = METRICS if scoring.weights is not None else METRICS[1:]
+    for name in names:
         metrics.log_derived(name, lambda m, name=name: round(m["_classification"].result()[0][name], 5))
+    if scoring.resamples > 0:
+        for name in names:
+            if name in INTERVAL_METRICS:
+                metrics.log_derived(f"{name}_ci95", lambda m, name=name: interval_text(m["_classification"].intervals(), name))
 
 
 @register_criterion("ecg_bce", dataclass=EcgBceConfig)

@@ -12,6 +12,7 @@ from omegaconf import II, MISSING, OmegaConf, open_dict
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 
+from ..bootstrap import DEFAULT_RESAMPLES
 from ..leads import lead_set_name, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 from ..normalization import AUTO, checkpoint_normalization, normalize_mode, resolve_normalization
@@ -43,6 +44,19 @@ class EcgTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
     check_files: bool = field(
         default=True, metadata={"help": "check every waveform file's header against its manifest row at load time"}
+    )
+    bootstrap_resamples: int = field(
+        default=DEFAULT_RESAMPLES,
+        metadata={"help": "95% bootstrap intervals of the figures of every evaluated subset but train and valid "
+                  "(those choose the checkpoint and its thresholds): resamples of the subset's patients (records "
+                  "without a patient id: the record); 0 for none (fairseq_ecg/bootstrap.py)"},
+    )
+    bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resamples (the same seed, "
+                                                             "the same resampled patients: paired comparisons)"})
+    per_record_results: Optional[str] = field(
+        default=None,
+        metadata={"help": "folder: fairseq-validate writes each subset's per-record outputs and targets there "
+                  "(SUBSET.results.csv; identification also SUBSET.embeddings.npy; fairseq_ecg/record_results.py)"},
     )
     precision: PRECISION_CHOICES = field(
         default="fp32",
@@ -211,6 +225,17 @@ class EcgTask(FairseqTask):
                     if not OmegaConf.is_missing(cfg, key) and cfg[key] is None and getattr(built, key, None) is not None:
                         cfg[key] = getattr(built, key)
         return model
+
+    def bootstraps(self, split: str) -> bool:
+        """Whether ``split``'s figures get bootstrap intervals: not those that train the model or
+        choose its checkpoint and thresholds (reported figures are on other patients)."""
+        return self.cfg.bootstrap_resamples > 0 and not split.startswith(("train", "valid"))
+
+    def whole_subset(self, split: str, rows) -> bool:
+        """Whether the manifest rows ``rows`` cover every record of the loaded subset ``split``: a
+        fairseq-validate reduction (all batches at once), not one batch of training's validation."""
+        dataset = self.datasets.get(split)
+        return dataset is not None and len({int(r) for r in rows}) == len(dataset.manifest)
 
     def get_batch_iterator(self, dataset, **kwargs):
         """As fairseq's, except that an evaluation dataset (``cut="consecutive"``) loses no item:

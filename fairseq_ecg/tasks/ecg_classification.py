@@ -33,10 +33,12 @@ from omegaconf import DictConfig, open_dict
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
-from ..criterions.ecg_bce import Scoring, log_classification
+from ..criterions.ecg_bce import ClassificationMeter, ScoredSegments, Scoring, log_classification
 from ..data import EcgSegmentDataset
-from ..labels import SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, label_set_from_names, read_weights_csv, scored_labels
+from ..labels import (SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, column_names, label_set_from_names, read_weights_csv,
+                      scored_labels)
 from ..manifest import CLASSES_FILE, Manifest, read_classes, read_labels
+from ..record_results import ClassificationResults, results_file, row_names, write_classification_results
 from .base import EcgTask, EcgTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -191,12 +193,18 @@ class EcgClassificationTask(EcgTask):
                 self._warned_untuned = True
                 logger.warning(f"{split}: no thresholds tuned on '{TUNE_SPLIT}' yet (they are tuned when training "
                                f"validates); scoring at threshold {self.cfg.threshold}")
+        dataset = self.datasets.get(split)
+        bootstrap = self.bootstraps(split) and dataset is not None
         return Scoring(
             aggregate=str(self.cfg.aggregate),
             weights=None if table is None else table.weights,
             sinus_index=None if table is None else table.index_of(SINUS_RHYTHM),
             thresholds=thresholds,
             default_threshold=float(self.cfg.threshold),
+            resamples=int(self.cfg.bootstrap_resamples) if bootstrap else 0,
+            seed=int(self.cfg.bootstrap_seed),
+            records=len(dataset.manifest) if dataset is not None else 0,
+            patients=np.array([row.patient for row in dataset.manifest.rows], dtype=object) if bootstrap else None,
         )
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
@@ -204,7 +212,26 @@ class EcgClassificationTask(EcgTask):
         super().reduce_metrics(logging_outputs, criterion)
         parts = [log["scored"] for log in logging_outputs if "scored" in log]
         if parts:
-            log_classification(parts, self.scoring(parts[0].split))
+            scoring = self.scoring(parts[0].split)
+            log_classification(parts, scoring)
+            if self.cfg.per_record_results and self.whole_subset(parts[0].split, np.concatenate([p.rows for p in parts])):
+                self.write_results(parts, scoring)
+
+    def write_results(self, parts: List[ScoredSegments], scoring: Scoring) -> None:
+        """``per_record_results/SPLIT.results.csv`` of one whole subset (fairseq_ecg/record_results.py)."""
+        meter = ClassificationMeter()
+        for part in parts:
+            meter.update(part, scoring)
+        rows, probs, targets, known = meter.records()
+        split = parts[0].split
+        manifest = self.datasets[split].manifest
+        records, patients = row_names(rows, manifest)
+        path = results_file(self.cfg.per_record_results, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_classification_results(path, ClassificationResults(
+            records, patients, column_names(self.label_set.names), probs, targets,
+            np.ones_like(targets) if known is None else known))
+        logger.info(f"{split}: per-record results of {len(records)} records -> {path}")
 
     def post_validate(self, model, stats, agg) -> None:
         """After fairseq-hydra-train validates the tuning subset: keep its thresholds (saved next)."""

@@ -20,10 +20,14 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from fairseq import metrics
 from fairseq.tasks import register_task
 
+from ..bootstrap import interval_text
+from ..criterions.arcface import record_embeddings
 from ..data import EcgSegmentDataset
 from ..manifest import Manifest, ManifestError, identify_test_missing, read_manifest
+from ..record_results import IdentificationResults, results_file, row_names, write_identification_results
 from .base import EcgTask, EcgTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -34,9 +38,10 @@ GALLERY, PROBE = "gallery", "probe"
 class GalleryProbeDataset(EcgSegmentDataset):
     """Consecutive segments of gallery and probe records; batches add ``probe`` [segments] (bool)."""
 
-    def __init__(self, manifest: Manifest, probe: np.ndarray, **kwargs) -> None:
+    def __init__(self, manifest: Manifest, probe: np.ndarray, split: str = "", **kwargs) -> None:
         super().__init__(manifest, cut="consecutive", shuffle=False, **kwargs)
         self.probe = np.asarray(probe, dtype=bool)
+        self.split = split
 
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)
@@ -47,6 +52,7 @@ class GalleryProbeDataset(EcgSegmentDataset):
         batch = super().collater(samples)
         if batch:
             batch["probe"] = torch.tensor([s["probe"] for s in samples for _ in s["segments"]], dtype=torch.bool)
+            batch["split"] = self.split
         return batch
 
 
@@ -99,7 +105,7 @@ class EcgIdentificationTask(EcgTask):
             targets = np.array([ids[row.patient] for row in manifest.rows], dtype=np.int64)
             roles = np.arange(len(manifest)) >= len(gallery)
             logger.info(f"{split}: {len(gallery)} gallery and {len(probe)} probe records of {len(ids)} patients")
-            self.datasets[split] = GalleryProbeDataset(manifest, roles, targets=targets, **common)
+            self.datasets[split] = GalleryProbeDataset(manifest, roles, split, targets=targets, **common)
             return
         if split == "test" and self._pair_exists("valid") and not (Path(self.cfg.data) / "test.tsv").is_file():
             raise ManifestError(identify_test_missing(self.cfg.data))  # a folder prepared before the test split
@@ -117,6 +123,29 @@ class EcgIdentificationTask(EcgTask):
         self.datasets[split] = EcgSegmentDataset(
             manifest, cut="crop", targets=targets, shuffle=split.startswith("train"), **common
         )
+
+    def reduce_metrics(self, logging_outputs, criterion) -> None:
+        """The criterion's metrics, then, for a reported subset, their bootstrap intervals (once the
+        subset is whole) and, in fairseq-validate, the per-record results."""
+        super().reduce_metrics(logging_outputs, criterion)
+        parts = [log["identification"] for log in logging_outputs if "identification" in log]
+        if not parts or parts[0].split not in self.datasets:
+            return
+        split = parts[0].split
+        records = len(self.datasets[split].manifest)
+        if self.bootstraps(split):
+            resamples, seed = int(self.cfg.bootstrap_resamples), int(self.cfg.bootstrap_seed)
+            for name in ("top1_accuracy", "eer"):
+                metrics.log_derived(f"{name}_ci95", lambda m, name=name: interval_text(
+                    m["_identification"].intervals(records, resamples, seed), name))
+        if self.cfg.per_record_results and self.whole_subset(split, np.concatenate([p.rows for p in parts])):
+            embeddings, probe, _ = record_embeddings([p for p in parts if len(p)])
+            rows = np.unique(np.concatenate([p.rows for p in parts]))
+            names, patients = row_names(rows, self.datasets[split].manifest)
+            folder = Path(self.cfg.per_record_results)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_identification_results(folder, split, IdentificationResults(names, patients, probe, embeddings))
+            logger.info(f"{split}: per-record results of {len(names)} records -> {results_file(folder, split)}")
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         """As fairseq's, except that a gallery/probe subset keeps its last, smaller batch: fairseq

@@ -1,0 +1,104 @@
+"""Per-record results of an evaluation (``fairseq-validate ... --per-record-results DIR``): what a
+subset's figures were computed from, one row per record, so that a paired comparison of two models,
+calibration or a check of ``fairseq-ecg-predict`` can start from the same numbers.
+
+* classification: ``DIR/SUBSET.results.csv``: ``record``, ``patient``, then one probability column
+  per class (named as in predict's CSV), then one ``LABEL (label)`` column per class: 1, 0, or
+  empty where the record's source does not record that class;
+* identification: ``DIR/SUBSET.results.csv`` (``record``, ``patient``, ``role``: gallery or probe)
+  and ``DIR/SUBSET.embeddings.npy`` [records, dim], the L2-normalised record embeddings (float64,
+  as scored), in the CSV's order.
+
+Records and patients are named as in the manifests (hashed for hospital exports).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .manifest import atomic_output, atomic_save_npy
+from .spreadsheet import csv_writer
+
+LABEL_SUFFIX = " (label)"
+ROLES = ("gallery", "probe")
+
+
+def results_file(folder: Path | str, subset: str) -> Path:
+    return Path(folder) / f"{subset}.results.csv"
+
+
+def embeddings_file(folder: Path | str, subset: str) -> Path:
+    return Path(folder) / f"{subset}.embeddings.npy"
+
+
+@dataclass
+class ClassificationResults:
+    """One subset's records: ``probs`` [records, classes], ``targets`` and ``known`` [records, classes] bool."""
+
+    records: list[str]
+    patients: list[str]
+    columns: list[str]
+    probs: np.ndarray
+    targets: np.ndarray
+    known: np.ndarray
+
+
+def write_classification_results(path: Path, results: ClassificationResults) -> None:
+    with atomic_output(path, newline="") as handle:
+        writer = csv_writer(handle)
+        writer.writerow(["record", "patient", *results.columns, *(c + LABEL_SUFFIX for c in results.columns)])
+        for i, record in enumerate(results.records):
+            labels = ["" if not k else int(t) for t, k in zip(results.targets[i], results.known[i])]
+            writer.writerow([record, results.patients[i], *(f"{p:.17g}" for p in results.probs[i]), *labels])
+
+
+def read_classification_results(path: Path) -> ClassificationResults:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    classes = (len(header) - 2) // 2
+    columns = header[2:2 + classes]
+    labels = np.array([row[2 + classes:] for row in body], dtype=object).reshape(len(body), classes)
+    return ClassificationResults(
+        records=[row[0] for row in body], patients=[row[1] for row in body], columns=columns,
+        probs=np.array([row[2:2 + classes] for row in body], dtype=np.float64).reshape(len(body), classes),
+        targets=labels == "1", known=labels != "",
+    )
+
+
+@dataclass
+class IdentificationResults:
+    """One subset's records: ``embeddings`` [records, dim], ``probe`` [records] bool."""
+
+    records: list[str]
+    patients: list[str]
+    probe: np.ndarray
+    embeddings: np.ndarray
+
+
+def write_identification_results(folder: Path, subset: str, results: IdentificationResults) -> None:
+    atomic_save_npy(embeddings_file(folder, subset), results.embeddings.astype(np.float64))
+    with atomic_output(results_file(folder, subset), newline="") as handle:
+        writer = csv_writer(handle)
+        writer.writerow(["record", "patient", "role"])
+        for record, patient, probe in zip(results.records, results.patients, results.probe):
+            writer.writerow([record, patient, ROLES[int(probe)]])
+
+
+def read_identification_results(folder: Path, subset: str) -> IdentificationResults:
+    with open(results_file(folder, subset), newline="") as handle:
+        body = list(csv.reader(handle))[1:]
+    return IdentificationResults(records=[r[0] for r in body], patients=[r[1] for r in body],
+                                 probe=np.array([r[2] == "probe" for r in body], dtype=bool),
+                                 embeddings=np.load(embeddings_file(folder, subset)).astype(np.float64))
+
+
+def row_names(rows: Sequence, manifest) -> tuple[list[str], list[str]]:
+    """Record and patient names of manifest rows ``rows`` (a record without a name: its file)."""
+    records = [manifest.rows[r].record or manifest.rows[r].relative_path for r in rows]
+    return records, [manifest.rows[r].patient for r in rows]
+
