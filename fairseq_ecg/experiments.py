@@ -2,15 +2,20 @@
 
 Every run is a plain ``fairseq-hydra-train`` or ``fairseq-validate`` call in its own folder under
 ``RESULTS/runs/``, with its exact command line saved in ``command.sh`` and its output in ``log.txt``.
-A run that finished (``done`` marker) is not repeated when the command is run again, so a killed
-matrix resumes where it stopped, and subsets (``--experiments``, ``--variants``, ``--leads``,
-``--seeds``) can be run on different machines or as cluster jobs into the same RESULTS folder.
+A run that finished is not repeated when the command is run again, so a killed matrix resumes where
+it stopped, and subsets (``--experiments``, ``--variants``, ``--leads``, ``--seeds``) can be run on
+different machines or as cluster jobs into the same RESULTS folder. "Finished" is checked, not
+trusted: its ``done`` marker records the command and the markers of the runs it was built on, and
+the outputs its successors read (``checkpoint_best.pt``, ``metrics.json``) must exist. A run whose
+command changed is refused (``--rerun-changed`` re-runs it); a run built on one that ran again is
+re-run.
 
 Experiments (docs/method.md): 1 = pretrain on 12 leads, fine-tune/evaluate on each lead set; 2 = pretrain
 and fine-tune on the same reduced lead set; 3 = each variant with and without RLM, plus a sweep of
 the RLM probability. ``random_init`` (same architecture, fresh weights) is the baseline row.
 """
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -27,7 +32,7 @@ from typing import Callable, Optional
 from omegaconf import OmegaConf
 
 from .launcher import PreloadedLauncher, subprocess_launcher
-from .leads import lead_set_name, parse_leads
+from .leads import lead_list, lead_set_name, parse_leads
 from .models.encoder import FEATURE_GRAD_MULT_BY_INIT
 from .manifest import ManifestError, identify_test_missing, read_manifest
 from .spreadsheet import csv_writer
@@ -82,6 +87,8 @@ PRESETS = {
         "tasks": ["classification", "identification"],
     },
 }
+CHECKPOINT = "checkpoint_best.pt"  # what a fine-tuning or evaluation reads from the run before it
+METRICS_FILE = "metrics.json"  # what the report reads from an evaluation
 FINETUNE_CONFIG = {"classification": "classification", "identification": "identification"}
 FINETUNE_DATA = {"classification": "finetune", "identification": "identify"}
 # reported figures come from the test patients; valid (other patients) chose checkpoint_best
@@ -98,6 +105,9 @@ class Run:
     labels: Optional[dict] = None  # set for evaluation runs: the results.csv columns but metric/value
     # the same run reported again under other labels: experiment 3 shares experiment 1's runs
     also: list[dict] = field(default_factory=list)
+    # files (in its folder) that the runs after it read: it is finished only when they exist
+    outputs: tuple[str, ...] = ()
+    notice: Optional[str] = None  # what the runner changed in the command, said once before running
 
     def folder(self, out: Path) -> Path:
         return out / "runs" / self.name
@@ -142,7 +152,7 @@ def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Op
     ]
     if rlm_prob is not None:
         command.append(f"model.rlm_prob={rlm_prob}")
-    return Run(name, command)
+    return with_checkpoint_schedule(Run(name, command, outputs=(CHECKPOINT,)))
 
 
 def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], variant: str, pretrain_leads: str,
@@ -153,7 +163,7 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], varian
     name = f"{mode}/{variant}_P{lead_set_name(pretrain_leads)}_F{lead_set_name(leads)}_s{seed}"
     folder = s.out / "runs" / name
     if checkpoint is None:
-        checkpoint = s.out / "runs" / pretrain.name / "checkpoint_best.pt"
+        checkpoint = s.out / "runs" / pretrain.name / CHECKPOINT
     init = "random" if variant == BASELINE else "pretrained"  # a random CNN trains, a pretrained one stays frozen
     train = [
         "fairseq-hydra-train", "--config-dir", str(s.config_root / "finetune"), "--config-name", FINETUNE_CONFIG[task],
@@ -166,14 +176,15 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], varian
     train += s.finetune_args
     evaluate = [
         "fairseq-validate", str(s.data / FINETUNE_DATA[task]), "--user-dir", str(PACKAGE_DIR),
-        "--task", f"ecg_{task}", "--path", str(folder / "checkpoint_best.pt"),
+        "--task", f"ecg_{task}", "--path", str(folder / CHECKPOINT),
         "--valid-subset", VALID_SUBSET[task], "--batch-size", "16",
         "--per-record-results", str(s.out / "runs" / name / "evaluate"),  # the report's intervals read them
     ]
     labels = dict(experiment=experiment, variant=variant, pretrain_leads=lead_set_name(pretrain_leads),
                   finetune_leads=lead_set_name(leads), task=mode, seed=seed)
     after = [pretrain.name] if pretrain is not None else []
-    return [Run(name, train, after=after), Run(f"{name}/evaluate", evaluate, after=[name], labels=labels)]
+    return [with_checkpoint_schedule(Run(name, train, after=after, outputs=(CHECKPOINT,))),
+            Run(f"{name}/evaluate", evaluate, after=[name], labels=labels, outputs=(METRICS_FILE,))]
 
 
 def plan(s: Settings) -> list[Run]:
@@ -242,74 +253,184 @@ def parse_metrics(log: str) -> dict[str, float]:
     return {key: float(value) for key, value in METRIC_PATTERN.findall(lines[-1])}
 
 
-def execute(run: Run, out: Path, threads: int, launch: Callable = subprocess_launcher) -> bool:
-    """Run one command in its folder unless it already finished; True when it succeeded."""
+DONE = "done"
+
+
+class ChangedRuns(Exception):
+    """Runs in the results folder ran with another command than the plan's."""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def mark_done(run: Run, out: Path) -> None:
+    """Write a run's ``done`` marker: when it finished, its command, and the markers of the runs it
+    was built on (a later run of one of them makes this one stale)."""
+    record = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "command": shlex.join(run.command),
+              "after": {name: _digest(out / "runs" / name / DONE) for name in run.after}}
+    marker = run.folder(out) / DONE
+    partial = marker.with_name(DONE + ".tmp")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(partial, marker)
+
+
+def _done_record(marker: Path) -> Optional[dict]:
+    """The marker's record; None for a marker of an earlier version (a time only): it is trusted
+    when its ``command.sh`` matches."""
+    try:
+        record = json.loads(marker.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _changed_arguments(before: str, now: list[str]) -> str:
+    old = shlex.split(before)
+    added, removed = [a for a in now if a not in old], [a for a in old if a not in now]
+    return f"now {shlex.join(added) or '(nothing added)'}, was {shlex.join(removed) or '(nothing)'}"
+
+
+def run_states(runs: list[Run], out: Path) -> dict[str, tuple[str, str]]:
+    """Each run's state in ``out`` and why: ``done`` (finished with this command, its outputs there,
+    built on the runs as they are now), ``missing`` (never finished: it runs, resuming from its
+    checkpoint), ``stale`` (built on a run that runs again or ran since: it runs afresh) or
+    ``changed`` (its folder holds a run of another command)."""
+    by_name = {run.name: run for run in runs}
+    states: dict[str, tuple[str, str]] = {}
+
+    def state(run: Run) -> tuple[str, str]:
+        if run.name in states:
+            return states[run.name]
+        folder = run.folder(out)
+        saved = folder / "command.sh"
+        before = [by_name[name] for name in run.after if state(by_name[name])[0] != "done"]
+        record = _done_record(folder / DONE) if (folder / DONE).is_file() else None
+        missing = [name for name in run.outputs if not (folder / name).is_file()]
+        if saved.is_file() and shlex.split(saved.read_text()) != run.command:
+            result = ("changed", _changed_arguments(saved.read_text(), run.command))
+        elif before:
+            result = ("stale", f"built on {before[0].name}, which runs again")
+        elif not (folder / DONE).is_file():
+            result = ("missing", "not finished")
+        elif missing:
+            result = ("missing", f"{missing[0]} is gone")
+        elif record is not None and any(record.get("after", {}).get(name) != _digest(out / "runs" / name / DONE)
+                                        for name in run.after):
+            result = ("stale", f"built on an earlier run of {run.after[0]}")
+        else:
+            result = ("done", "")
+        states[run.name] = result
+        return result
+
+    for run in runs:
+        state(run)
+    return states
+
+
+def _clear_outputs(folder: Path) -> None:
+    """What a run afresh must not resume from or leave standing: its checkpoints and markers."""
+    for path in [*folder.glob("checkpoint*.pt"), folder / DONE, folder / METRICS_FILE]:
+        path.unlink(missing_ok=True)
+
+
+def execute(run: Run, out: Path, threads: int, launch: Callable = subprocess_launcher,
+            afresh: bool = False) -> Optional[str]:
+    """Run one command in its folder (``afresh``: its earlier checkpoints removed first); returns
+    None when it succeeded and wrote its outputs, else why not."""
     folder = run.folder(out)
-    if (folder / "done").exists():
-        return True
     folder.mkdir(parents=True, exist_ok=True)
+    if afresh:
+        _clear_outputs(folder)
     (folder / "command.sh").write_text(shlex.join(run.command) + "\n")
     # the cores are shared out between the runs, unless the user chose the threads
     env = {key: os.environ.get(key, str(threads)) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    (folder / "log.txt").write_text("")
-    code = launch(run.command, folder / "log.txt", env)
+    log = folder / "log.txt"
+    log.write_text("")
+    code = launch(run.command, log, env)
     if code != 0:
-        print(f"  FAILED {run.name} (exit {code}); see {folder / 'log.txt'}", file=sys.stderr)
-        return False
-    if run.labels is not None:
-        metrics = parse_metrics((folder / "log.txt").read_text())
-        if not metrics:
-            print(f"  FAILED {run.name}: no metrics in {folder / 'log.txt'}", file=sys.stderr)
-            return False
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (folder / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    return True
+        reason = f"exit {code}; see {log}"
+    elif run.labels is not None and not (metrics := parse_metrics(log.read_text())):
+        reason = f"no metrics in {log}"
+    else:
+        if run.labels is not None:
+            (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
+        missing = [name for name in run.outputs if not (folder / name).is_file()]
+        reason = f"exit 0 but no {missing[0]} in {folder}; see {log}" if missing else None
+    if reason is not None:
+        print(f"  FAILED {run.name}: {reason}", file=sys.stderr)
+        return reason
+    mark_done(run, out)
+    return None
 
 
-def run_matrix(runs: list[Run], out: Path, jobs: int, launch: Callable = subprocess_launcher) -> list[str]:
+def run_matrix(runs: list[Run], out: Path, jobs: int, launch: Callable = subprocess_launcher,
+               rerun_changed: bool = False) -> dict[str, str]:
     """Run everything in dependency order, ``jobs`` processes at a time, each as soon as the runs it
     needs have finished (pretrainings first, then evaluations, so results arrive as they can);
-    returns the runs that failed or could not run because one they need failed. ``launch`` starts
-    one command (fairseq_ecg.launcher)."""
+    returns the runs that failed or could not run because one they need failed, with why. A run
+    whose folder holds a run of another command raises ChangedRuns unless ``rerun_changed``.
+    ``launch`` starts one command (fairseq_ecg.launcher)."""
     known = {run.name for run in runs}
     for run in runs:
         if any(name not in known for name in run.after):
             raise RuntimeError(f"{run.name} needs runs that are not in the plan: {run.after}")
+    states = run_states(runs, out)
+    changed = [run for run in runs if states[run.name][0] == "changed"]
+    if changed and not rerun_changed:
+        first = changed[0]
+        raise ChangedRuns(f"{len(changed)} run{'s' if len(changed) != 1 else ''} in {out / 'runs'} ran with another "
+                          f"command (first: {first.name}: {states[first.name][1]}); add --rerun-changed to run "
+                          "them again with the new one, with the runs built on them (their outputs are replaced), "
+                          "or choose another --out")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     order = {"pretrain": 0, "evaluate": 1, "train": 2}
-    finished = {run.name for run in runs if (run.folder(out) / "done").exists()}  # from an earlier call
+    finished = {name for name, (status, _) in states.items() if status == "done"}  # from an earlier call
     pending = sorted((run for run in runs if run.name not in finished),
                      key=lambda r: order["pretrain" if r.name.startswith("pretrain/")
                                          else "evaluate" if r.labels is not None else "train"])
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             while blocked := [r for r in pending if any(name in failed for name in r.after)]:
                 for run in blocked:  # a failure blocks what needs it, and what needs that
                     pending.remove(run)
-                    failed.append(run.name)
+                    cause = next(name for name in run.after if name in failed)
+                    failed[run.name] = f"not run: it needs {cause}, which failed"
             for run in [r for r in pending if all(name in finished for name in r.after)]:
                 if len(running) >= jobs:
                     break
                 pending.remove(run)
-                running[pool.submit(execute, run, out, threads, launch)] = run
+                afresh = states[run.name][0] in ("stale", "changed")
+                running[pool.submit(execute, run, out, threads, launch, afresh)] = run
             if not running:  # only runs that wait on each other are left
-                failed.extend(run.name for run in pending)
+                failed.update((run.name, "not run: it waits on a run that waits on it") for run in pending)
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 run = running.pop(future)
-                (finished.add(run.name) if future.result() else failed.append(run.name))
+                reason = future.result()
+                if reason is None:
+                    finished.add(run.name)
+                else:
+                    failed[run.name] = reason
                 print(f"[experiments] {len(finished)}/{len(runs)} runs done, {len(failed)} failed "
                       f"({run.name})", flush=True)
     return failed
 
 
+def missing_cells(runs: list[Run], out: Path, failed: dict[str, str]) -> list[tuple[dict, str]]:
+    """The report's cells (labels) that have no figure, with why."""
+    return [(labels, failed.get(run.name, "not run"))
+            for run in runs if run.labels is not None and not (run.folder(out) / METRICS_FILE).is_file()
+            for labels in [run.labels, *run.also]]
+
+
 def collect(runs: list[Run], out: Path) -> list[dict]:
     rows = []
     for run in runs:
-        metrics_file = run.folder(out) / "metrics.json"
+        metrics_file = run.folder(out) / METRICS_FILE
         if run.labels is None or not metrics_file.exists():
             continue
         metrics = json.loads(metrics_file.read_text())
@@ -360,6 +481,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(saves 3.5-5 s per run; the same argv as its command.sh); subprocess: a new "
                              "interpreter per run")
     parser.add_argument("--config-root", type=Path, default=EXAMPLES_DIR, help="folder holding pretrain/ and finetune/ YAMLs")
+    parser.add_argument("--rerun-changed", action="store_true",
+                        help="run again, afresh, the runs in --out whose command changed (other settings or "
+                             "overrides), and the runs built on them; without it they are refused")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser.parse_args(argv)
 
@@ -441,19 +565,17 @@ def _override(command: list[str], key: str) -> Optional[str]:
     return values[-1] if values else None
 
 
-def run_length(run: Run) -> tuple[str, int, int, int, Optional[int]]:
-    """(size, max_epoch, max_update, batch size, training records or None) of a training run, from
-    its YAMLs (``base.yaml`` for pretraining, ``size/tiny.yaml`` with ``+size=tiny``) and its
-    overrides; 0 means no limit, as in fairseq."""
-    command = run.command
+def training_config(command: list[str]):
+    """The settings a training command runs with: its YAMLs (``base.yaml`` for pretraining,
+    ``size/tiny.yaml`` with ``+size=tiny``) merged, and a function reading a key's value with the
+    command's own overrides first."""
     config_dir = Path(command[command.index("--config-dir") + 1])
     name = command[command.index("--config-name") + 1]
     cfg = OmegaConf.create()
     for path in (config_dir / "base.yaml", config_dir / f"{name}.yaml"):
         if path.is_file():
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    tiny = "+size=tiny" in command
-    if tiny and (config_dir / "size" / "tiny.yaml").is_file():
+    if "+size=tiny" in command and (config_dir / "size" / "tiny.yaml").is_file():
         cfg = OmegaConf.merge(cfg, OmegaConf.load(config_dir / "size" / "tiny.yaml"))
 
     def value(key: str, default: int) -> int:
@@ -461,6 +583,33 @@ def run_length(run: Run) -> tuple[str, int, int, int, Optional[int]]:
         found = OmegaConf.select(cfg, key, default=default) if given is None else given
         return int(float(found or 0))
 
+    return value
+
+
+def with_checkpoint_schedule(run: Run) -> Run:
+    """Make a training run that stops at its epoch limit save (and validate, which chooses
+    ``checkpoint_best.pt``) at its last epoch: fairseq saves only every ``checkpoint.save_interval``
+    epochs, so ``optimization.max_epoch=2`` under the demo's interval of 5 would train and write no
+    checkpoint. The intervals follow the epochs, in the command (``command.sh`` shows them) and in a
+    notice."""
+    value = training_config(run.command)
+    epochs = value("optimization.max_epoch", 0)
+    save, validate = value("checkpoint.save_interval", 1), value("dataset.validate_interval", 1)
+    if epochs <= 0 or epochs >= max(save, validate):
+        return run
+    kind = "pretraining" if run.name.startswith("pretrain/") else run.name.split("/", 1)[0].replace("_", " ")
+    notice = (f"{kind} runs train {epochs} epoch{'s' if epochs != 1 else ''}, fewer than their interval between "
+              f"checkpoints ({save}) or validations ({validate}), so they would write no {CHECKPOINT}: "
+              f"checkpoint.save_interval={epochs} dataset.validate_interval={epochs} added to their commands")
+    command = [*run.command, f"checkpoint.save_interval={epochs}", f"dataset.validate_interval={epochs}"]
+    return replace(run, command=command, notice=notice)
+
+
+def run_length(run: Run) -> tuple[str, int, int, int, Optional[int]]:
+    """(size, max_epoch, max_update, batch size, training records or None) of a training run, from
+    its settings (``training_config``); 0 means no limit, as in fairseq."""
+    command = run.command
+    value = training_config(command)
     records = None
     data = _override(command, "task.data")
     try:
@@ -468,8 +617,8 @@ def run_length(run: Run) -> tuple[str, int, int, int, Optional[int]]:
             records = len(read_manifest(Path(data) / "train.tsv").rows)
     except ManifestError:
         records = None
-    return ("tiny" if tiny else "paper", value("optimization.max_epoch", 0), value("optimization.max_update", 0),
-            value("dataset.batch_size", 1), records)
+    return ("tiny" if "+size=tiny" in command else "paper", value("optimization.max_epoch", 0),
+            value("optimization.max_update", 0), value("dataset.batch_size", 1), records)
 
 
 def updates_of(run: Run) -> Optional[int]:
@@ -523,12 +672,40 @@ def plan_summary(runs: list[Run]) -> list[str]:
     return [f"{len(runs)} runs: " + "; ".join(lines), estimate]
 
 
+def test_leads_notes(s: Settings) -> list[str]:
+    """For the report: the leads the test records of each task really have, when not all have the
+    12 (a column's lead set is what the model is fed; a lead a record lacks goes in as zeros), so
+    that results on 2-lead records do not read as 12-lead ones."""
+    notes = []
+    for task in s.tasks:
+        folder = s.data / FINETUNE_DATA[task]
+        names = ["test.tsv"] if task == "classification" else ["test_gallery.tsv", "test_probe.tsv"]
+        patterns: dict[str, int] = {}
+        for name in names:
+            try:
+                rows = read_manifest(folder / name).rows if (folder / name).is_file() else []
+            except ManifestError:
+                rows = []
+            for row in rows:
+                key = lead_list(row.present_leads)
+                patterns[key] = patterns.get(key, 0) + 1
+        if set(patterns) - {lead_list([True] * 12)}:
+            counts = "; ".join(f"{n} have {'all 12 leads' if key == lead_list([True] * 12) else key}"
+                               for key, n in sorted(patterns.items(), key=lambda item: -item[1]))
+            notes.append(f"The {task} test records do not all have 12 leads: {counts}. A column names the leads "
+                         "the model is fed; a lead a record lacks goes in as zeros.")
+    return notes
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     # importing fairseq (through the package) sets the root logger to DEBUG; matplotlib's font
     # manager would then log every font it looks at while the report is drawn
     logging.getLogger().setLevel(logging.WARNING)
     s = settings_from_args(args)
+    if not s.data.is_dir():
+        raise SystemExit(f"fairseq-ecg-experiments: --data {args.data}: no such folder; prepare the archive first "
+                         "with fairseq-ecg-manifest SRC --dest DIR")
     if not args.dry_run and not (s.data / "pretrain" / "train.tsv").is_file():
         raise SystemExit(f"fairseq-ecg-experiments: {s.data / 'pretrain' / 'train.tsv'} not found; "
                          "prepare the archive first with fairseq-ecg-manifest SRC --dest DIR")
@@ -541,19 +718,29 @@ def main(argv=None) -> int:
             print(f"# {line}")
         return 0
     s.out.mkdir(parents=True, exist_ok=True)
-    done = sum((run.folder(s.out) / "done").exists() for run in runs)
-    print(f"[experiments] {len(runs)} runs planned, {done} already done; results in {s.out}", flush=True)
+    for notice in dict.fromkeys(run.notice for run in runs if run.notice):
+        print(f"[experiments] {notice}", file=sys.stderr)
+    states = run_states(runs, s.out)
+    counts = {status: sum(state == status for state, _ in states.values()) for status in ("done", "stale")}
+    print(f"[experiments] {len(runs)} runs planned, {counts['done']} already done"
+          + (f", {counts['stale']} to run again (built on runs that run again)" if counts["stale"] else "")
+          + f"; results in {s.out}", flush=True)
     launch = PreloadedLauncher() if args.launch == "preloaded" else subprocess_launcher
-    failed = run_matrix(runs, s.out, args.jobs, launch)
+    try:
+        failed = run_matrix(runs, s.out, args.jobs, launch, rerun_changed=args.rerun_changed)
+    except ChangedRuns as error:
+        raise SystemExit(f"fairseq-ecg-experiments: {error}")
     rows = collect(runs, s.out)
     write_results(rows, s.out)
     from .report import write_report
 
-    report = write_report(rows, s.out)
+    report = write_report(rows, s.out, missing=missing_cells(runs, s.out, failed), notes=test_leads_notes(s))
     print(report.read_text())
     print(f"[experiments] report: {report} (results: {s.out / 'results.csv'})", flush=True)
     if failed:
-        print(f"[experiments] {len(failed)} runs failed: {', '.join(failed[:5])}", file=sys.stderr)
+        print(f"[experiments] {len(failed)} run{'s' if len(failed) != 1 else ''} failed:", file=sys.stderr)
+        for name, reason in failed.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
         return 1
     return 0
 

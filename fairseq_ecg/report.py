@@ -208,13 +208,30 @@ def bootstrap_tables(rows: list[dict], resamples: int = DEFAULT_RESAMPLES, seed:
     return lines
 
 
-def write_report(rows: list[dict], out: Path) -> Path:
-    """Write ``report.md`` and the plots; returns the report's path."""
+def missing_lines(missing: list[tuple[dict, str]]) -> list[str]:
+    """The report's list of the cells without a figure (a seed short in a cell is one of them)."""
+    if not missing:
+        return []
+    lines = ["## Missing cells", "", f"{len(missing)} planned evaluation{'s' if len(missing) != 1 else ''} gave "
+             "no figure, so the tables below lack them (a cell with fewer seeds than planned, or none):", ""]
+    for labels, reason in missing:
+        lines.append(f"- experiment {labels['experiment']}, {labels['task']}, {labels['variant']}, "
+                     f"pretrained on {_lead_header(labels['pretrain_leads'])}, {_lead_header(labels['finetune_leads'])}, "
+                     f"seed {labels['seed']}: {reason}")
+    return lines + [""]
+
+
+def write_report(rows: list[dict], out: Path, missing: list[tuple[dict, str]] = (),
+                 notes: list[str] = ()) -> Path:
+    """Write ``report.md`` and the plots; returns the report's path. ``missing``: the planned
+    cells (their labels) that have no figure, with why (experiments.missing_cells); ``notes``:
+    paragraphs on the data said before the tables (experiments.test_leads_notes)."""
     table = summarise(rows)
     lines = ["# Results", "", f"{len(rows)} measurements from `results.csv`. Cells: mean ± standard deviation over seeds, n = the number of seeds "
              "(one seed: no spread).",
              "Every figure is on the test patients (`finetune/test.tsv`, `identify/test_gallery.tsv` + "
-             "`test_probe.tsv`); `checkpoint_best.pt` was chosen on the valid patients, who are others.", ""]
+             "`test_probe.tsv`); `checkpoint_best.pt` was chosen on the valid patients, who are others.", "",
+             *[line for note in notes for line in (note, "")], *missing_lines(list(missing))]
     for experiment in sorted({key[0] for key in table}):
         lines += [f"## {EXPERIMENT_TITLES.get(experiment, f'Experiment {experiment}')}", ""]
         for (exp, task, metric) in sorted(k for k in table if k[0] == experiment):

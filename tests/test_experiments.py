@@ -151,6 +151,79 @@ def test_matrix_runs_each_as_soon_as_it_can_and_a_failure_blocks_what_needs_it(t
     assert log.read_text().split() == ["b"]  # finished runs are not repeated
 
 
+def test_a_run_is_done_only_with_its_outputs_its_command_and_the_runs_it_was_built_on(tmp_path):
+    """Real processes. A done marker is not trusted alone: a run whose output is gone runs again
+    (resuming), and so do the runs built on it (afresh); a run whose command changed is refused in
+    one line naming the change until --rerun-changed, which removes its checkpoints before it runs
+    again; a run that exits 0 without its output failed, and says so."""
+    log = tmp_path / "ran.txt"
+
+    def run(name, after=(), extra="", write=True):
+        # each run logs its name and whether it found a checkpoint of an earlier run, then writes one
+        script = (f"import os; open({str(log)!r}, 'a').write({name!r} + ' ' + "
+                  f"str(os.path.exists('{tmp_path}/runs/{name}/checkpoint_best.pt')) + '\\n')")
+        if write:
+            script += f"; open('{tmp_path}/runs/{name}/checkpoint_best.pt', 'w').write({extra!r})"
+        return experiments.Run(name, ["python", "-c", script], after=list(after), outputs=("checkpoint_best.pt",))
+
+    def ran():
+        lines = log.read_text().splitlines() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return sorted(lines)
+
+    runs = [run("pretrain/a"), run("b", after=["pretrain/a"]), run("c", after=["b"]), run("d")]
+    assert experiments.run_matrix(runs, tmp_path, jobs=2) == {}
+    assert ran() == ["b False", "c False", "d False", "pretrain/a False"]
+    assert experiments.run_matrix(runs, tmp_path, jobs=2) == {} and ran() == []  # all done
+    (tmp_path / "runs" / "b" / "checkpoint_best.pt").unlink()
+    assert experiments.run_matrix(runs, tmp_path, jobs=1) == {}
+    assert ran() == ["b False", "c False"]  # c was built on the b that is gone: afresh
+    changed = [run("pretrain/a", extra="other settings"), *runs[1:]]
+    with pytest.raises(experiments.ChangedRuns, match=r"^1 run in .* ran with another command \(first: pretrain/a: "
+                       r"now .*other settings.*, was .*\); add --rerun-changed"):
+        experiments.run_matrix(changed, tmp_path, jobs=1)
+    assert ran() == []  # nothing ran
+    assert experiments.run_matrix(changed, tmp_path, jobs=1, rerun_changed=True) == {}
+    assert ran() == ["b False", "c False", "pretrain/a False"]  # afresh: no earlier checkpoint to resume
+    assert experiments.run_matrix(changed, tmp_path, jobs=1) == {} and ran() == []
+    (tmp_path / "runs" / "d" / "done").unlink()  # d killed before it finished: it resumes
+    assert experiments.run_matrix(changed, tmp_path, jobs=1) == {} and ran() == ["d True"]
+    silent = [run("e", write=False), run("f", after=["e"])]
+    failed = experiments.run_matrix(silent, tmp_path, jobs=1)
+    assert failed == {"e": f"exit 0 but no checkpoint_best.pt in {tmp_path / 'runs' / 'e'}; see "
+                           f"{tmp_path / 'runs' / 'e' / 'log.txt'}",
+                      "f": "not run: it needs e, which failed"}
+
+
+def test_an_epoch_limit_under_the_checkpoint_interval_moves_the_interval(tmp_path):
+    """The README's own override, --finetune-args 'optimization.max_epoch=2', under the demo's
+    interval of 5 epochs between checkpoints and validations: the fine-tunings save and validate at
+    epoch 2, said once; identification (2 epochs, interval 2) and pretraining (max_update) keep theirs."""
+    runs = plan_for(tmp_path, "--preset", "demo", "--variants", "w2v", "--leads", "12", "--seeds", "1",
+                    "--experiments", "1", "--finetune-args", "optimization.max_epoch=2")
+    by_kind = {}
+    for r in runs:
+        if r.labels is None:
+            by_kind.setdefault(r.name.split("/")[0], []).append(r)
+    for r in by_kind["classification"] + by_kind["classification_linear_probe"]:
+        assert r.command[-2:] == ["checkpoint.save_interval=2", "dataset.validate_interval=2"]
+        assert "so they would write no checkpoint_best.pt" in r.notice
+    for r in by_kind["identification"] + by_kind["pretrain"]:
+        assert r.notice is None and not r.command[-1].startswith("dataset.validate_interval")
+    assert all(r.outputs == ("checkpoint_best.pt",) for rs in by_kind.values() for r in rs)
+
+
+def test_report_lists_the_cells_without_a_figure_and_why(tmp_path):
+    runs = [experiments.Run("x/evaluate", ["true"], labels=dict(experiment=1, variant="w2v", pretrain_leads="12",
+                                                                  finetune_leads="6", task="classification", seed=1),
+                            outputs=("metrics.json",))]
+    missing = experiments.missing_cells(runs, tmp_path, {"x/evaluate": "not run: it needs x, which failed"})
+    report = write_report([], tmp_path, missing=missing).read_text()
+    assert ("- experiment 1, classification, w2v, pretrained on 12 leads, 6 leads, seed 1: not run: it needs x, "
+            "which failed") in report
+    assert "1 planned evaluation gave no figure" in report
+
+
 def test_matrix_refuses_a_plan_with_unknown_dependencies(tmp_path):
     with pytest.raises(RuntimeError, match="not in the plan"):
         experiments.run_matrix([experiments.Run("x", ["true"], after=["missing"])], tmp_path, jobs=1)
@@ -185,7 +258,9 @@ def test_finished_matrix_prints_a_quiet_report_and_its_path(tmp_path):
     for run in experiments.plan(experiments.settings_from_args(experiments.parse_args(args))):
         folder = run.folder(out)
         folder.mkdir(parents=True)
-        (folder / "done").write_text("earlier\n")
+        (folder / "done").write_text("earlier\n")  # a marker of an earlier version: a time only
+        for output in run.outputs:
+            (folder / output).write_bytes(b"")
         if run.labels is not None:
             (folder / "metrics.json").write_text('{"auroc": 0.75, "challenge_metric": 0.1, "f1": 0.5}\n')
     result = run_cli("fairseq-ecg-experiments", *args)
@@ -301,3 +376,19 @@ def test_report_shows_bootstrap_intervals_and_paired_differences(tmp_path):
     assert next(l for l in paired.splitlines() if l.startswith("| w2v_cmsc_rlm |")).endswith("* |")
     same = next(l for l in paired.splitlines() if l.startswith("| same_as_random |"))
     assert "+0.000 [+0.000, +0.000]" in same and "*" not in same
+
+
+def test_report_names_the_leads_the_test_records_really_have(tmp_path):
+    """CPSC's 2-lead records were reported under "12 leads" without a word (issue 23 item 2)."""
+    from fairseq_ecg.manifest import ManifestRow, write_manifest
+
+    data = tmp_path / "data"
+    (data / "finetune").mkdir(parents=True)
+    rows = [ManifestRow(f"r{i}.npy", 10, mask, record=f"r{i}")
+            for i, mask in enumerate(["110000000000"] * 3 + ["1" * 12])]
+    write_manifest(data / "finetune" / "test.tsv", data / "finetune", rows)
+    args = experiments.parse_args(["--data", str(data), "--out", str(tmp_path / "out"), "--tasks", "classification"])
+    notes = experiments.test_leads_notes(experiments.settings_from_args(args))
+    assert notes == ["The classification test records do not all have 12 leads: 3 have I,II; 1 have all 12 leads. "
+                     "A column names the leads the model is fed; a lead a record lacks goes in as zeros."]
+    assert notes[0] in write_report([], tmp_path, notes=notes).read_text()
