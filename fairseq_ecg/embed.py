@@ -36,7 +36,7 @@ import torch
 
 from .checkpoints import CheckpointError, encoder_state, load_checkpoint
 from .data import EcgSegmentDataset
-from .leads import lead_set_name, mask_to_string, parse_leads
+from .leads import lead_change, mask_to_string, missing_leads_summary, parse_leads
 from .manifest import (EXIT_MACHINE_ERROR, MachineError, Manifest, ManifestError, ManifestRow, atomic_save_npy,
                        atomic_write_text, read_manifest, waveform_problem)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
@@ -171,10 +171,9 @@ def note_other_leads(asked: Optional[str], task: dict) -> None:
     """One line on stderr when ``--leads`` is not the lead set the model was trained on (allowed)."""
     if asked is None or "leads" not in task:
         return
-    trained, now = lead_set_name(task["leads"]), lead_set_name(asked)
-    if trained != now:
-        print(f"fairseq-ecg-embed: the model was trained on leads {trained}; embedding with leads {now} "
-              "(--leads): the other leads are zeroed", file=sys.stderr)
+    change = lead_change(task["leads"], asked)
+    if change:
+        print(f"fairseq-ecg-embed: {change} (--leads)", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"fairseq-ecg-embed: every record was skipped ({len(skipped)}, reasons in {skipped_file}); "
                       "nothing was embedded", file=sys.stderr)
                 return 1
+            lacking = missing_leads_summary((row.present_leads for row in manifest.rows), leads)
+            if lacking:
+                print(f"fairseq-ecg-embed: {lacking}", file=sys.stderr)
             dataset = EcgSegmentDataset(manifest, segment, cut="consecutive", leads=leads,
                                         normalize=normalize, shuffle=False)
             device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")

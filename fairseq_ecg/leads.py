@@ -98,3 +98,45 @@ def mask_from_string(text: str) -> np.ndarray:
     if len(text) != NUM_LEADS or set(text) - {"0", "1"}:
         raise ValueError(f"lead mask {text!r} must be {NUM_LEADS} characters of 0/1")
     return np.array([c == "1" for c in text], dtype=bool)
+
+
+def lead_list(mask: Iterable[bool]) -> str:
+    """The leads of a mask as ``I,II,V2`` (``none`` for no lead): how messages and CSVs name them."""
+    names = [name for name, kept in zip(LEADS, mask) if kept]
+    return ",".join(names) if names else "none"
+
+
+def lead_change(trained: LeadSpec, fed: LeadSpec) -> str:
+    """What a run feeds a model trained on other leads, exactly: the leads it shares, those the
+    model knows that go in as zeros, and those it never saw. Empty when the sets are equal."""
+    known, now = lead_mask(trained), lead_mask(fed)
+    if (known == now).all():
+        return ""
+    parts = [f"the model was trained on leads {lead_list(known)}; this run feeds it {lead_list(known & now)}"]
+    if (known & ~now).any():
+        parts.append(f"with zeros for {lead_list(known & ~now)}")
+    if (now & ~known).any():
+        parts.append(f"and also {lead_list(now & ~known)}, which it never saw")
+    return " ".join(parts)
+
+
+def missing_leads_summary(masks: Iterable[np.ndarray], used: LeadSpec, what: str = "records") -> str:
+    """One line on the records that lack leads a model is fed (they go in as zeros), grouped by
+    the leads they lack, most common first; empty when none lacks any. ``masks``: each record's
+    present leads (12 booleans)."""
+    from collections import Counter
+
+    wanted = lead_mask(used)
+    counts: Counter = Counter()
+    total = 0
+    for mask in masks:
+        total += 1
+        lacking = wanted & ~np.asarray(mask, dtype=bool)
+        if lacking.any():
+            counts[lead_list(lacking)] += 1
+    if not counts:
+        return ""
+    groups = "; ".join(f"{n} lack {leads}" for leads, n in counts.most_common(3))
+    more = f"; {len(counts) - 3} other patterns" if len(counts) > 3 else ""
+    return (f"{sum(counts.values())} of {total} {what} lack leads that the model is fed ({lead_list(wanted)}), "
+            f"which go in as zeros: {groups}{more}")

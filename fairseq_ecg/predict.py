@@ -7,8 +7,9 @@ INPUT is a manifest (``.tsv`` of fairseq-ecg-manifest) or a folder of records in
 preparation reads (``--layout``, default ``auto``: recognised, :mod:`fairseq_ecg.sources`). Each record is prepared as in training (resampled to the
 checkpoint's rate, its normalisation, the checkpoint's leads unless ``--leads``), cut into every
 consecutive segment, and the segment probabilities combined per record as in validation (the
-checkpoint's ``task.aggregate``). The CSV has one row per record: ``record``, ``segments``, one
-probability column per class named by the checkpoint's class names (a CinC 2021 class as its code
+checkpoint's ``task.aggregate``). The CSV has one row per record: ``record``, ``segments``,
+``leads`` (the leads the record has, e.g. ``I,II``: a lead the model is fed that the record lacks
+goes in as zeros, and a closing line counts such records), one probability column per class named by the checkpoint's class names (a CinC 2021 class as its code
 and abbreviation, e.g. ``426783006 SNR``), and ``labels``, the classes at or above their threshold
 joined by ``;``.
 
@@ -39,7 +40,7 @@ import torch
 
 from .checkpoints import CheckpointError, is_probability, load_checkpoint, model_name
 from .labels import column_names
-from .leads import NUM_LEADS, lead_mask, parse_leads
+from .leads import NUM_LEADS, lead_change, lead_list, lead_mask, missing_leads_summary, parse_leads
 from .manifest import (EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_output, atomic_write_text,
                        read_manifest)
 from .metrics import aggregate_by_record
@@ -118,7 +119,7 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
         if predictor.tuned_thresholds is not None:
             return predictor.tuned_thresholds
         log("--thresholds valid: the checkpoint holds no thresholds tuned on validation "
-            "(train with task.tune_thresholds=true); using 0.5 for every class")
+            "(it was trained without a valid subset, or with task.tune_thresholds=false); using 0.5 for every class")
         return np.full(num, 0.5)
     try:
         number = float(spec)
@@ -155,8 +156,10 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def iter_records(inputs: Path, sample_rate: float, layout: str) -> tuple[int, Iterator[tuple[str, object]]]:
-    """(count, iterator of (name, waveform [12, T] float32 or the reason it is unusable))."""
+def iter_records(inputs: Path, sample_rate: float,
+                 layout: str) -> tuple[int, Iterator[tuple[str, object, Optional[np.ndarray]]]]:
+    """(count, iterator of (name, waveform [12, T] float32 or the reason it is unusable, the leads
+    the record has [12] bool or None when unusable))."""
     if inputs.is_dir():
         from .sources import LayoutError, RecordError, discover, read_record, resample
 
@@ -171,11 +174,12 @@ def iter_records(inputs: Path, sample_rate: float, layout: str) -> tuple[int, It
             for ref in refs:
                 try:
                     record = read_record(ref)
-                    yield ref.key, resample(record.signal, record.sample_rate, sample_rate).astype(np.float32)
+                    wave = resample(record.signal, record.sample_rate, sample_rate).astype(np.float32)
+                    yield ref.key, wave, np.asarray(record.present, dtype=bool)
                 except RecordError as error:
-                    yield ref.key, error.reason
+                    yield ref.key, error.reason, None
                 except Exception as error:  # a record must never stop the run
-                    yield ref.key, f"{type(error).__name__}: {' '.join(str(error).split())}"
+                    yield ref.key, f"{type(error).__name__}: {' '.join(str(error).split())}", None
         return len(refs), from_folder()
     manifest = read_manifest(inputs)
     if not manifest.rows:
@@ -187,11 +191,11 @@ def iter_records(inputs: Path, sample_rate: float, layout: str) -> tuple[int, It
             try:
                 wave = np.load(manifest.file_of(number), mmap_mode="r")
                 if wave.ndim != 2 or wave.shape[0] != NUM_LEADS:
-                    yield name, f"waveform of shape {wave.shape}, expected ({NUM_LEADS}, samples)"
+                    yield name, f"waveform of shape {wave.shape}, expected ({NUM_LEADS}, samples)", None
                     continue
-                yield name, np.asarray(wave, dtype=np.float32)
+                yield name, np.asarray(wave, dtype=np.float32), row.present_leads
             except Exception as error:
-                yield name, f"{manifest.file_of(number)}: {type(error).__name__}: {' '.join(str(error).split())}"
+                yield name, f"{manifest.file_of(number)}: {type(error).__name__}: {' '.join(str(error).split())}", None
     return len(manifest), from_manifest()
 
 
@@ -297,16 +301,19 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped)."""
     device = device or torch.device("cpu")
     predictor.model.to(device)
-    keep = torch.from_numpy(lead_mask(leads if leads is not None else predictor.leads).astype(np.float32)).unsqueeze(-1)
+    fed = leads if leads is not None else predictor.leads
+    keep = torch.from_numpy(lead_mask(fed).astype(np.float32)).unsqueeze(-1)
     total, records = iter_records(inputs, predictor.sample_rate, layout)
     batcher = _Batcher(predictor, batch_size, device)
     skipped: list[tuple[str, str]] = []
     names: dict[int, str] = {}
+    present: dict[int, np.ndarray] = {}  # the leads each record has
+    predicted_leads: list[np.ndarray] = []
     written = 0
     started = last = time.monotonic()
     with atomic_output(out, newline="") as handle:
         writer = csv_writer(handle)
-        writer.writerow(["record", "segments", *predictor.columns, "labels"])
+        writer.writerow(["record", "segments", "leads", *predictor.columns, "labels"])
 
         def skip(name: str, reason: str) -> None:
             skipped.append((name, reason))
@@ -319,16 +326,18 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
                     skip(names.pop(record), f"the model could not score it ({probs})")
                     continue
                 labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
-                writer.writerow([names.pop(record), count, *(f"{p:.6f}" for p in probs), labels])
+                has = present.pop(record)
+                predicted_leads.append(has)
+                writer.writerow([names.pop(record), count, lead_list(has), *(f"{p:.6f}" for p in probs), labels])
                 written += 1
 
-        for number, (name, wave) in enumerate(records):
+        for number, (name, wave, has) in enumerate(records):
             reason = wave if isinstance(wave, str) else unusable_signal(wave, predictor.sample_rate,
                                                                         predictor.min_samples)
             if reason:
                 skip(name, reason)
             else:
-                names[number] = name
+                names[number], present[number] = name, has
                 batcher.add(number, list(segments_of(wave, predictor, keep)))
             write_finished()
             now = time.monotonic()
@@ -338,6 +347,9 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
                     f"{(number + 1) / (now - started):.1f} records/s")
         batcher.flush()
         write_finished()
+    lacking = missing_leads_summary(predicted_leads, fed, "predicted records")
+    if lacking:
+        log(f"{lacking} (the CSV's leads column names each record's)")
     write_skipped(out.with_suffix(".skipped.tsv"), skipped)
     return written, skipped
 
@@ -378,6 +390,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.leads is not None:
             parse_leads(args.leads)
         predictor = load_predictor(args.checkpoint, args.normalize, log=say)
+        change = lead_change(predictor.leads, args.leads) if args.leads is not None else ""
+        if change:
+            say(f"{change} (--leads)")
         thresholds = read_thresholds(args.thresholds, predictor, log=say)
         device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
         started = time.monotonic()

@@ -116,7 +116,7 @@ def test_finetune_from_imported_then_predict(data, imported, tmp_path):
     save = tmp_path / "ft"
     run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
             "+size=tiny", f"task.data={data}", f"model.model_path={imported['pretrained']}",
-            f"checkpoint.save_dir={save}", "optimization.max_epoch=1", "task.tune_thresholds=true")
+            f"checkpoint.save_dir={save}", "optimization.max_epoch=1")  # thresholds tuned by default
     best = save / "checkpoint_best.pt"
     state = load_checkpoint(best)
     # the mode came from the imported checkpoint (auto) and is recorded in the new one
@@ -196,7 +196,11 @@ def test_predict_folder_with_bad_records(imported, tmp_path):
     assert "3 records" in result.stderr and "2 skipped" in result.stderr
     assert "records/s" in result.stderr  # progress lines
     columns = load_predictor(imported["classifier"]).columns
-    assert list(rows[0]) == ["record", "segments", *columns, "labels"] and columns[0] == "164889003 AF"
+    assert list(rows[0]) == ["record", "segments", "leads", *columns, "labels"] and columns[0] == "164889003 AF"
+    assert {r["leads"] for r in rows} == {"I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6"}
+    # --leads 6 on a 12-lead model: which leads are fed, which go in as zeros
+    assert ("the model was trained on leads I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6; this run feeds it "
+            "I,II,III,aVR,aVL,aVF with zeros for V1,V2,V3,V4,V5,V6 (--leads)") in result.stderr
     probs = np.array([[float(r[c]) for c in columns] for r in rows])
     assert np.all((probs >= 0) & (probs <= 1))
     # 0.5 for every class, as the file says; a number does the same
@@ -218,6 +222,42 @@ def test_pretraining_records_its_mode(tiny_pretrained):
     state = load_checkpoint(tiny_pretrained)
     assert state["task_state"]["normalize"] == "none" == state["cfg"]["task"]["normalize"]
     assert checkpoint_normalization(state) == "none"
+
+
+def test_records_lacking_leads_the_model_is_fed_are_counted_and_named(imported, data, tmp_path):
+    """Two-lead records under a 12-lead model were zero-filled without a word (issue 23 item 2):
+    predict, embed and fairseq-validate each count them once, by the leads they lack, and the
+    CSV names each record's leads."""
+    from fairseq_ecg.predict import main as predict_main
+
+    folder = tmp_path / "twolead"
+    folder.mkdir()
+    rng = np.random.default_rng(8)
+    rows = []
+    for i, mask in enumerate(["110000000000", "110000000000", "1" * 12, "111111000000"]):
+        wave = rng.normal(0, 0.2, (12, 2500)).astype(np.float32) * np.array([int(c) for c in mask])[:, None]
+        np.save(folder / f"r{i}.npy", wave)
+        rows.append(ManifestRow(f"r{i}.npy", 2500, mask, f"p{i}", 500.0, f"r{i}"))
+    write_manifest(folder / "test.tsv", folder, rows)
+    write_labels(folder / "test.tsv", [CODE_SETS[0]] * len(rows))
+    write_classes(folder, SCORED_CLASSES)
+    out = tmp_path / "two.csv"
+    result = run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), str(folder / "test.tsv"),
+                     "--out", str(out))
+    assert [r["leads"] for r in _read_csv(out)] == ["I,II", "I,II", "I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6",
+                                                    "I,II,III,aVR,aVL,aVF"]
+    lines = [line for line in _ours(result.stderr) if "lack leads" in line]
+    assert lines == ["fairseq-ecg-predict: 3 of 4 predicted records lack leads that the model is fed "
+                     "(I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6), which go in as zeros: 2 lack "
+                     "III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6; 1 lack V1,V2,V3,V4,V5,V6 (the CSV's leads column "
+                     "names each record's)"]
+    embedded = run_cli("fairseq-ecg-embed", str(folder / "test.tsv"), "--checkpoint", str(imported["pretrained"]),
+                       "--out", str(tmp_path / "two.npy"))
+    assert sum("3 of 4 records lack leads that the model is fed" in line for line in _ours(embedded.stderr)) == 1
+    validated = run_cli("fairseq-validate", str(folder), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                        "--path", str(imported["classifier"]), "--valid-subset", "test", "--batch-size", "4")
+    output = validated.stdout + validated.stderr
+    assert output.count("3 of 4 records lack leads that the model is fed") == 1, output[-3000:]
 
 
 def test_a_short_record_is_skipped_and_loses_no_other_row(imported, tmp_path):

@@ -278,3 +278,19 @@ def test_well_formed_header_variants_still_read(tmp_path):
         record = read_record(ref_of(_edited_header(tmp_path / str(len(list(tmp_path.iterdir()))), edit_first, edit_signal)))
         assert record.sample_rate == 500 and record.present[0]
         np.testing.assert_allclose(record.signal[0], 0.1, rtol=1e-6)
+
+
+def test_a_lead_change_names_the_leads_fed_zeroed_and_never_seen():
+    """`--leads 12` on a 6-lead model was said as "the other leads are zeroed", though it feeds six
+    leads the model never saw (issue 23 item 2)."""
+    from fairseq_ecg.leads import lead_change, missing_leads_summary
+
+    assert lead_change("12", "12") == ""
+    assert lead_change("6", "12") == ("the model was trained on leads I,II,III,aVR,aVL,aVF; this run feeds it "
+                                      "I,II,III,aVR,aVL,aVF and also V1,V2,V3,V4,V5,V6, which it never saw")
+    assert lead_change("3", "[I,V1]") == ("the model was trained on leads I,II,V2; this run feeds it I with zeros "
+                                          "for II,V2 and also V1, which it never saw")
+    masks = [np.array([c == "1" for c in m]) for m in ["110000000000", "111000000000", "110000000000", "111100000000"]]
+    assert missing_leads_summary(masks, "2") == ""
+    assert missing_leads_summary(masks, "[I,II,III]") == ("2 of 4 records lack leads that the model is fed (I,II,III), "
+                                                          "which go in as zeros: 2 lack III")

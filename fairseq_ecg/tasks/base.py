@@ -13,7 +13,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 
 from ..bootstrap import DEFAULT_RESAMPLES
-from ..leads import lead_set_name, parse_leads
+from ..leads import lead_change, lead_set_name, missing_leads_summary, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 from ..normalization import AUTO, checkpoint_normalization, normalize_mode, resolve_normalization
 from ..precision import PRECISION_CHOICES, AutocastForward
@@ -81,10 +81,10 @@ class EcgTask(FairseqTask):
         """A checkpoint's task state (fairseq-validate, ``load_model_ensemble_and_task``): one line
         when this run's lead set is not the one the model was trained on (allowed: evaluating a
         12-lead model on 6 leads is an experiment of its own)."""
-        trained, now = state_dict.get(TRAINED_LEADS), lead_set_name(self.cfg.leads)
-        if trained is not None and trained != now:
-            logger.warning(f"the model was trained on leads {trained}; this run uses leads {now} (task.leads / "
-                           "--leads): the other leads are zeroed")
+        trained = state_dict.get(TRAINED_LEADS)
+        change = lead_change(trained, self.cfg.leads) if trained is not None else ""
+        if change:
+            logger.warning(f"{change} (task.leads / --leads)")
         super().load_state_dict(state_dict)
 
     @property
@@ -165,6 +165,9 @@ class EcgTask(FairseqTask):
         if self.cfg.check_files:
             check_waveforms(manifest)
         logger.info(f"{manifest.path}: {len(manifest)} records")
+        lacking = missing_leads_summary((row.present_leads for row in manifest.rows), self.cfg.leads)
+        if lacking:
+            logger.warning(f"{manifest.path}: {lacking}")
         return manifest
 
     def empty_split_message(self, path: Path, split: str) -> str:

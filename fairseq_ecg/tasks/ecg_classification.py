@@ -9,9 +9,9 @@ Data: a manifest folder (``DIR/finetune`` from fairseq-ecg-manifest) with ``SPLI
   are combined per record (``aggregate``: mean or max) and the metrics computed over the whole
   subset (see ``criterions/ecg_bce.py`` for how that goes through fairseq's logging).
 
-Thresholds: a record is predicted positive for a class when its probability reaches
-``threshold``; with ``tune_thresholds`` each class gets the threshold that maximises its F1 on the
-``valid`` subset instead. Training tunes them at every validation and keeps them in the task's
+Thresholds: a record is predicted positive for a class when its probability reaches the class's
+threshold: by default (``tune_thresholds``) the one that maximises its F1 on the ``valid``
+subset (0.5 is rarely crossed by a classifier trained on a small labeled set), else ``threshold``. Training tunes them at every validation and keeps them in the task's
 state, which fairseq saves in each checkpoint (``task_state``) and restores in fairseq-validate,
 so a test subset is scored at the thresholds tuned on the validation data of that checkpoint.
 
@@ -62,9 +62,10 @@ class EcgClassificationConfig(EcgTaskConfig):
     )
     threshold: float = field(default=0.5, metadata={"help": "probability at or above which a class is predicted"})
     tune_thresholds: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "per class, use the threshold that maximises F1 on the valid subset (tuned at each "
-                  "validation, saved with the checkpoint, applied to every other subset)"},
+                  "validation, saved with the checkpoint, applied to every other subset); false: ``threshold`` "
+                  "for every class. Without a valid subset nothing is tuned and ``threshold`` serves, said once"},
     )
 
 
