@@ -69,6 +69,42 @@ class Predictor:
     tuned_thresholds: Optional[np.ndarray]
     min_samples: int = 1  # the encoder's receptive field: a shorter record gives no frame to classify
 
+    def probabilities(self, wave: np.ndarray, sample_rate: float, leads=None) -> np.ndarray:
+        """Class probabilities of one record, as ``fairseq-ecg-predict`` computes them.
+
+        Args:
+            wave: [12, T] in mV, leads in the canonical order (I, II, III, aVR, aVL, aVF, V1-V6),
+                an absent lead as zeros.
+            sample_rate: of ``wave``, in Hz; resampled to the model's.
+            leads: the leads fed to the model (others zeroed); default: the checkpoint's.
+        Returns:
+            [num_classes] float64, in the order of ``class_names``.
+        """
+        from .sources import resample
+
+        wave = np.asarray(wave, dtype=np.float64)
+        if wave.ndim != 2 or wave.shape[0] != NUM_LEADS:
+            raise ValueError(f"expected a [{NUM_LEADS}, samples] array, got shape {wave.shape}")
+        wave = resample(wave, sample_rate, self.sample_rate).astype(np.float32)
+        reason = unusable_signal(wave, self.sample_rate, self.min_samples)
+        if reason:
+            raise ValueError(f"the record cannot be classified: {reason}")
+        keep = torch.from_numpy(lead_mask(leads if leads is not None else self.leads).astype(np.float32)).unsqueeze(-1)
+        device = next(self.model.parameters()).device
+        batcher = _Batcher(self, 32, device)
+        batcher.add(0, list(segments_of(wave, self, keep)))
+        batcher.flush()
+        (_, probs, _), = batcher.finished()
+        if isinstance(probs, str):
+            raise ValueError(f"the model could not score the record ({probs})")
+        return np.asarray(probs, dtype=np.float64)
+
+    def labels(self, probabilities: np.ndarray, thresholds: Optional[np.ndarray] = None) -> list[str]:
+        """The class names at or above their threshold (default: those tuned on valid, else 0.5)."""
+        if thresholds is None:
+            thresholds = self.tuned_thresholds if self.tuned_thresholds is not None else np.full(len(self.class_names), 0.5)
+        return [name for name, p, t in zip(self.class_names, probabilities, thresholds) if p >= t]
+
 
 def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
     """Read a classifier checkpoint (safely) and build its model in eval mode."""
@@ -156,10 +192,68 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def iter_records(inputs: Path, sample_rate: float,
-                 layout: str) -> tuple[int, Iterator[tuple[str, object, Optional[np.ndarray]]]]:
+# One record given as a file, by suffix: the layout that reads it (".npy": an array, --sample-rate)
+RECORD_FILES = {".hea": "wfdb", ".mat": "wfdb", ".dat": "wfdb", ".xml": "muse_xml", ".dcm": "dicom", ".npy": "array"}
+
+
+def record_file_layout(path: Path) -> Optional[str]:
+    """The layout of ``path`` when it names one record (a file of ``RECORD_FILES``, or a WFDB
+    record name whose ``.hea`` is beside it), else None (a manifest, a folder)."""
+    if path.is_dir():
+        return None
+    if path.suffix.lower() in RECORD_FILES:
+        return RECORD_FILES[path.suffix.lower()]
+    return "wfdb" if path.with_name(path.name + ".hea").is_file() else None
+
+
+def read_record_file(path: Path, sample_rate: float,
+                     input_rate: Optional[float] = None) -> tuple[str, object, Optional[np.ndarray]]:
+    """One record from its file, read as its layout reads it in a folder, at ``sample_rate``:
+    (name, waveform [12, T] float32 or the reason it is unusable, its leads [12] bool or None).
+    A ``.npy`` array is [12, T] or [T, 12], leads in the canonical order, in mV, at ``input_rate``."""
+    import shutil
+    import tempfile
+
+    from .sources import RecordError, RecordRef, discover, read_record, resample
+
+    layout = record_file_layout(path)
+    try:
+        if layout == "array":
+            if input_rate is None:
+                raise ValueError(f"{path}: a .npy record needs --sample-rate HZ (its sampling rate; leads "
+                                 f"{','.join(parse_leads('12'))} in that order, in mV)")
+            wave = np.load(path, allow_pickle=False)
+            if wave.ndim != 2 or NUM_LEADS not in wave.shape:
+                return path.stem, f"array of shape {wave.shape}, expected ({NUM_LEADS}, samples) or (samples, {NUM_LEADS})", None
+            wave = np.asarray(wave if wave.shape[0] == NUM_LEADS else wave.T, dtype=np.float64)
+            return path.stem, resample(wave, input_rate, sample_rate).astype(np.float32), np.any(wave != 0, axis=1)
+        if layout == "wfdb":
+            stem = path.name if path.suffix.lower() not in RECORD_FILES else path.stem
+            record = read_record(RecordRef(path=path.parent / stem, name=stem, layout="wfdb"))
+            return stem, resample(record.signal, record.sample_rate, sample_rate).astype(np.float32), record.present
+        with tempfile.TemporaryDirectory() as folder:  # the layout's own discovery, over this file alone
+            shutil.copyfile(path, Path(folder) / path.name)
+            refs = list(discover(Path(folder), layout))
+            if not refs:
+                return path.name, f"not a record of the {layout} layout", None
+            record = read_record(refs[0])
+            return refs[0].key, resample(record.signal, record.sample_rate, sample_rate).astype(np.float32), record.present
+    except RecordError as error:
+        return path.stem, error.reason, None
+    except ValueError:
+        raise
+    except Exception as error:  # a record's failure is said, never a traceback
+        return path.stem, f"{type(error).__name__}: {' '.join(str(error).split())}", None
+
+
+def iter_records(inputs: Path, sample_rate: float, layout: str, input_rate: Optional[float] = None,
+                 ) -> tuple[int, Iterator[tuple[str, object, Optional[np.ndarray]]]]:
     """(count, iterator of (name, waveform [12, T] float32 or the reason it is unusable, the leads
-    the record has [12] bool or None when unusable))."""
+    the record has [12] bool or None when unusable)) of a folder, a manifest or one record's file."""
+    if record_file_layout(inputs) is not None:
+        return 1, iter([read_record_file(inputs, sample_rate, input_rate)])
+    if not inputs.exists():
+        raise ManifestError(f"{inputs}: no such file or folder")
     if inputs.is_dir():
         from .sources import LayoutError, RecordError, discover, read_record, resample
 
@@ -297,13 +391,14 @@ class _Batcher:
 
 def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarray, leads=None,
             batch_size: int = 32, layout: str = SOURCE_AUTO, device: Optional[torch.device] = None,
-            progress_seconds: float = 10.0, log=print) -> tuple[int, list[tuple[str, str]]]:
+            progress_seconds: float = 10.0, log=print,
+            input_rate: Optional[float] = None) -> tuple[int, list[tuple[str, str]]]:
     """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped)."""
     device = device or torch.device("cpu")
     predictor.model.to(device)
     fed = leads if leads is not None else predictor.leads
     keep = torch.from_numpy(lead_mask(fed).astype(np.float32)).unsqueeze(-1)
-    total, records = iter_records(inputs, predictor.sample_rate, layout)
+    total, records = iter_records(inputs, predictor.sample_rate, layout, input_rate)
     batcher = _Batcher(predictor, batch_size, device)
     skipped: list[tuple[str, str]] = []
     names: dict[int, str] = {}
@@ -354,9 +449,25 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     return written, skipped
 
 
+def record_summary(path: Path, predictor: Predictor, thresholds: np.ndarray) -> str:
+    """The one row of a single-record CSV, for the terminal: its labels with probability and
+    threshold, or the three most probable classes when none reaches its threshold."""
+    with open(path, newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    probs = [(float(row[column]), column, t) for column, t in zip(predictor.columns, thresholds)]
+    above = [f"{column} {p:.3f} (threshold {t:.3f})" for p, column, t in probs if p >= t]
+    top = ", ".join(f"{column} {p:.3f}" for p, column, _ in sorted(probs, reverse=True)[:3])
+    said = "; ".join(above) if above else f"no class reaches its threshold; most probable: {top}"
+    return f"{row['record']}: {said} ({row['segments']} segments, leads {row['leads']})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-ecg-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or a folder of records")
+    parser.add_argument("inputs", type=Path,
+                        help="a manifest (.tsv), a folder of records (any --layout) or one record's file: .hea, "
+                             ".mat or the WFDB record name, MUSE .xml, DICOM .dcm, .npy (with --sample-rate)")
+    parser.add_argument("--sample-rate", type=float, default=None, metavar="HZ",
+                        help="the sampling rate of a .npy input ([12, T] or [T, 12], canonical lead order, mV)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="an ecg_wav2vec2_classifier checkpoint")
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     parser.add_argument("--leads", default=None,
@@ -398,7 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         started = time.monotonic()
         with output_salt(args.salt_from, args.out):
             written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
-                                       args.layout, device, args.progress_seconds, log=say)
+                                       args.layout, device, args.progress_seconds, log=say, input_rate=args.sample_rate)
     except MachineError as error:  # the disk, not the input: nothing half-written is kept
         print(f"fairseq-ecg-predict: error: {error}", file=sys.stderr)
         return EXIT_MACHINE_ERROR
@@ -406,6 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fairseq-ecg-predict: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     seconds = time.monotonic() - started
+    if written and record_file_layout(args.inputs) is not None:  # one ECG: its row on the terminal too
+        print(record_summary(args.out, predictor, thresholds))
     where = f"; skipped records in {args.out.with_suffix('.skipped.tsv')}" if skipped else ""
     say(f"{written} records -> {args.out} ({len(skipped)} skipped, {seconds:.1f} s, "
         f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.normalize}){where}")

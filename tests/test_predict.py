@@ -368,3 +368,45 @@ def test_embed_skips_bad_records_by_predicts_rules(imported, tmp_path):
     assert embed_main(["--checkpoint", str(imported["pretrained"]), str(folder / "bad.tsv"),
                        "--out", str(tmp_path / "none.npy"), "--cpu"]) == 1
     assert not (tmp_path / "none.npy").exists()
+
+
+def test_one_ecg_one_command_and_the_python_api(imported, tmp_path):
+    """A record's own file (.hea, .mat, the record name, a MUSE .xml, a .npy with --sample-rate) is
+    predicted and its row printed; a missing path says so (issue 23 item 3). The Python API gives
+    the CSV's probabilities for the same array."""
+    from fairseq_ecg.sources import discover, read_record
+
+    archive = tmp_path / "cinc"
+    synthesize_archive(archive, records=2, patients=2, seed=4)
+    header = sorted(archive.rglob("*.hea"))[0]
+    out = tmp_path / "one.csv"
+    base = ["fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), "--out", str(out)]
+    rows = {}
+    for given in (header, header.with_suffix(".mat"), header.with_suffix("")):
+        result = run_cli(*base, str(given))
+        (row,) = _read_csv(out)
+        rows[given.name] = row
+        assert row["record"] == header.stem
+        (printed,) = [line for line in result.stdout.splitlines() if line.startswith(f"{header.stem}: ")]
+        assert printed.endswith(f"({row['segments']} segments, leads {row['leads']})")
+    assert len({tuple(r.values()) for r in rows.values()}) == 1  # the same row, however it is named
+    record = read_record(next(ref for ref in discover(archive, "auto") if ref.key.endswith(header.stem)))
+    predictor = load_predictor(imported["classifier"])
+    probs = predictor.probabilities(record.signal, record.sample_rate)
+    np.testing.assert_allclose(probs, [float(rows[header.name][c]) for c in predictor.columns], atol=1e-6)
+    assert set(predictor.labels(probs, np.full(26, 0.0))) == set(predictor.class_names)
+    array = tmp_path / "ecg.npy"
+    np.save(array, record.signal.T.astype(np.float32))  # [T, 12], at the record's rate
+    run_cli(*base, str(array), "--sample-rate", str(record.sample_rate))
+    (row,) = _read_csv(out)
+    np.testing.assert_allclose([float(row[c]) for c in predictor.columns], probs, atol=2e-6)
+    no_rate = run_cli(*base, str(array), check=False)
+    assert no_rate.returncode == 2 and "needs --sample-rate HZ" in no_rate.stderr
+    muse = tmp_path / "muse"
+    synthesize_archive(muse, records=1, patients=1, seed=5, layout="muse_xml")
+    (xml,) = sorted(muse.rglob("*.xml"))
+    result = run_cli(*base, str(xml))
+    (row,) = _read_csv(out)
+    assert "MRN" not in row["record"] and row["leads"].startswith("I,II")
+    missing = run_cli(*base, str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode == 2 and f"{tmp_path / 'nowhere'}: no such file or folder" in missing.stderr
