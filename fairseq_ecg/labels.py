@@ -213,11 +213,14 @@ def read_scp_statements(path: Path | str) -> dict[str, ScpStatement]:
     """PTB-XL's ``scp_statements.csv``: statement (the first, unnamed column) -> its row."""
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error.strerror}); the PTB-XL label tasks need PTB-XL's "
                          f"{PTBXL_STATEMENTS} beside ptbxl_database.csv (it ships with the archive)") from None
+    except (UnicodeDecodeError, csv.Error) as error:  # the task's classes: one bad line stops the task
+        raise ValueError(f"{path}: not a readable UTF-8 CSV ({error}); re-save it as UTF-8 or restore PTB-XL's "
+                         "own file") from None
     header = [cell.strip() for cell in rows[0]] if rows else []
     missing = [c for c in _STATEMENT_COLUMNS if c not in header]
     if missing:

@@ -400,29 +400,70 @@ def split_codes(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(code.strip() for code in text.split(",") if code.strip()))
 
 
+def _not_utf8(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (decoded with ``surrogateescape``)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+TableRow = tuple[int, Optional[dict[str, str]], str]  # (line, stripped cells by column or None, problem)
+
+
+def read_table(path: Path, needs: str) -> tuple[list[str], list[TableRow]]:
+    """A source's CSV table, read the way real exports need: UTF-8 with or without a byte-order
+    mark (Excel writes one), each row kept with its line and its problem instead of a traceback:
+    bytes that are not UTF-8 (``FILE line N: not valid UTF-8``), a field beyond the csv module's
+    limit of 131,072 characters or a NUL byte (that row only: ``None``); blank lines are left out.
+    Returns the header's column names (stripped) and the rows. ``needs``: what the layout needs,
+    for the message when the file cannot be opened. Raises LayoutError when the header itself is
+    unreadable."""
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as error:
+        raise LayoutError(f"{path}: cannot read ({error.strerror}); {needs}") from None
+    rows: list[TableRow] = []
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, [])
+        except csv.Error as error:
+            raise LayoutError(f"{path} line 1: not a readable CSV header ({error})") from None
+        if any(_not_utf8(cell) for cell in header):
+            raise LayoutError(f"{path} line 1: the header is not valid UTF-8; re-save the file as UTF-8")
+        columns = [cell.strip() for cell in header]
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                rows.append((reader.line_num, None, f"{path.name} line {reader.line_num}: {error}; row skipped"))
+                continue
+            if not any(cell.strip() for cell in cells):
+                continue
+            problem = (f"{path.name} line {reader.line_num}: not valid UTF-8; re-save the file as UTF-8"
+                       if any(_not_utf8(cell) for cell in cells) else "")
+            row = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(columns) if name}
+            rows.append((reader.line_num, row, problem))
+    return columns, rows
+
+
 def read_record_table(path: Path) -> dict[str, tuple[str, Optional[tuple[str, ...]]]]:
     """A CSV with a ``record`` column and optional ``patient`` and ``codes`` columns, as
     ``record -> (patient, codes or None)``; ``record`` is a record name or a relative path
-    without extension (both are looked up)."""
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip() for f in (reader.fieldnames or [])]
-            if "record" not in fields:
-                raise LayoutError(f"{path}: needs a 'record' column (and 'patient' and/or 'codes'); "
-                                  f"found columns {fields}")
-            table = {}
-            for row in reader:
-                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                if not row.get("record"):
-                    continue
-                codes = split_codes(row["codes"]) if "codes" in fields else None
-                table[row["record"].removesuffix(".hea")] = (row.get("patient", ""), codes)
-            return table
-    except OSError as error:
-        raise LayoutError(f"{path}: cannot read ({error.strerror}); pass an existing CSV with --labels") from None
-    except (csv.Error, UnicodeDecodeError) as error:
-        raise LayoutError(f"{path}: not a readable CSV ({error})") from None
+    without extension (both are looked up). The user's own table: a row that cannot be read stops
+    the run in one line naming the file and line (a wrong label is worse than none)."""
+    fields, rows = read_table(path, "pass an existing CSV with --labels")
+    if "record" not in fields:
+        raise LayoutError(f"{path}: needs a 'record' column (and 'patient' and/or 'codes'); found columns {fields}")
+    table = {}
+    for line, row, problem in rows:
+        if problem:
+            raise LayoutError(f"{path.parent / problem}")
+        if not row.get("record"):
+            continue
+        codes = split_codes(row["codes"]) if "codes" in fields else None
+        table[row["record"].removesuffix(".hea")] = (row.get("patient", ""), codes)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------

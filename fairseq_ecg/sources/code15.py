@@ -29,14 +29,13 @@ each with ``tracings`` [exams, 4096, 12] float32 at 400 Hz and ``exam_id`` [exam
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
 from ..leads import LEADS
-from .base import LayoutError, RawRecord, RecordError, RecordRef, Source, register_source, walk_files
+from .base import LayoutError, RawRecord, RecordError, RecordRef, Source, read_table, register_source, walk_files
 
 EXAMS_CSV = "exams.csv"
 CODE15_RATE = 400.0
@@ -78,29 +77,24 @@ def _exam_rows(table: Path) -> tuple[dict[int, tuple[int, dict, str]], list[Reco
     """``exams.csv`` as exam -> (line, row, problem) and a skipped ref for each row without a usable
     ``exam_id``. An exam on two lines that disagree is a problem (which labels are its?); two
     identical lines are one exam."""
-    try:
-        handle = open(table, newline="")
-    except OSError as error:
-        raise LayoutError(f"{table}: cannot read ({error.strerror}); the code15 layout needs {EXAMS_CSV}") from None
+    fields, rows = read_table(table, f"the code15 layout needs {EXAMS_CSV}")
+    missing = {"exam_id", "patient_id", *CODE15_TO_SNOMED} - set(fields)
+    if missing:
+        raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this CODE-15%'s exams.csv?")
     exams: dict[int, tuple[int, dict, str]] = {}
     bad: list[RecordRef] = []
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = {"exam_id", "patient_id", *CODE15_TO_SNOMED} - set(reader.fieldnames or [])
-        if missing:
-            raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this CODE-15%'s exams.csv?")
-        for line, row in enumerate(reader, start=2):
-            text = (row.get("exam_id") or "").strip()
-            exam = _int_id(text)
-            if exam is None:
-                bad.append(RecordRef(path=table, name=f"line{line}", key=f"{table.stem}/line{line}",
-                                     problem=f"{EXAMS_CSV} line {line}: exam_id {text!r} is not an integer id"))
-            elif exam not in exams:
-                exams[exam] = (line, row, "")
-            elif exams[exam][1] != row:
-                first = exams[exam][0]
-                exams[exam] = (first, row, f"{EXAMS_CSV} lines {first} and {line} both give exam_id {exam}, with "
-                                           "different values: which are its labels is unknown")
+    for line, row, problem in rows:
+        text = "" if row is None else row.get("exam_id", "")
+        exam = None if problem else _int_id(text)
+        if exam is None:
+            bad.append(RecordRef(path=table, name=f"line{line}", key=f"{table.stem}/line{line}",
+                                 problem=problem or f"{EXAMS_CSV} line {line}: exam_id {text!r} is not an integer id"))
+        elif exam not in exams:
+            exams[exam] = (line, row, "")
+        elif exams[exam][1] != row:
+            first = exams[exam][0]
+            exams[exam] = (first, row, f"{EXAMS_CSV} lines {first} and {line} both give exam_id {exam}, with "
+                                       "different values: which are its labels is unknown")
     return exams, bad
 
 

@@ -10,11 +10,10 @@ is kept per record in ``statements.tsv``, joined with `` | ``, not mapped to cod
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .base import LayoutError, RawRecord, RecordRef, Source, register_source
+from .base import LayoutError, RawRecord, RecordRef, Source, read_table, register_source
 from .wfdb_folder import read_wfdb
 
 RECORD_LIST = "record_list.csv"
@@ -25,15 +24,12 @@ def _reports(path: Path) -> dict[str, str]:
     """study_id -> the report lines of machine_measurements.csv joined with " | " ({} if absent)."""
     if not path.is_file():
         return {}
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            columns = sorted((c for c in reader.fieldnames or [] if c.startswith("report_")),
-                             key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)
-            return {(row.get("study_id") or "").strip(): " | ".join(t.strip() for c in columns if (t := row.get(c) or "").strip())
-                    for row in reader}
-    except (OSError, csv.Error, UnicodeDecodeError) as error:
-        raise LayoutError(f"{path}: not a readable CSV ({error})") from None
+    fields, rows = read_table(path, "")
+    columns = sorted((c for c in fields if c.startswith("report_")),
+                     key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)
+    # a report kept as free text only (never mapped to labels): an unreadable row just has none
+    return {row.get("study_id", ""): " | ".join(row[c] for c in columns if row.get(c))
+            for _, row, problem in rows if row is not None and not problem}
 
 
 @register_source
@@ -49,25 +45,21 @@ class MimicIvEcg(Source):
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         table = Path(labels_csv) if labels_csv else src / RECORD_LIST
         reports = _reports(src / MEASUREMENTS)
-        try:
-            handle = open(table, newline="")
-        except OSError as error:
-            raise LayoutError(f"{table}: cannot read ({error.strerror}); the mimic_iv_ecg layout needs {RECORD_LIST}") from None
+        fields, rows = read_table(table, f"the mimic_iv_ecg layout needs {RECORD_LIST}")
+        missing = {"subject_id", "study_id", "path"} - set(fields)
+        if missing:
+            raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this MIMIC-IV-ECG's {RECORD_LIST}?")
         refs = []
-        with handle:
-            reader = csv.DictReader(handle)
-            missing = {"subject_id", "study_id", "path"} - set(reader.fieldnames or [])
-            if missing:
-                raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this MIMIC-IV-ECG's {RECORD_LIST}?")
-            for line, row in enumerate(reader, start=2):
-                key = (row.get("path") or "").strip().strip("/")
-                problem = ""
-                if not key:
-                    key, problem = f"{RECORD_LIST}:{line}", f"{RECORD_LIST} line {line}: empty path"
-                study = (row.get("study_id") or "").strip()
-                refs.append(RecordRef(path=src / key, name=Path(key).name, key=key,
-                                      patient=(row.get("subject_id") or "").strip(), codes=(), known=(),
-                                      problem=problem, statement=reports.get(study, "")))
+        for line, row, problem in rows:
+            if row is None or problem:  # unreadable: kept as a skipped record with the reason
+                refs.append(RecordRef(path=table, name=f"line{line}", key=f"{RECORD_LIST}:{line}", codes=(), known=(),
+                                      problem=problem))
+                continue
+            key = row["path"].strip("/")
+            if not key:
+                key, problem = f"{RECORD_LIST}:{line}", f"{RECORD_LIST} line {line}: empty path"
+            refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=row["subject_id"],
+                                  codes=(), known=(), problem=problem, statement=reports.get(row["study_id"], "")))
         yield from sorted(refs, key=lambda ref: ref.key)
 
     def read(self, ref: RecordRef) -> RawRecord:

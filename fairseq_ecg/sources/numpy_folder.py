@@ -15,13 +15,12 @@ codes (``;`` or ``,`` separated, optional); ``units`` mV (default) or uV. Arrays
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
-from .base import LayoutError, RawRecord, RecordError, RecordRef, Source, register_source, split_codes
+from .base import LayoutError, RawRecord, RecordError, RecordRef, Source, read_table, register_source, split_codes
 from .base import check_plausible
 
 RECORDS_CSV = "records.csv"
@@ -71,35 +70,30 @@ class NumpyFolder(Source):
 
     def recognise(self, src: Path) -> bool:
         try:
-            with open(src / RECORDS_CSV, newline="") as handle:
-                header = next(csv.reader(handle), [])
-        except (OSError, UnicodeDecodeError, csv.Error):
+            columns, _ = read_table(src / RECORDS_CSV, "")
+        except LayoutError:
             return False
-        return set(REQUIRED) <= {h.strip() for h in header}
+        return set(REQUIRED) <= set(columns)
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         table = Path(labels_csv) if labels_csv else src / RECORDS_CSV
-        try:
-            handle = open(table, newline="")
-        except OSError as error:
-            raise LayoutError(f"{table}: cannot read ({error.strerror}); the numpy layout needs {RECORDS_CSV} "
-                              f"(columns {', '.join(REQUIRED)}, patient, codes)") from None
-        with handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip() for f in reader.fieldnames or []]
-            missing = [c for c in REQUIRED if c not in fields]
-            if missing:
-                raise LayoutError(f"{table}: missing column(s) {', '.join(missing)}; needs {', '.join(REQUIRED)}")
-            refs = []
-            for line, row in enumerate(reader, start=2):
-                row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-                if not row.get("record"):
-                    continue
-                key = row["record"].rsplit(".", 1)[0]
-                codes = split_codes(row["codes"]) if "codes" in fields else None
-                refs.append(RecordRef(path=src / row["record"], name=Path(key).name, key=key,
-                                      patient=row.get("patient", ""), codes=codes, problem=_row_problem(row, line),
-                                      meta=(row["sample_rate"], row["leads"], row["axis"], row.get("units", ""))))
+        fields, rows = read_table(table, f"the numpy layout needs {RECORDS_CSV} (columns {', '.join(REQUIRED)}, "
+                                         "patient, codes)")
+        missing = [c for c in REQUIRED if c not in fields]
+        if missing:
+            raise LayoutError(f"{table}: missing column(s) {', '.join(missing)}; needs {', '.join(REQUIRED)}")
+        refs = []
+        for line, row, problem in rows:
+            if row is None or problem:  # unreadable: kept as a skipped record with the reason
+                refs.append(RecordRef(path=table, name=f"line{line}", key=f"{RECORDS_CSV}:{line}", problem=problem))
+                continue
+            if not row.get("record"):
+                continue
+            key = row["record"].rsplit(".", 1)[0]
+            codes = split_codes(row["codes"]) if "codes" in fields else None
+            refs.append(RecordRef(path=src / row["record"], name=Path(key).name, key=key,
+                                  patient=row.get("patient", ""), codes=codes, problem=_row_problem(row, line),
+                                  meta=(row["sample_rate"], row["leads"], row["axis"], row.get("units", ""))))
         yield from sorted(refs, key=lambda ref: ref.key)
 
     def read(self, ref: RecordRef) -> RawRecord:

@@ -8,13 +8,12 @@ the CSV's location. With a ``strat_fold`` column, each record carries the recomm
 from __future__ import annotations
 
 import ast
-import csv
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ..labels import PTBXL_SCP_TO_SNOMED, PTBXL_STATEMENTS, SNOMED_TASK, ptbxl_task_labels, read_scp_statements
-from .base import LayoutError, RawRecord, RecordRef, Source, register_source
+from .base import LayoutError, RawRecord, RecordRef, Source, read_table, register_source
 from .wfdb_folder import read_wfdb
 
 PTBXL_DATABASE = "ptbxl_database.csv"
@@ -39,6 +38,9 @@ def _ptbxl_fold(row: dict, line: int) -> tuple[str, str]:
     return PTBXL_FOLD_SPLITS[int(fold)], ""
 
 
+MAX_SCP_CODES_CHARS = 10_000  # longer is not a statement dict: never handed to the parser
+
+
 def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True, task: str = SNOMED_TASK) -> Iterator[RecordRef]:
     if task == SNOMED_TASK:
         label = lambda scp: tuple(dict.fromkeys(PTBXL_SCP_TO_SNOMED[s] for s in scp if s in PTBXL_SCP_TO_SNOMED))
@@ -48,48 +50,49 @@ def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True, task: str = S
         except ValueError as error:
             raise LayoutError(str(error)) from None
         label = lambda scp: ptbxl_task_labels(scp, table, task)
-    try:
-        handle = open(database, newline="")
-    except OSError as error:
-        raise LayoutError(f"{database}: cannot read ({error.strerror}); the ptbxl layout needs "
-                          f"{PTBXL_DATABASE} in the source folder (or pass it with --labels)") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = {"patient_id", "filename_hr", "scp_codes"} - set(reader.fieldnames or [])
-        if missing:
-            raise LayoutError(f"{database}: missing column(s) {', '.join(sorted(missing))}; "
-                              "is this a PTB-XL ptbxl_database.csv?")
-        folds = use_folds and PTBXL_FOLD_COLUMN in (reader.fieldnames or [])
-        refs = []
-        split_of_patient: dict[str, tuple[str, int]] = {}
-        for line, row in enumerate(reader, start=2):
-            key = (row.get("filename_hr") or "").strip()
-            problem = ""
-            if not key:
-                key, problem = f"{PTBXL_DATABASE}:{line}", f"{PTBXL_DATABASE} line {line}: empty filename_hr"
-            try:
-                patient = str(int(float(row["patient_id"])))
-            except (TypeError, ValueError):
-                patient = (row.get("patient_id") or "").strip()
-            split = ""
-            if folds:
-                split, fold_problem = _ptbxl_fold(row, line)
-                problem = problem or fold_problem
-                first = split_of_patient.setdefault(patient, (split, line))
-                if split and first[0] and first[0] != split:
-                    raise LayoutError(f"{database} line {line}: patient {patient} is in strat_fold split {split} "
-                                      f"here and {first[0]} on line {first[1]}; PTB-XL's folds are patient-disjoint, "
-                                      "so fix the file or split by patient with --split-by patient-hash")
-            try:
-                scp = ast.literal_eval(row["scp_codes"] or "{}")
-                if not isinstance(scp, dict):
-                    raise ValueError
-                codes = label(scp)
-            except (ValueError, SyntaxError):
-                codes = ()
-                problem = problem or f"{PTBXL_DATABASE} line {line}: scp_codes {row['scp_codes']!r} is not a dict"
-            refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=patient,
-                                  codes=codes, problem=problem, split=split))
+    fields, rows = read_table(database, f"the ptbxl layout needs {PTBXL_DATABASE} in the source folder (or pass "
+                                        "it with --labels)")
+    missing = {"patient_id", "filename_hr", "scp_codes"} - set(fields)
+    if missing:
+        raise LayoutError(f"{database}: missing column(s) {', '.join(sorted(missing))}; "
+                          "is this a PTB-XL ptbxl_database.csv?")
+    folds = use_folds and PTBXL_FOLD_COLUMN in fields
+    refs = []
+    split_of_patient: dict[str, tuple[str, int]] = {}
+    for line, row, problem in rows:
+        if row is None or problem:  # unreadable: kept as a skipped record with the reason
+            refs.append(RecordRef(path=database, name=f"line{line}", key=f"{PTBXL_DATABASE}:{line}", problem=problem))
+            continue
+        key = row["filename_hr"]
+        if not key:
+            key, problem = f"{PTBXL_DATABASE}:{line}", f"{PTBXL_DATABASE} line {line}: empty filename_hr"
+        try:
+            patient = str(int(float(row["patient_id"])))
+        except (TypeError, ValueError):
+            patient = row["patient_id"]
+        split = ""
+        if folds:
+            split, fold_problem = _ptbxl_fold(row, line)
+            problem = problem or fold_problem
+            first = split_of_patient.setdefault(patient, (split, line))
+            if split and first[0] and first[0] != split:
+                raise LayoutError(f"{database} line {line}: patient {patient} is in strat_fold split {split} "
+                                  f"here and {first[0]} on line {first[1]}; PTB-XL's folds are patient-disjoint, "
+                                  "so fix the file or split by patient with --split-by patient-hash")
+        text = row["scp_codes"] or "{}"
+        try:
+            if len(text) > MAX_SCP_CODES_CHARS:  # PTB-XL's longest is under 200: a damaged cell, not parsed
+                raise ValueError
+            scp = ast.literal_eval(text)
+            if not isinstance(scp, dict):
+                raise ValueError
+            codes = label(scp)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            codes = ()
+            shown = text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+            problem = problem or f"{PTBXL_DATABASE} line {line}: scp_codes {shown!r} is not a dict"
+        refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=patient,
+                              codes=codes, problem=problem, split=split))
     yield from sorted(refs, key=lambda ref: ref.key)
 
 
