@@ -247,8 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{row.record}\t{row.patient}\t{source}\t{count}"
             for row, source, count in zip(manifest.rows, sources, segments)
         ]
-        atomic_save_npy(args.out, embeddings)
-        atomic_write_text(args.out.with_suffix(".tsv"), "\n".join(lines) + "\n")
+        atomic_save_npy(args.out, embeddings, clean_stale=True)
+        atomic_write_text(args.out.with_suffix(".tsv"), "\n".join(lines) + "\n", clean_stale=True)
     except MachineError as error:  # the disk, not the input: nothing half-written is kept
         print(f"fairseq-ecg-embed: error: {error}", file=sys.stderr)
         return EXIT_MACHINE_ERROR

@@ -338,7 +338,7 @@ def _save(state: dict, out: Path) -> None:
     ("unexpected pos 64 vs 0") without its errno, which would hide a full disk."""
     serialised = io.BytesIO()
     torch.save(state, serialised)
-    with atomic_output(out, "wb") as handle:
+    with atomic_output(out, "wb", clean_stale=True) as handle:
         handle.write(serialised.getbuffer())
 
 

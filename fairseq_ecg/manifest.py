@@ -15,6 +15,7 @@ order; equivalent codes joined by ``|``).
 """
 from __future__ import annotations
 
+import glob
 import errno
 import os
 import tempfile
@@ -105,16 +106,44 @@ def machine_error(error: BaseException, path: Path | str) -> Optional[MachineErr
     return None
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: Path, prefix: str, suffix: str) -> int:
+    """Delete the temporary files of ``path`` (``PREFIX<pid>.XXXX<suffix>``) whose writer is no
+    longer running on this machine: what a kill of an earlier run left (a 243 MB import, an
+    8 KB prediction). A writer still running keeps its file. Returns how many were removed."""
+    removed = 0
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = candidate.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            candidate.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextmanager
 def atomic_output(path: Path | str, mode: str = "w", *, suffix: str = ".tmp", prefix: Optional[str] = None,
-                  fsync: bool = False, **open_args) -> Iterator[IO]:
-    """A file for writing under a temporary name beside ``path`` (``.NAME.XXXX.tmp``), renamed onto
-    ``path`` when the block ends and removed if it raises: a crash or a kill leaves no half file,
-    and the file gets the mode a plain ``open(path, "w")`` would."""
+                  fsync: bool = False, clean_stale: bool = False, **open_args) -> Iterator[IO]:
+    """A file for writing under a temporary name beside ``path`` (``.NAME.PID.XXXX.tmp``), renamed
+    onto ``path`` when the block ends and removed if it raises: a crash or a kill leaves no half
+    file, and the file gets the mode a plain ``open(path, "w")`` would. ``clean_stale``: first
+    remove the temporaries of ``path`` that killed writers left (``remove_dead_temporaries``; the
+    programs' outputs, not preparation's many waveforms, which cleans its own folder once)."""
     path = Path(path)
+    prefix = prefix or f".{path.name}."
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=suffix)
+        if clean_stale:
+            remove_dead_temporaries(path, prefix, suffix)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}.", suffix=suffix)
     except OSError as error:
         raise (machine_error(error, path) or error) from None
     in_block = False
@@ -139,17 +168,17 @@ def atomic_output(path: Path | str, mode: str = "w", *, suffix: str = ".tmp", pr
         raise
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
+def atomic_write_text(path: Path | str, text: str, clean_stale: bool = False) -> None:
     """Write a text file through a temporary name and a rename, so a crash leaves no half file."""
-    with atomic_output(path, fsync=True) as handle:
+    with atomic_output(path, fsync=True, clean_stale=clean_stale) as handle:
         handle.write(text)
 
 
-def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
-    """Save an array as ``.npy`` through a temporary name (``.STEM.XXXX.npy.tmp``, which
+def atomic_save_npy(path: Path | str, array: np.ndarray, clean_stale: bool = False) -> None:
+    """Save an array as ``.npy`` through a temporary name (``.STEM.PID.XXXX.npy.tmp``, which
     preparation cleans up after a kill) and a rename."""
     path = Path(path)
-    with atomic_output(path, "wb", prefix=f".{path.stem}.", suffix=".npy.tmp") as handle:
+    with atomic_output(path, "wb", prefix=f".{path.stem}.", suffix=".npy.tmp", clean_stale=clean_stale) as handle:
         np.save(_PlainWrites(handle), array)
 
 

@@ -308,7 +308,8 @@ def unusable_signal(wave: np.ndarray, sample_rate: float, min_samples: int) -> O
 def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
     """``OUT.skipped.tsv`` (record, reason) when records were skipped; an earlier run's is removed."""
     if skipped:
-        atomic_write_text(path, "record\treason\n" + "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped))
+        rows = "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped)
+        atomic_write_text(path, "record\treason\n" + rows, clean_stale=True)
     elif path.exists():
         path.unlink()
 
@@ -406,7 +407,7 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     predicted_leads: list[np.ndarray] = []
     written = 0
     started = last = time.monotonic()
-    with atomic_output(out, newline="") as handle:
+    with atomic_output(out, newline="", clean_stale=True) as handle:
         writer = csv_writer(handle)
         writer.writerow(["record", "segments", "leads", *predictor.columns, "labels"])
 

@@ -392,3 +392,8 @@ def test_report_names_the_leads_the_test_records_really_have(tmp_path):
     assert notes == ["The classification test records do not all have 12 leads: 3 have I,II; 1 have all 12 leads. "
                      "A column names the leads the model is fed; a lead a record lacks goes in as zeros."]
     assert notes[0] in write_report([], tmp_path, notes=notes).read_text()
+
+
+def test_a_dry_run_checks_that_the_data_folder_exists(tmp_path):
+    with pytest.raises(SystemExit, match=r"--data .*nowhere: no such folder; prepare the archive first"):
+        experiments.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--dry-run"])

@@ -179,6 +179,7 @@ def test_experiments_runner_takes_an_imported_row(tmp_path, capsys):
     out = tmp_path / "ecgfm.pt"
     assert importer.main([str(source), "--out", str(out)]) == 0
     capsys.readouterr()
+    (tmp_path / "data").mkdir()  # a dry run checks that --data exists
     assert experiments.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--preset", "demo",
                              "--leads", "12,1", "--tasks", "classification", "--experiments", "1", "--pretrained", f"ecgfm={out}",
                              "--dry-run"]) == 0

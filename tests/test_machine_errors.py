@@ -126,3 +126,38 @@ def test_embed_import_and_predict_stop_on_a_refused_write(tmp_path, tiny_pretrai
     assert result.returncode == EXIT_MACHINE_ERROR, result.stderr[-2000:]
     assert f"fairseq-ecg-predict: error: file too large writing {csv}" in result.stderr
     assert [p.name for p in csv.parent.iterdir() if not p.name.endswith("patient_salt.txt")] == []
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (waited for: no longer running)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_rerun_removes_what_a_killed_import_or_predict_left(tmp_path):
+    """A killed import left a 243 MB temporary beside its output and a killed predict an 8 KB one,
+    which no re-run removed (issue 20 item 16). The writers' temporaries carry their pid: the same
+    command removes those of writers that are gone and keeps one whose writer still runs."""
+    signals_checkpoint(tmp_path / "src.pt", "classifier", "parametrizations", seed=2, num_labels=26)
+    imported = tmp_path / "imported" / "cls.pt"
+    imported.parent.mkdir()
+    dead, alive = _dead_pid(), os.getpid()
+    killed = imported.parent / f".cls.pt.{dead}.k1ll3d.tmp"
+    running = imported.parent / f".cls.pt.{alive}.st1ll.tmp"
+    for path in (killed, running):
+        path.write_bytes(b"\0" * 4096)
+    subprocess.run([str(BIN / "fairseq-ecg-import"), str(tmp_path / "src.pt"), "--out", str(imported), "--kind",
+                    "classifier"], cwd=REPO, check=True, capture_output=True)
+    assert sorted(p.name for p in imported.parent.iterdir()) == sorted(["cls.pt", running.name])
+
+    data = tmp_path / "data"
+    write_random_manifest(data, "test", 2, seed=3)
+    out = tmp_path / "pred" / "test.csv"
+    out.parent.mkdir()
+    left = out.parent / f".test.csv.{dead}.abcdef.tmp"
+    left.write_text("record,segments\n")
+    subprocess.run([str(BIN / "fairseq-ecg-predict"), "--checkpoint", str(imported), str(data / "test.tsv"),
+                    "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+    assert not left.exists() and out.is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]

@@ -437,3 +437,28 @@ def test_fairseq_ecg_synth_writes_every_layout(tmp_path):
     for layout in synth.LAYOUTS:
         assert synth.main([str(tmp_path / layout), "--records", "3", "--patients", "2", "--layout", layout]) == 0
         assert detect_layout(tmp_path / layout) == ("physionet2021" if layout == "physionet2021" else layout)
+
+
+@pytest.mark.parametrize("layout,suffix", [("physionet2021", ".hea"), ("physionet2021", ".mat"), ("ptbxl", ".dat"),
+                                           ("numpy", ".npy"), ("code15", ".hdf5"), ("muse_xml", ".xml"),
+                                           ("dicom", ".dcm")])
+def test_every_layout_follows_a_file_link_out_of_the_archive_and_no_folder_link(tmp_path, layout, suffix):
+    """One rule for links, in every layout (issue 20 item 16): a file that is a link (to storage
+    outside the archive, as hospital exports are often laid out) is read like the file it names;
+    a folder link is not walked (an archive may link to itself)."""
+    import os
+    import shutil
+
+    from fairseq_ecg.sources import discover, read_record
+    from fairseq_ecg.synth import synthesize_archive
+
+    src, outside = tmp_path / "archive", tmp_path / "storage"
+    outside.mkdir()
+    synthesize_archive(src, records=2, patients=2, seed=1, layout=layout)
+    before = [read_record(ref).signal for ref in discover(src, layout)]
+    linked = sorted(src.rglob(f"*{suffix}"))[0]
+    shutil.move(linked, outside / linked.name)
+    os.symlink(outside / linked.name, linked)
+    os.symlink(src, src / "loop")  # a folder link back into the archive: not walked
+    after = [read_record(ref).signal for ref in discover(src, layout)]
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
