@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first.
+# Two commands on a fresh machine: `make demo` and `make test`; each builds .venv first (`make install` builds it alone).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv

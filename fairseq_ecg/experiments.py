@@ -309,8 +309,10 @@ def run_states(runs: list[Run], out: Path) -> dict[str, tuple[str, str]]:
         missing = [name for name in run.outputs if not (folder / name).is_file()]
         if saved.is_file() and shlex.split(saved.read_text()) != run.command:
             result = ("changed", _changed_arguments(saved.read_text(), run.command))
-        elif before:
+        elif before and ((folder / DONE).is_file() or any(folder.glob("checkpoint*.pt"))):
             result = ("stale", f"built on {before[0].name}, which runs again")
+        elif before:
+            result = ("missing", f"waits on {before[0].name}")
         elif not (folder / DONE).is_file():
             result = ("missing", "not finished")
         elif missing:

@@ -299,7 +299,8 @@ def read_label_names(path: Path, count: int) -> list[str]:
     except OSError as error:
         raise ConversionError(f"{path}: cannot read the label file ({error.strerror})") from None
     lines = [line for line in text.splitlines() if line.strip()]
-    if lines and "," in lines[0] and "name" in [c.strip().lower() for c in next(csv.reader([lines[0]]))]:
+    # a CSV with a name column (ECG-FM's label_def.csv, or a one-column CSV whose header is "name")
+    if lines and "name" in [c.strip().lower() for c in next(csv.reader([lines[0]]))]:
         rows = list(csv.DictReader(lines))
         key = next(k for k in rows[0] if k.strip().lower() == "name") if rows else "name"
         names = [row[key].strip() for row in rows]
@@ -447,6 +448,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", message=".*weight_norm` is deprecated", category=FutureWarning)
     logging.getLogger().setLevel(logging.WARNING)
     say = lambda text: print(f"fairseq-ecg-import: {text}")  # noqa: E731
+    if args.out.is_dir():
+        print(f"fairseq-ecg-import: error: --out {args.out} is a folder; name the file to write, e.g. "
+              f"{args.out / 'converted.pt'}", file=sys.stderr)
+        return 2
     try:
         report = convert(args.source, args.out, args.kind, args.labels, args.normalize, log=say)
     except MachineError as error:  # the disk, not the checkpoint: nothing half-written is kept

@@ -255,9 +255,12 @@ def iter_records(inputs: Path, sample_rate: float, layout: str, input_rate: Opti
     if not inputs.exists():
         raise ManifestError(f"{inputs}: no such file or folder")
     if inputs.is_dir():
-        from .sources import LayoutError, RecordError, discover, read_record, resample
+        from .sources import LayoutError, RecordError, detect_layout, discover, read_record, resample
 
         try:
+            if layout == SOURCE_AUTO:  # what auto chose, said once
+                print(f"fairseq-ecg-predict: {inputs}: layout {detect_layout(inputs)} (recognised; --layout NAME "
+                      "reads it otherwise)", file=sys.stderr, flush=True)
             refs = list(discover(inputs, layout))
         except LayoutError as error:
             raise ManifestError(str(error)) from None

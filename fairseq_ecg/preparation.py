@@ -352,6 +352,9 @@ def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
             protected[path.parent / CLASSES_FILE] = f"the class list beside {given}"
     for out in outputs:
         target = Path(out).resolve()
+        if target.is_dir():
+            raise ManifestError(f"--out {out} is a folder; name the file to write in it, e.g. {Path(out) / 'out'}"
+                                f"{Path(outputs[0]).suffix or '.csv'}")
         why = protected.get(target, "")
         if not why and target.exists():
             inside = next((folder for folder in folders if target.is_relative_to(folder)), None)
@@ -603,6 +606,8 @@ def _discover_all(sources: Sequence[Path], layout: str, labels: Optional[Path],
     (a benchmark task needs PTB-XL sources only)."""
     refs: list[RecordRef] = []
     for src, name in zip(sources, resolve_layouts(sources, layout)):
+        if layout == AUTO:  # what auto chose, so that a wrong guess shows before the records do
+            print(f"{PROG}: {src}: layout {name} (recognised; --layout NAME reads it otherwise)", flush=True)
         use_folds = split_by != "patient-hash"
         if ptbxl_labels == SNOMED_TASK:
             found = list(discover(src, name, labels, use_folds=use_folds))

@@ -193,3 +193,24 @@ def test_experiments_runner_takes_an_imported_row(tmp_path, capsys):
     with pytest.raises(SystemExit, match="is not a file"):
         experiments.main(["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--pretrained",
                           f"ecgfm={tmp_path / 'missing.pt'}", "--dry-run"])
+
+
+def test_a_one_column_label_csv_and_an_out_folder(tmp_path, capsys):
+    """Issue 23 item 6: a one-column CSV's header "name" was counted as a label, and --out naming a
+    folder showed the temporary file's name in an OSError."""
+    from fairseq_ecg.checkpoints import load_checkpoint
+
+    source = tmp_path / "cls.pt"
+    signals_checkpoint(source, "classifier", "parametrizations", seed=2, num_labels=2)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name\nAF\nNSR\n")
+    out = tmp_path / "out.pt"
+    assert importer.main([str(source), "--out", str(out), "--labels", str(labels), "--kind", "classifier"]) == 0
+    assert load_checkpoint(out)["task_state"]["classes"] == ["AF", "NSR"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    capsys.readouterr()
+    assert importer.main([str(source), "--out", str(folder), "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fairseq-ecg-import: error: --out {folder} is a folder; name the file to write, e.g. "
+                   f"{folder / 'converted.pt'}\n") and list(folder.iterdir()) == []

@@ -408,5 +408,8 @@ def test_one_ecg_one_command_and_the_python_api(imported, tmp_path):
     result = run_cli(*base, str(xml))
     (row,) = _read_csv(out)
     assert "MRN" not in row["record"] and row["leads"].startswith("I,II")
+    folder_out = run_cli("fairseq-ecg-predict", "--checkpoint", str(imported["classifier"]), "--out", str(muse),
+                         str(xml), check=False)
+    assert folder_out.returncode == 2 and f"--out {muse} is a folder; name the file to write in it" in folder_out.stderr
     missing = run_cli(*base, str(tmp_path / "nowhere"), check=False)
     assert missing.returncode == 2 and f"{tmp_path / 'nowhere'}: no such file or folder" in missing.stderr

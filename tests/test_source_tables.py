@@ -86,4 +86,6 @@ def test_preparation_reports_the_bad_rows_and_writes_the_rest(tmp_path, capsys):
     assert prepare([str(src), "--dest", str(dest), "--workers", "1"]) == 0
     skipped = (dest / "skipped.tsv").read_text()
     assert "records.csv line 3: not valid UTF-8; re-save the file as UTF-8" in skipped
-    assert "5 written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "5 written" in out
+    assert f"fairseq-ecg-manifest: {src}: layout numpy (recognised; --layout NAME reads it otherwise)" in out
