@@ -599,8 +599,7 @@ def with_checkpoint_schedule(run: Run) -> Run:
     save, validate = value("checkpoint.save_interval", 1), value("dataset.validate_interval", 1)
     if epochs <= 0 or epochs >= max(save, validate):
         return run
-    kind = "pretraining" if run.name.startswith("pretrain/") else run.name.split("/", 1)[0].replace("_", " ")
-    notice = (f"{kind} runs train {epochs} epoch{'s' if epochs != 1 else ''}, fewer than their interval between "
+    notice = (f"{kind_of(run)} runs train {epochs} epoch{'s' if epochs != 1 else ''}, fewer than their interval between "
               f"checkpoints ({save}) or validations ({validate}), so they would write no {CHECKPOINT}: "
               f"checkpoint.save_interval={epochs} dataset.validate_interval={epochs} added to their commands")
     command = [*run.command, f"checkpoint.save_interval={epochs}", f"dataset.validate_interval={epochs}"]

@@ -192,6 +192,13 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def model_rate(record, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """A read record's waveform [12, T] float32 at the model's ``sample_rate`` and its leads [12] bool."""
+    from .sources import resample
+
+    return resample(record.signal, record.sample_rate, sample_rate).astype(np.float32), np.asarray(record.present, bool)
+
+
 # One record given as a file, by suffix: the layout that reads it (".npy": an array, --sample-rate)
 RECORD_FILES = {".hea": "wfdb", ".mat": "wfdb", ".dat": "wfdb", ".xml": "muse_xml", ".dcm": "dicom", ".npy": "array"}
 
@@ -230,14 +237,14 @@ def read_record_file(path: Path, sample_rate: float,
         if layout == "wfdb":
             stem = path.name if path.suffix.lower() not in RECORD_FILES else path.stem
             record = read_record(RecordRef(path=path.parent / stem, name=stem, layout="wfdb"))
-            return stem, resample(record.signal, record.sample_rate, sample_rate).astype(np.float32), record.present
+            return (stem, *model_rate(record, sample_rate))
         with tempfile.TemporaryDirectory() as folder:  # the layout's own discovery, over this file alone
             shutil.copyfile(path, Path(folder) / path.name)
             refs = list(discover(Path(folder), layout))
             if not refs:
                 return path.name, f"not a record of the {layout} layout", None
             record = read_record(refs[0])
-            return refs[0].key, resample(record.signal, record.sample_rate, sample_rate).astype(np.float32), record.present
+            return (refs[0].key, *model_rate(record, sample_rate))
     except RecordError as error:
         return path.stem, error.reason, None
     except ValueError:
@@ -255,7 +262,7 @@ def iter_records(inputs: Path, sample_rate: float, layout: str, input_rate: Opti
     if not inputs.exists():
         raise ManifestError(f"{inputs}: no such file or folder")
     if inputs.is_dir():
-        from .sources import LayoutError, RecordError, detect_layout, discover, read_record, resample
+        from .sources import LayoutError, RecordError, detect_layout, discover, read_record
 
         try:
             if layout == SOURCE_AUTO:  # what auto chose, said once
@@ -271,8 +278,7 @@ def iter_records(inputs: Path, sample_rate: float, layout: str, input_rate: Opti
             for ref in refs:
                 try:
                     record = read_record(ref)
-                    wave = resample(record.signal, record.sample_rate, sample_rate).astype(np.float32)
-                    yield ref.key, wave, np.asarray(record.present, dtype=bool)
+                    yield (ref.key, *model_rate(record, sample_rate))
                 except RecordError as error:
                     yield ref.key, error.reason, None
                 except Exception as error:  # a record must never stop the run
