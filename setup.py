@@ -1,5 +1,23 @@
 """fairseq_ecg: lead-agnostic self-supervised ECG learning as a plugin for stock fairseq."""
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class build_py_with_examples(build_py):
+    """Copy the top-level examples/ (the YAMLs fairseq-ecg-experiments runs) into the built package as
+    fairseq_ecg/examples/, which an installed wheel reads. The repository keeps the one copy at the top,
+    for ``fairseq-hydra-train --config-dir examples/...``; an editable install reads that copy in place."""
+
+    def run(self):
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            target = Path(self.build_lib, "fairseq_ecg", "examples")
+            shutil.rmtree(target, ignore_errors=True)  # no YAML left over from an earlier build/
+            self.copy_tree("examples", str(target))
+
 
 setup(
     name="fairseq_ecg",
@@ -13,6 +31,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["fairseq_ecg", "fairseq_ecg.*"]),
     package_data={"fairseq_ecg": ["tables/*.csv", "tables/LICENSE.txt"]},
+    cmdclass={"build_py": build_py_with_examples},  # examples/ ships as fairseq_ecg/examples/ (MANIFEST.in: in the sdist)
     install_requires=[
         # fairseq 0.12.2 cannot be imported on Python >= 3.11; the fork with the dataclass fix can.
         # Never both in one environment: they install the same `fairseq` package.

@@ -2,7 +2,8 @@
 
 Importing the package registers its tasks, models and criterions with fairseq, makes fairseq's
 checkpoint copies kill-safe (see ``fairseq_ecg.resume``) and has a training run check the settings
-saved beside the checkpoints it would resume (see ``fairseq_ecg.run_settings``).
+saved beside the checkpoints it would resume (see ``fairseq_ecg.run_settings``); in fairseq's own
+programs it silences what a user cannot act on and makes Ctrl-C one line (``fairseq_ecg.console``).
 """
 import logging
 
@@ -19,6 +20,9 @@ logging.getLogger("fairseq.tasks.text_to_speech").addFilter(_no_tensorboardx_not
 from . import criterions, models, tasks  # noqa: E402,F401  (registration)
 from . import resume  # noqa: E402,F401  (kill-safe checkpoint copies, one-line error for a corrupt checkpoint)
 from . import run_settings  # noqa: E402,F401  (run_settings.json beside checkpoints, stop on other settings)
+from .console import install as _quiet_fairseq_programs  # noqa: E402
+
+_quiet_fairseq_programs()  # fairseq-hydra-train / -train / -validate only; see fairseq_ecg.console
 
 __version__ = "0.1.0"
 

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from hydra.errors import CompactHydraException
+from .errors import EcgError
 
 TRUST_ENV = "FAIRSEQ_ECG_TRUST_CHECKPOINTS"
 ENCODER_MODEL = "ecg_wav2vec2"
 DOWNSTREAM_MODELS = ("ecg_wav2vec2_classifier", "ecg_wav2vec2_identifier")
 
 
-class CheckpointError(ValueError, CompactHydraException):
+class CheckpointError(EcgError):
     """A checkpoint that cannot be used; the message names the file and what was expected. Hydra
     (``fairseq-hydra-train``) prints it as its one line; the plugin's ``sys.excepthook`` does so
     elsewhere (``fairseq-validate``, see ``fairseq_ecg.resume``)."""

@@ -38,7 +38,10 @@ from .manifest import ManifestError, identify_test_missing, read_manifest
 from .spreadsheet import csv_writer
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-EXAMPLES_DIR = PACKAGE_DIR.parent / "examples"
+# The YAML configs: an installed package carries a copy (setup.py's build_py); a clone or editable
+# install has only the repository's top-level examples/, which fairseq-hydra-train is pointed at.
+EXAMPLES_PLACES = (PACKAGE_DIR / "examples", PACKAGE_DIR.parent / "examples")
+EXAMPLES_DIR = next((place for place in EXAMPLES_PLACES if place.is_dir()), EXAMPLES_PLACES[0])
 RESULT_COLUMNS = ("experiment", "variant", "pretrain_leads", "finetune_leads", "task", "metric", "value", "seed")
 BASELINE = "random_init"
 METRICS = {"classification": ("challenge_metric", "auroc", "f1"), "identification": ("top1_accuracy", "eer")}
@@ -498,6 +501,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for spec in leads:
         parse_leads(spec)
     variants = tuple(args.variants.split(",")) if args.variants else tuple(preset["variants"])
+    if args.config_root == EXAMPLES_DIR and not EXAMPLES_DIR.is_dir():
+        raise SystemExit(f"fairseq-ecg-experiments: no YAML configs: neither {EXAMPLES_PLACES[0]} nor {EXAMPLES_PLACES[1]} "
+                         "exists; reinstall fairseq_ecg or give --config-root DIR")
     for variant in variants:
         if not (args.config_root / "pretrain" / f"{variant}.yaml").is_file():
             raise SystemExit(f"fairseq-ecg-experiments: no pretraining config {variant}.yaml in "
@@ -731,6 +737,10 @@ def main(argv=None) -> int:
         failed = run_matrix(runs, s.out, args.jobs, launch, rerun_changed=args.rerun_changed)
     except ChangedRuns as error:
         raise SystemExit(f"fairseq-ecg-experiments: {error}")
+    except KeyboardInterrupt:  # a run cut short is not marked done: the same command goes on from there
+        print(f"\nfairseq-ecg-experiments: interrupted; run the same command to resume ({s.out})",
+              file=sys.stderr, flush=True)
+        return 130
     rows = collect(runs, s.out)
     write_results(rows, s.out)
     from .report import write_report

@@ -9,6 +9,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from .errors import EcgError
+
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 NUM_LEADS = len(LEADS)
 
@@ -29,7 +31,7 @@ _ALIASES.update(_EXTRA_ALIASES)
 LeadSpec = Union[str, int, Sequence[str], None]
 
 
-class UnknownLeadError(ValueError):
+class UnknownLeadError(EcgError):
     """A lead name or preset that the plugin does not know."""
 
 

@@ -26,6 +26,7 @@ from typing import IO, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .errors import EcgError
 from .leads import NUM_LEADS, mask_from_string, mask_to_string
 
 COLUMNS = ("relative_path", "num_samples", "lead_mask", "patient", "source_rate", "record")
@@ -34,7 +35,7 @@ CLASSES_FILE = "classes.tsv"
 WAVE_SUFFIX = ".npy"
 
 
-class ManifestError(ValueError):
+class ManifestError(EcgError):
     """A manifest (or its label file) that cannot be used as it is; the message names file and line."""
 
 

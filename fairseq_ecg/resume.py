@@ -43,6 +43,7 @@ from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
+from .errors import EcgError
 from .checkpoints import CheckpointError, check_settings, load_checkpoint, only_the_plugins_opt_in, refusal
 from .models.ecg_wav2vec2 import upgrade_saved_model_cfg
 
@@ -146,10 +147,10 @@ def _check_saved_settings(state: dict, path) -> None:
 
 
 def one_line_errors(kind, value, traceback) -> None:
-    """``sys.excepthook`` of a program that imported the plugin (``fairseq-validate``): a
-    :class:`CheckpointError` is printed as one line (``PROGRAM: error: ...``), anything else as
-    before."""
-    if isinstance(value, CheckpointError):
+    """``sys.excepthook`` of a program that imported the plugin (``fairseq-validate``): the
+    plugin's own :class:`~fairseq_ecg.errors.EcgError` is printed as one line (``PROGRAM: error:
+    ...``, exit 1), anything else (a bug) with its traceback as before."""
+    if isinstance(value, EcgError):
         print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {' '.join(str(value).split())}",
               file=sys.stderr, flush=True)
         return

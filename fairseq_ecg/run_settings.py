@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fairseq import checkpoint_utils
-from hydra.errors import CompactHydraException
+from .errors import EcgError
 from omegaconf import OmegaConf, open_dict
 
 from .checkpoints import CheckpointError
@@ -61,7 +61,7 @@ PATH_KEYS = ("model.model_path",)
 KEPT_ON_RESUME = ("model.rlm_mode",)
 
 
-class RunSettingsError(ValueError, CompactHydraException):
+class RunSettingsError(EcgError):
     """A training run that cannot go on as asked (a folder that holds a run with other settings, a
     schedule fairseq cannot build); Hydra prints a ``CompactHydraException`` as its one line."""
 

@@ -190,6 +190,27 @@ def test_a_folder_prepared_before_the_test_split_says_how_to_re_prepare(identify
         task.load_dataset("test")
 
 
+def test_a_valid_split_of_one_patient_says_it_cannot_rank_checkpoints(identify_data, tmp_path, caplog):
+    small = tmp_path / "identify"
+    small.mkdir()
+    for name in ("train", "valid_gallery", "valid_probe"):
+        shutil.copy(identify_data / f"{name}.tsv", small)
+    for name in ("valid_gallery", "valid_probe"):  # keep the header and the first patient's record
+        lines = (small / f"{name}.tsv").read_text().splitlines(keepends=True)
+        (small / f"{name}.tsv").write_text("".join(lines[:2]))
+    (small / "waves").symlink_to(identify_data / "waves")
+    task = EcgIdentificationTask(EcgTaskConfig(data=str(small), seed=1))
+    with caplog.at_level("WARNING"):
+        task.load_dataset("valid")
+        task.load_dataset("train")
+    warnings = [r.getMessage() for r in caplog.records if "impostor" in r.getMessage()]
+    assert len(warnings) == 1 and "eer is nan" in warnings[0] and "dataset.disable_validation=true" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        EcgIdentificationTask(EcgTaskConfig(data=str(identify_data), seed=1)).load_dataset("valid")
+    assert not [r for r in caplog.records if "impostor" in r.getMessage()]
+
+
 # --- end to end: fairseq-hydra-train, fairseq-validate, fairseq-ecg-embed ---------------------
 
 def _values(text: str, subset: str) -> dict:

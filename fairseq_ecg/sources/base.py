@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import scipy.signal
 
+from ..errors import EcgError
 from ..leads import LEADS, NUM_LEADS, UnknownLeadError, canonical_lead
 
 PATIENTS_CSV = "patients.csv"
@@ -96,7 +97,7 @@ def check_plausible(rate: float, samples: int = 0) -> None:
     _BOUNDS.get().check(float(rate), int(samples))
 
 
-class LayoutError(ValueError):
+class LayoutError(EcgError):
     """An archive that cannot be listed at all (missing database CSV, CSV without the needed
     columns); the message names the file and the fix."""
 

@@ -105,6 +105,12 @@ class EcgIdentificationTask(EcgTask):
             targets = np.array([ids[row.patient] for row in manifest.rows], dtype=np.int64)
             roles = np.arange(len(manifest)) >= len(gallery)
             logger.info(f"{split}: {len(gallery)} gallery and {len(probe)} probe records of {len(ids)} patients")
+            if len(ids) < 2 and not split.startswith("test"):
+                logger.warning(
+                    f"{split}: the gallery and probe hold one patient, so there is no impostor pair: eer is nan "
+                    "each epoch and cannot rank checkpoints (checkpoint_best.pt is then not the best); prepare "
+                    "again with a larger --valid-percent (fairseq-ecg-manifest), or train without validation: "
+                    "dataset.disable_validation=true")
             self.datasets[split] = GalleryProbeDataset(manifest, roles, split, targets=targets, **common)
             return
         if split == "test" and self._pair_exists("valid") and not (Path(self.cfg.data) / "test.tsv").is_file():
