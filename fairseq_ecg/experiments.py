@@ -671,7 +671,7 @@ def plan_summary(runs: list[Run]) -> list[str]:
                   else f"{epochs} epochs each" if epochs else f"{updates} updates each")
         lines.append(f"{len(members)} {kind} runs ({size} size, {length})")
     counted = sum(1 for r in runs if r.labels is None) - unknown
-    estimate = (f"rough cost of {counted:,} training runs: about {_duration(seconds)} of a 2-core CPU (~{SECONDS_PER_UPDATE_CPU['tiny']:g} s per update of the tiny size, "
+    estimate = (f"rough cost of {counted:,} training runs: about {_duration(seconds)} of an idle 2-core CPU (~{SECONDS_PER_UPDATE_CPU['tiny']:g} s of wall time per update of the tiny size, two runs at a time, as the demo measured; "
                 f"~{SECONDS_PER_UPDATE_CPU['paper'] / 60:g} min of the paper's size; a GPU is far faster)")
     if unknown:
         estimate += (f"; {unknown} runs measured in epochs are not counted: --data holds no manifest to count "
