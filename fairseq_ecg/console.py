@@ -48,9 +48,10 @@ def _quiet_record(record: logging.LogRecord) -> bool:
     message = record.msg
     if hasattr(message, "keys") and "task" in message:  # the DictConfig fairseq_cli logs at start
         task, model = message.get("task") or {}, message.get("model") or {}
-        record.msg, record.args = ("task %s, leads %s, model %s, data %s (the full configuration is saved in each "
-                                   "checkpoint)", (task.get("_name"), task.get("leads"), model.get("_name"),
-                                                   task.get("data")))
+        record.msg, record.args = ("task %s, leads %s, precision %s, model %s, data %s (the full configuration is "
+                                   "saved in each checkpoint)", (task.get("_name"), task.get("leads"),
+                                                                 task.get("precision"), model.get("_name"),
+                                                                 task.get("data")))
         return True
     if type(message).__module__.startswith("torch.nn") or hasattr(message, "named_parameters"):
         return False

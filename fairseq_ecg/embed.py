@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .errors import EcgError
 from .checkpoints import CheckpointError, encoder_state, load_checkpoint
 from .data import EcgSegmentDataset
 from .leads import lead_change, mask_to_string, missing_leads_summary, parse_leads
@@ -252,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MachineError as error:  # the disk, not the input: nothing half-written is kept
         print(f"fairseq-ecg-embed: error: {error}", file=sys.stderr)
         return EXIT_MACHINE_ERROR
-    except (CheckpointError, ManifestError, ValueError, OSError) as error:
+    except (EcgError, OSError) as error:  # the user's input; anything else is a bug: its traceback
         print(f"fairseq-ecg-embed: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     where = f"; skipped records in {skipped_file}" if skipped else ""

@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .errors import EcgError
 from .checkpoints import ENCODER_MODEL, CheckpointError, _refusal_reason
 from .manifest import EXIT_MACHINE_ERROR, MachineError, atomic_output
 from .normalization import MODES, normalize_mode
@@ -457,7 +458,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MachineError as error:  # the disk, not the checkpoint: nothing half-written is kept
         print(f"fairseq-ecg-import: error: {error}", file=sys.stderr)
         return EXIT_MACHINE_ERROR
-    except CheckpointError as error:
+    except EcgError as error:  # a checkpoint, label table or lead name that cannot be used
         print(f"fairseq-ecg-import: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     for line in report.lines():

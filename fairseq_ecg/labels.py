@@ -15,6 +15,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from .errors import EcgError
+
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
 WEIGHTS_CSV = TABLES_DIR / "weights.csv"
 SINUS_RHYTHM = "426783006"
@@ -87,17 +89,17 @@ def read_weights_csv(path: Path | str = WEIGHTS_CSV) -> LabelSet:
         with open(path, newline="") as handle:
             rows = [row for row in csv.reader(handle) if row]
     except OSError as error:
-        raise ValueError(f"{path}: cannot read weights table ({error.strerror})") from None
+        raise EcgError(f"{path}: cannot read weights table ({error.strerror})") from None
     if len(rows) < 2:
-        raise ValueError(f"{path}: a weights table needs a header row and one row per class")
+        raise EcgError(f"{path}: a weights table needs a header row and one row per class")
     header = [cell.strip() for cell in rows[0][1:]]
     classes = tuple(tuple(code.strip() for code in cell.split("|")) for cell in header)
     try:
         weights = np.array([[float(x) for x in row[1:]] for row in rows[1:]], dtype=np.float64)
     except ValueError as error:
-        raise ValueError(f"{path}: non-numeric weight ({error})") from None
+        raise EcgError(f"{path}: non-numeric weight ({error})") from None
     if weights.shape != (len(classes), len(classes)):
-        raise ValueError(
+        raise EcgError(
             f"{path}: weights must be {len(classes)}x{len(classes)} to match the header, "
             f"found {weights.shape[0]}x{weights.shape[1] if weights.ndim == 2 else 0}"
         )
@@ -216,15 +218,15 @@ def read_scp_statements(path: Path | str) -> dict[str, ScpStatement]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except OSError as error:
-        raise ValueError(f"{path}: cannot read ({error.strerror}); the PTB-XL label tasks need PTB-XL's "
+        raise EcgError(f"{path}: cannot read ({error.strerror}); the PTB-XL label tasks need PTB-XL's "
                          f"{PTBXL_STATEMENTS} beside ptbxl_database.csv (it ships with the archive)") from None
     except (UnicodeDecodeError, csv.Error) as error:  # the task's classes: one bad line stops the task
-        raise ValueError(f"{path}: not a readable UTF-8 CSV ({error}); re-save it as UTF-8 or restore PTB-XL's "
+        raise EcgError(f"{path}: not a readable UTF-8 CSV ({error}); re-save it as UTF-8 or restore PTB-XL's "
                          "own file") from None
     header = [cell.strip() for cell in rows[0]] if rows else []
     missing = [c for c in _STATEMENT_COLUMNS if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this PTB-XL's {PTBXL_STATEMENTS}? "
+        raise EcgError(f"{path}: missing column(s) {', '.join(missing)}; is this PTB-XL's {PTBXL_STATEMENTS}? "
                          "(use --ptbxl-labels snomed to map the statements to the CinC classes instead)")
     column = {name: header.index(name) for name in _STATEMENT_COLUMNS}
     table = {}
@@ -247,7 +249,7 @@ def ptbxl_task_labels(statements: Iterable[str], table: dict[str, ScpStatement],
     classes seen more than ``min_samples`` times, and its experiments use ``min_samples=0``: every
     class present in the archive, which is what the preparation writes to ``classes.tsv``."""
     if task not in PTBXL_TASKS or task == SNOMED_TASK:
-        raise ValueError(f"unknown PTB-XL label task {task!r}; choose one of {', '.join(PTBXL_TASKS[1:])}")
+        raise EcgError(f"unknown PTB-XL label task {task!r}; choose one of {', '.join(PTBXL_TASKS[1:])}")
     found = set()
     for key in statements:
         row = table.get(key)

@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from .errors import EcgError
+
 MODES = ("none", "segment", "record")
 AUTO = "auto"
 CONSTANT_STD = 1e-6  # mV; below this a lead carries no signal and is set to zeros
@@ -38,7 +40,7 @@ def normalize_mode(value: Any, allow_auto: bool = True) -> str:
     if text in MODES or (allow_auto and text == AUTO):
         return text
     allowed = ", ".join(MODES + ((AUTO,) if allow_auto else ()))
-    raise ValueError(f"normalize={value!r}: expected one of {allowed}")
+    raise EcgError(f"normalize={value!r}: expected one of {allowed}")
 
 
 def checkpoint_normalization(state: dict) -> str:
@@ -59,7 +61,7 @@ def resolve_normalization(requested: Any, recorded: Optional[str], source: str =
     if mode == AUTO:
         return recorded or "none"
     if recorded is not None and mode != recorded:
-        raise ValueError(
+        raise EcgError(
             f"normalize={mode} but {source} was trained with normalize={recorded}; a model fed another "
             f"preprocessing than its own gives wrong outputs: leave normalize at auto (the default) or give {recorded}"
         )

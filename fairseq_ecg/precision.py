@@ -23,6 +23,8 @@ import torch
 
 from fairseq.dataclass import ChoiceEnum
 
+from .errors import EcgError
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
@@ -37,7 +39,7 @@ def check_precision(precision: str) -> str:
     """``precision`` as one of ``PRECISIONS``; a ValueError naming the choices otherwise."""
     value = str(precision).strip().lower()
     if value not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
+        raise EcgError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
     return value
 
 
@@ -123,7 +125,7 @@ def check_bf16_convolutions(model: torch.nn.Module) -> None:
             _checked_convolutions[key] = error < 0.05
         if not _checked_convolutions[key]:
             per_group = module.in_channels // module.groups
-            raise ValueError(
+            raise EcgError(
                 f"precision=bf16: this torch computes {name} (Conv1d, {per_group} channels per group, kernel "
                 f"{module.kernel_size[0]}) wrongly in bf16 on the CPU; use precision=fp32, or a model with at least "
                 "16 channels per group (model.encoder_embed_dim / model.conv_pos_groups)")

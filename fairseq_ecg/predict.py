@@ -38,6 +38,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .errors import EcgError
 from .checkpoints import CheckpointError, is_probability, load_checkpoint, model_name
 from .labels import column_names
 from .leads import NUM_LEADS, lead_change, lead_list, lead_mask, missing_leads_summary, parse_leads
@@ -84,11 +85,11 @@ class Predictor:
 
         wave = np.asarray(wave, dtype=np.float64)
         if wave.ndim != 2 or wave.shape[0] != NUM_LEADS:
-            raise ValueError(f"expected a [{NUM_LEADS}, samples] array, got shape {wave.shape}")
+            raise EcgError(f"expected a [{NUM_LEADS}, samples] array, got shape {wave.shape}")
         wave = resample(wave, sample_rate, self.sample_rate).astype(np.float32)
         reason = unusable_signal(wave, self.sample_rate, self.min_samples)
         if reason:
-            raise ValueError(f"the record cannot be classified: {reason}")
+            raise EcgError(f"the record cannot be classified: {reason}")
         keep = torch.from_numpy(lead_mask(leads if leads is not None else self.leads).astype(np.float32)).unsqueeze(-1)
         device = next(self.model.parameters()).device
         batcher = _Batcher(self, 32, device)
@@ -163,13 +164,13 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
         number = None
     if number is not None:
         if not is_probability(number):
-            raise ValueError(f"--thresholds {spec}: a threshold is a probability in [0, 1]")
+            raise EcgError(f"--thresholds {spec}: a threshold is a probability in [0, 1]")
         return np.full(num, number)
     path = Path(spec)
     try:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except OSError as error:
-        raise ValueError(f"--thresholds {spec}: not 'valid', a number, or a readable file ({error.strerror})") from None
+        raise EcgError(f"--thresholds {spec}: not 'valid', a number, or a readable file ({error.strerror})") from None
     values = []
     for number, line in enumerate(lines, start=1):
         cells = next(csv.reader([line.replace("\t", ",")]))
@@ -178,17 +179,17 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
         try:
             value = float(cells[-1])
         except ValueError:
-            raise ValueError(f"{path}:{number}: {cells[-1]!r} is not a number") from None
+            raise EcgError(f"{path}:{number}: {cells[-1]!r} is not a number") from None
         if not is_probability(value):
-            raise ValueError(f"{path}:{number}: threshold {cells[-1].strip()} is not a probability in [0, 1]")
+            raise EcgError(f"{path}:{number}: threshold {cells[-1].strip()} is not a probability in [0, 1]")
         if len(cells) > 1:
             k = len(values)
             if k < num and cells[0].strip() not in (predictor.class_names[k], predictor.columns[k]):
-                raise ValueError(f"{path}:{number}: class {cells[0].strip()!r}, expected {predictor.class_names[k]!r} "
+                raise EcgError(f"{path}:{number}: class {cells[0].strip()!r}, expected {predictor.class_names[k]!r} "
                                  "(one line per class, in the checkpoint's order)")
         values.append(value)
     if len(values) != num:
-        raise ValueError(f"{path}: {len(values)} thresholds, the classifier has {num} classes")
+        raise EcgError(f"{path}: {len(values)} thresholds, the classifier has {num} classes")
     return np.asarray(values, dtype=np.float64)
 
 
@@ -227,7 +228,7 @@ def read_record_file(path: Path, sample_rate: float,
     try:
         if layout == "array":
             if input_rate is None:
-                raise ValueError(f"{path}: a .npy record needs --sample-rate HZ (its sampling rate; leads "
+                raise EcgError(f"{path}: a .npy record needs --sample-rate HZ (its sampling rate; leads "
                                  f"{','.join(parse_leads('12'))} in that order, in mV)")
             wave = np.load(path, allow_pickle=False)
             if wave.ndim != 2 or NUM_LEADS not in wave.shape:
@@ -523,7 +524,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MachineError as error:  # the disk, not the input: nothing half-written is kept
         print(f"fairseq-ecg-predict: error: {error}", file=sys.stderr)
         return EXIT_MACHINE_ERROR
-    except (CheckpointError, ManifestError, ValueError, OSError) as error:
+    except (EcgError, OSError) as error:  # the user's input; anything else is a bug: its traceback
         print(f"fairseq-ecg-predict: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     seconds = time.monotonic() - started

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.io
 import scipy.signal
 
+from .errors import EcgError
 from .labels import PTBXL_SCP_TO_SNOMED as SCP
 from .labels import scored_labels
 from .leads import LEADS
@@ -464,11 +465,11 @@ def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed:
     was written, in record order."""
     out = Path(out)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise EcgError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if seed < 0:
-        raise ValueError(f"the seed must be >= 0 (got {seed})")
+        raise EcgError(f"the seed must be >= 0 (got {seed})")
     if records < 1 or not 1 <= patients <= records:
-        raise ValueError(f"need records >= 1 and 1 <= patients <= records (got {records}, {patients})")
+        raise EcgError(f"need records >= 1 and 1 <= patients <= records (got {records}, {patients})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder")
     owner = assign_patients(records, patients, np.random.default_rng([seed, 0]))
@@ -532,7 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         written = synthesize_archive(args.out, args.records, patients, args.seed, args.layout)
-    except (OSError, ValueError) as error:
+    except (OSError, EcgError) as error:
         print(f"fairseq-ecg-synth: error: {error}", file=sys.stderr)
         return 1
     names = {**{code: abbr for code, (abbr, _, _) in CLASSES.items()}, **_EXTRA_NAMES}

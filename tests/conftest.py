@@ -49,6 +49,11 @@ def run_cli(program: str, *args: str, timeout: float = 300, check: bool = True, 
     return result
 
 
+def files_written(save_dir: Path) -> dict:
+    """A run folder's files and when each was written, but hydra_train.log, which logs every attempt."""
+    return {path.name: path.stat().st_mtime_ns for path in save_dir.iterdir() if path.name != "hydra_train.log"}
+
+
 def one_line_error(result: subprocess.CompletedProcess, phrase: str) -> str:
     """The one line a failed command printed that holds ``phrase``, after checking that it failed and
     printed no traceback (Hydra's own "Error executing job" and HYDRA_FULL_ERROR lines may frame it)."""

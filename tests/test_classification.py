@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import f1_score, roc_auc_score
 
-from conftest import one_line_error, run_cli
+from conftest import files_written, one_line_error, run_cli
 from fairseq import checkpoint_utils, metrics
 from fairseq_ecg.checkpoints import CheckpointError
 from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion, ScoredSegments
@@ -283,6 +283,47 @@ def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
     assert "the model was trained on leads" not in result.stdout + result.stderr  # its own lead set: no notice
 
 
+@pytest.mark.parametrize("change", ["one class fewer", "two classes swapped"])
+def test_fairseq_validate_refuses_a_model_of_other_classes_in_one_line(classify_data, tiny_classifier, tmp_path,
+                                                                       change):
+    data = tmp_path / "finetune"
+    shutil.copytree(classify_data, data, symlinks=True)
+    names = (data / "classes.tsv").read_text().split()
+    names = names[:-1] if change == "one class fewer" else [names[1], names[0], *names[2:]]
+    (data / "classes.tsv").write_text("\n".join(names) + "\n")
+    result = run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3", check=False)
+    line = one_line_error(result, "the checkpoint's model was trained on 26")
+    assert line.startswith(f"fairseq-validate: error: {data / 'classes.tsv'}: {len(names)} classes") and "differ from class" in line
+
+
+def test_validate_and_predict_give_each_record_the_same_probabilities(classify_data, tiny_classifier, tmp_path):
+    """fairseq-validate's per-record results and fairseq-ecg-predict's CSV agree for records of odd
+    lengths (4.9, 7.3, 12.5 and 31 s: a padded last segment, one dropped tail, many segments), so a
+    prediction is the model that was evaluated (issue 21 item 1; one normalisation mode, the model's)."""
+    import csv
+
+    from fairseq_ecg.record_results import read_classification_results
+
+    data = tmp_path / "finetune"
+    shutil.copytree(classify_data, data, symlinks=True)
+    _write_split(data, "test", [2450, 3650, 6250, 15500], seed=9)
+    out = tmp_path / "results"
+    run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+            "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3",
+            "--per-record-results", str(out), env={"OMP_NUM_THREADS": "1"})
+    validated = read_classification_results(out / "test.results.csv")
+    run_cli("fairseq-ecg-predict", "--checkpoint", str(tiny_classifier), str(data / "test.tsv"),
+            "--out", str(tmp_path / "pred.csv"), env={"OMP_NUM_THREADS": "1"})
+    with open(tmp_path / "pred.csv", newline="") as handle:
+        predicted = {row["record"]: row for row in csv.DictReader(handle)}
+    assert sorted(predicted) == sorted(validated.records) == [f"test_{i}" for i in range(4)]
+    assert len(validated.columns) == 26
+    for k, record in enumerate(validated.records):
+        got = np.array([float(predicted[record][column]) for column in validated.columns])
+        np.testing.assert_allclose(got, validated.probs[k], atol=1e-6, err_msg=record)
+
+
 def test_fairseq_validate_prints_intervals_and_writes_per_record_results(classify_data, tiny_classifier, tmp_path):
     """The test figures come with 95% bootstrap intervals over the test patients, and the per-record
     results file holds exactly what they were computed from (issue 19 item 2)."""
@@ -351,7 +392,7 @@ def test_finetuning_into_the_folder_of_a_run_with_other_leads_stops(classify_dat
     run resumed it (done training in 0.0 seconds, exit 0). Now it stops, naming the setting and the
     ways out, and the folder is left as it was."""
     folder = tiny_classifier.parent
-    before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    before = files_written(folder)
     result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
                      "+size=tiny", f"task.data={classify_data}", f"model.model_path={tiny_pretrained}",
                      f"checkpoint.save_dir={folder}", "optimization.max_epoch=1", "task.tune_thresholds=true",
@@ -360,7 +401,7 @@ def test_finetuning_into_the_folder_of_a_run_with_other_leads_stops(classify_dat
     assert (f"checkpoint.save_dir={folder} holds the checkpoints of a run with other settings "
             '(task.leads: "12" there, "1" now)') in error
     assert "its own checkpoint.save_dir=" in error and "+resume_anyway=true" in error
-    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
+    assert files_written(folder) == before
 
 
 # --- inputs that do not fit -------------------------------------------------------------------
@@ -408,7 +449,7 @@ def test_classifier_and_manifest_with_different_classes_are_refused(tmp_path, ti
     write_classes(tmp_path, ["164889003", "426783006", "713427006|59118001"])
     with pytest.raises(ValueError) as error:
         checkpoint_utils.load_model_ensemble_and_task([str(tiny_classifier)], arg_overrides={"data": str(tmp_path)})
-    assert re.search(r"26 outputs but .*classes.tsv lists 3 classes", _one_line(error.value))
+    assert re.search(r"classes.tsv: 3 classes, but the checkpoint's model was trained on 26", _one_line(error.value))
 
 
 def test_task_data_of_another_task_points_to_finetune(tmp_path):

@@ -49,7 +49,7 @@ def test_dry_run_counts_updates_from_the_manifests(tmp_path, capsys):
     assert lines[-2] == ("# 8 runs: 2 pretraining runs (tiny size, about 7 updates each); 3 classification runs "
                          "(tiny size, about 30 updates each); 3 evaluations (fairseq-validate, one pass over the "
                          "test split each)")
-    assert lines[-1].startswith("# rough cost of 5 training runs: about 1 minute of a 2-core CPU")
+    assert lines[-1].startswith("# rough cost of 5 training runs: about 1 minute of an idle 2-core CPU")
 
 
 def test_plan_matrix_shapes(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BIN, REPO, one_line_error, run_cli, write_random_manifest
+from conftest import BIN, REPO, files_written, one_line_error, run_cli, write_random_manifest
 from fairseq_ecg import run_settings
 from fairseq_ecg.manifest import atomic_save_npy, atomic_write_text, write_manifest
 
@@ -25,11 +25,6 @@ def pretrain(data: Path, save_dir: Path, *extra: str, check: bool = True) -> sub
 
 def num_updates(path: Path) -> int:
     return torch.load(path, weights_only=True)["optimizer_history"][-1]["num_updates"]
-
-
-def written(save: Path) -> dict:
-    """The run's files and when each was written; hydra_train.log (beside them) logs every attempt."""
-    return {path.name: path.stat().st_mtime_ns for path in save.iterdir() if path.name != "hydra_train.log"}
 
 
 def settings_error(result: subprocess.CompletedProcess) -> str:
@@ -59,13 +54,13 @@ def test_other_settings_stop_and_resume_anyway_resumes(small_data, tmp_path):
     pretrain(small_data, save, "optimization.max_update=4")  # how long is not a defining setting
     assert num_updates(save / "checkpoint_last.pt") == 4
 
-    before = written(save)
+    before = files_written(save)
     error = settings_error(pretrain(small_data, save, "optimization.max_update=6", "task.leads=[I,II]",
                                     "model.rlm_prob=0.25", check=False))
     assert ('(task.leads: "12" there, "2" now; model.rlm_prob: 0.0 there, 0.25 now), which fairseq would resume '
             "instead of training this one; give this run its own checkpoint.save_dir=..., or add "
             "+resume_anyway=true to resume that run with these settings anyway") in error
-    assert written(save) == before
+    assert files_written(save) == before
 
     (save / "run_settings.json").unlink()  # a folder from before: its checkpoint_last.pt says what it holds
     error = settings_error(pretrain(small_data, save, "optimization.max_update=6", "model.rlm_prob=0.25",

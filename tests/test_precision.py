@@ -171,7 +171,7 @@ def test_bf16_pretraining_checkpoint_is_fp32_and_validates_in_either_precision(p
                          "--path", str(checkpoint), "--valid-subset", "valid", "--batch-size", "4",
                          *(["--precision", name] if name == "fp32" else []))  # bf16: the saved setting
         log = result.stdout + result.stderr
-        assert f"'precision': '{name}'" in log
+        assert f", precision {name}, model " in log  # the configuration's one line
         losses[name] = float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", log)[-1])
     assert losses["fp32"] > 0 and abs(losses["bf16"] - losses["fp32"]) <= LOSS_RTOL * losses["fp32"] + 0.002, losses
 
@@ -187,7 +187,7 @@ def test_fp32_checkpoint_fine_tunes_in_bf16_and_validates_in_fp32(classify_folde
                      "ecg_classification", "--path", str(tmp_path / "checkpoint_last.pt"), "--valid-subset", "valid",
                      "--batch-size", "4", "--precision", "fp32")
     log = result.stdout + result.stderr
-    assert "'precision': 'fp32'" in log
+    assert ", precision fp32, model " in log
     line = [l for l in log.splitlines() if "valid on 'valid' subset" in l][-1]
     assert re.search(r"auroc [0-9.]+", line)
 

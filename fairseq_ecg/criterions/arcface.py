@@ -30,6 +30,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
 
+from ..errors import EcgError
 from ..bootstrap import Intervals, identification_intervals
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class ArcFaceCriterion(FairseqCriterion):
     def __init__(self, task, scale: float = 192.0, margin: float = 1.0) -> None:
         super().__init__(task)
         if scale <= 0 or not 0 <= margin < math.pi / 2:
-            raise ValueError(f"criterion: need scale > 0 and 0 <= margin < pi/2, found scale={scale}, margin={margin}")
+            raise EcgError(f"criterion: need scale > 0 and 0 <= margin < pi/2, found scale={scale}, margin={margin}")
         self.scale, self.margin = scale, margin
 
     def forward(self, model, sample, reduce: bool = True):

@@ -32,6 +32,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
 
+from ..errors import EcgError
 from ..bootstrap import Intervals, classification_intervals, interval_text
 from ..metrics import aggregate_by_record, classification_metrics, tune_thresholds, tune_thresholds_known
 
@@ -195,7 +196,7 @@ class EcgBceCriterion(FairseqCriterion):
         super().__init__(task)
         classes = getattr(task, "num_classes", None)
         if pos_weight is not None and classes is not None and len(pos_weight) != classes:
-            raise ValueError(f"criterion: pos_weight has {len(pos_weight)} values, expected one per class ({classes})")
+            raise EcgError(f"criterion: pos_weight has {len(pos_weight)} values, expected one per class ({classes})")
         self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32)
 
     def forward(self, model, sample, reduce: bool = True):
@@ -203,7 +204,7 @@ class EcgBceCriterion(FairseqCriterion):
         logits = model(**sample["net_input"])["logits"].float()
         target = sample["target"].float()
         if logits.shape != target.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ: the model's "
+            raise EcgError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ: the model's "
                              "classes must be those of classes.tsv")
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
         known = target >= 0  # unknown labels (-1, "?CODE" in the label file) are no negatives: left out

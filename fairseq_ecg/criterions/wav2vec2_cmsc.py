@@ -18,6 +18,8 @@ from fairseq import metrics, utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion, Wav2VecCriterionConfig
 
+from ..errors import EcgError
+
 # Logged per forward and averaged over forwards (not summed like losses).
 AVERAGED_KEYS = ("prob_perplexity", "code_perplexity", "temp")
 
@@ -124,7 +126,7 @@ class Wav2Vec2CmscCriterion(Wav2vecCriterion):
                  cmsc_weight=0.0, cmsc_temperature=0.1):
         super().__init__(task, infonce, loss_weights, log_keys)
         if w2v_weight <= 0 and cmsc_weight <= 0:
-            raise ValueError("criterion: w2v_weight and cmsc_weight are both 0; set at least one above 0")
+            raise EcgError("criterion: w2v_weight and cmsc_weight are both 0; set at least one above 0")
         self.w2v_weight, self.cmsc_weight, self.cmsc_temperature = w2v_weight, cmsc_weight, cmsc_temperature
 
     def forward(self, model, sample, reduce=True):
@@ -142,7 +144,7 @@ class Wav2Vec2CmscCriterion(Wav2vecCriterion):
         logging_output["nforwards"] = 1
         if self.cmsc_weight > 0:
             if not sample.get("pairs"):
-                raise ValueError("the CMSC loss needs segment pairs: set task.pair_windows=true (the default)")
+                raise EcgError("the CMSC loss needs segment pairs: set task.pair_windows=true (the default)")
             global_repr, groups = net_output["global"], sample["group"][0::2]
             mean, correct, anchors = cmsc_loss(global_repr[0::2], global_repr[1::2], groups, self.cmsc_temperature)
             # Scaled by the local loss's sample size like the reference, so that fairseq's division by

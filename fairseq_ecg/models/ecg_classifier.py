@@ -13,6 +13,7 @@ from torch import nn
 
 from fairseq.models import register_model
 
+from ..errors import EcgError
 from ..precision import full_precision
 from .encoder import EcgEncoderConfig, EcgEncoderModel
 
@@ -33,7 +34,7 @@ class EcgClassifierModel(EcgEncoderModel):
     def __init__(self, cfg: EcgClassifierConfig, encoder) -> None:
         super().__init__(cfg, encoder)
         if not cfg.num_classes or cfg.num_classes < 1:
-            raise ValueError(f"model: the classifier needs at least one class, found num_classes={cfg.num_classes}")
+            raise EcgError(f"model: the classifier needs at least one class, found num_classes={cfg.num_classes}")
         self.head = nn.Linear(encoder.cfg.encoder_embed_dim, cfg.num_classes)
 
     @classmethod
@@ -41,12 +42,12 @@ class EcgClassifierModel(EcgEncoderModel):
         declared = getattr(task, "num_classes", None)
         if cfg.num_classes and declared and cfg.num_classes != declared:
             where = getattr(getattr(task, "cfg", None), "data", "the task")
-            raise ValueError(f"model: this classifier has {cfg.num_classes} outputs but {where}/classes.tsv lists "
+            raise EcgError(f"model: this classifier has {cfg.num_classes} outputs but {where}/classes.tsv lists "
                              f"{declared} classes; evaluate it on manifests with the class list it was trained on")
         if not cfg.num_classes:
             cfg.num_classes = declared
             if not cfg.num_classes:
-                raise ValueError("model: num_classes is unknown; train with task ecg_classification (it reads "
+                raise EcgError("model: num_classes is unknown; train with task ecg_classification (it reads "
                                  "classes.tsv) or set model.num_classes")
         return cls(cfg, cls.build_encoder(cfg))
 

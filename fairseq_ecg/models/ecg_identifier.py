@@ -16,6 +16,7 @@ from torch import nn
 
 from fairseq.models import register_model
 
+from ..errors import EcgError
 from ..precision import full_precision
 from .encoder import EcgEncoderConfig, EcgEncoderModel
 
@@ -37,7 +38,7 @@ class EcgIdentifierModel(EcgEncoderModel):
     def __init__(self, cfg: EcgIdentifierConfig, encoder) -> None:
         super().__init__(cfg, encoder)
         if not cfg.num_patients or cfg.num_patients < 2:
-            raise ValueError(f"model: the ArcFace head needs at least 2 patients, found num_patients={cfg.num_patients}")
+            raise EcgError(f"model: the ArcFace head needs at least 2 patients, found num_patients={cfg.num_patients}")
         self.projection = nn.Linear(encoder.cfg.encoder_embed_dim, cfg.embed_dim)
         self.patient_weights = nn.Parameter(torch.empty(cfg.num_patients, cfg.embed_dim))
         nn.init.xavier_uniform_(self.patient_weights)
@@ -47,7 +48,7 @@ class EcgIdentifierModel(EcgEncoderModel):
         if not cfg.num_patients:
             cfg.num_patients = getattr(task, "num_patients", None)
             if not cfg.num_patients:
-                raise ValueError("model: num_patients is unknown; train with task ecg_identification "
+                raise EcgError("model: num_patients is unknown; train with task ecg_identification "
                                  "(it counts the patients of train.tsv) or set model.num_patients")
         return cls(cfg, cls.build_encoder(cfg))
 

@@ -24,6 +24,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
 from fairseq.modules import GumbelVectorQuantizer
 from fairseq.utils import index_put
 
+from ..errors import EcgError
 from ..precision import full_precision
 
 RLM_MODES = ("independent", "redraw_silent")
@@ -166,9 +167,9 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
     def __init__(self, cfg: EcgWav2Vec2Config) -> None:
         super().__init__(cfg)
         if not 0.0 <= cfg.rlm_prob < 1.0:
-            raise ValueError(f"model.rlm_prob={cfg.rlm_prob}: the lead masking probability must be in [0, 1)")
+            raise EcgError(f"model.rlm_prob={cfg.rlm_prob}: the lead masking probability must be in [0, 1)")
         if cfg.rlm_mode not in RLM_MODES:
-            raise ValueError(f"model.rlm_mode={cfg.rlm_mode}: choose one of {', '.join(RLM_MODES)}")
+            raise EcgError(f"model.rlm_mode={cfg.rlm_mode}: choose one of {', '.join(RLM_MODES)}")
         self.rlm_prob = cfg.rlm_prob
         self.rlm_mode = str(cfg.rlm_mode)  # a resumed run may set it to the mode its checkpoint trained with
         self.feature_extractor = MultiLeadFeatureEncoder(

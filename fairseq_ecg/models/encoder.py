@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel
 
+from ..errors import EcgError
 from ..checkpoints import read_encoder
 from .ecg_wav2vec2 import EcgWav2Vec2Config, EcgWav2Vec2Model
 
@@ -105,7 +106,7 @@ class EcgEncoderModel(BaseFairseqModel):
             if cfg.encoder_args is None:
                 cfg.encoder_args = encoder_args
         if cfg.encoder_args is None:
-            raise ValueError("model: give model.model_path (a pretraining checkpoint) or model.encoder_args")
+            raise EcgError("model: give model.model_path (a pretraining checkpoint) or model.encoder_args")
         args = OmegaConf.to_container(cfg.encoder_args) if OmegaConf.is_config(cfg.encoder_args) else dict(cfg.encoder_args)
         args.pop("_name", None)
         known = set(EcgWav2Vec2Config.__dataclass_fields__)

@@ -33,11 +33,12 @@ from omegaconf import DictConfig, open_dict
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
+from ..errors import EcgError
 from ..criterions.ecg_bce import ClassificationMeter, ScoredSegments, Scoring, log_classification
 from ..data import EcgSegmentDataset
 from ..labels import (SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, column_names, label_set_from_names, read_weights_csv,
                       scored_labels)
-from ..manifest import CLASSES_FILE, Manifest, read_classes, read_labels
+from ..manifest import CLASSES_FILE, Manifest, ManifestError, read_classes, read_labels
 from ..record_results import ClassificationResults, results_file, row_names, write_classification_results
 from .base import EcgTask, EcgTaskConfig
 
@@ -129,13 +130,13 @@ class EcgClassificationTask(EcgTask):
                 if ours != theirs:
                     k = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(ours), len(theirs)))
                     expected, found = (names[k] if k < len(names) else "nothing" for names in (ours, theirs))
-                    raise ValueError(
+                    raise EcgError(
                         f"{path}: the Challenge weights must cover the {len(ours)} classes of "
                         f"{Path(self.cfg.data) / CLASSES_FILE} in the same order, found {len(theirs)} "
                         f"(class {k + 1}: expected {expected}, found {found}); give task.weights_path="
                         "a weights.csv for these classes, or task.weights_path=none to skip the Challenge metric")
                 if SINUS_RHYTHM not in table.code_to_index:
-                    raise ValueError(f"{path}: no sinus rhythm class ({SINUS_RHYTHM}); the Challenge metric scores "
+                    raise EcgError(f"{path}: no sinus rhythm class ({SINUS_RHYTHM}); the Challenge metric scores "
                                      "against always predicting it; use task.weights_path=none to skip the metric")
             self._table, self._table_read = table, True
         return self._table
@@ -174,6 +175,23 @@ class EcgClassificationTask(EcgTask):
         if not from_checkpoint:
             self.state.merge_state_dict({"classes": list(self.label_set.names)})
         return model
+
+    def load_state_dict(self, state_dict) -> None:
+        """A checkpoint's task state: a model trained on other classes than ``classes.tsv``'s is
+        refused in one line (fairseq would fail on the head's shape with a traceback, or, with as
+        many classes under other names, score every column against the wrong labels)."""
+        saved = state_dict.get("classes")
+        path = Path(self.cfg.data) / CLASSES_FILE
+        if saved is not None and path.is_file() and list(saved) != list(self.label_set.names):
+            ours = list(self.label_set.names)
+            differ = next(k for k, pair in enumerate(zip(list(saved) + [None] * len(ours), ours + [None] * len(saved)))
+                          if pair[0] != pair[1])
+            raise ManifestError(
+                f"{path}: {len(ours)} classes, but the checkpoint's model was trained on {len(saved)} "
+                f"(they differ from class {differ + 1}: {saved[differ] if differ < len(saved) else 'none'} there, "
+                f"{ours[differ] if differ < len(ours) else 'none'} here); evaluate on data prepared with the "
+                "model's classes (the same label table or --ptbxl-labels), or fine-tune a model on these")
+        super().load_state_dict(state_dict)
 
     @property
     def tuned_thresholds(self) -> Optional[np.ndarray]:

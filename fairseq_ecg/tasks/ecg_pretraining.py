@@ -17,6 +17,7 @@ import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
+from ..errors import EcgError
 from ..data import EcgSegmentDataset
 from .base import EcgTask, EcgTaskConfig
 
@@ -50,7 +51,7 @@ class EcgPretrainingTask(EcgTask):
     def __init__(self, cfg: EcgPretrainingConfig) -> None:
         super().__init__(cfg)
         if cfg.cmsc and not cfg.pair_windows:
-            raise ValueError("task.cmsc=true needs task.pair_windows=true (CMSC contrasts the two halves of a window)")
+            raise EcgError("task.cmsc=true needs task.pair_windows=true (CMSC contrasts the two halves of a window)")
 
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
         manifest = self.read_split(split)
