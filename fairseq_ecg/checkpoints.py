@@ -16,7 +16,7 @@ import pickle
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from .errors import EcgError
@@ -94,9 +94,40 @@ def load_checkpoint(path: Path | str) -> dict:
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("cfg"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint written by fairseq-hydra-train")
     check_settings(state, path)
+    return upgrade_checkpoint(state, path)
+
+
+def _from_format_1(state: dict) -> None:
+    """Format 1 (before the format was recorded) to 2: the model config gets the settings that
+    version trained with (``upgrade_saved_model_cfg``), the task state its normalisation and
+    trained leads (``task_state_from_format_1``)."""
+    from .data.model_input import task_state_from_format_1
     from .models.ecg_wav2vec2 import upgrade_saved_model_cfg  # here: the models import this module
 
     upgrade_saved_model_cfg(state["cfg"].get("model"))
+    task_state_from_format_1(state)
+
+
+# Format n -> n + 1, one step each; a new saved setting (a lead-masking mode, a calibration, export
+# metadata) raises CURRENT_FORMAT and registers the step that fills it for older checkpoints here.
+UPGRADES: dict[int, Callable[[dict], None]] = {1: _from_format_1}
+
+
+def upgrade_checkpoint(state: dict, path: Path | str = "the checkpoint") -> dict:
+    """Bring a checkpoint written by an older version to the current format, in place, as fairseq's
+    ``_upgrade_state_dict`` does for its own configs: the one place that knows older checkpoints.
+    Every reader calls it (``load_checkpoint``, and fairseq's own reader as the plugin patches it
+    in :mod:`fairseq_ecg.resume`). Returns ``state``."""
+    from .data.model_input import CURRENT_FORMAT, FORMAT_VERSION, checkpoint_format
+
+    version = checkpoint_format(state)
+    if version > CURRENT_FORMAT:
+        raise CheckpointError(f"{path}: a checkpoint of format {version}, written by a newer fairseq_ecg (this one reads "
+                              f"formats 1-{CURRENT_FORMAT}): upgrade fairseq_ecg")
+    while version < CURRENT_FORMAT:
+        UPGRADES[version](state)
+        version += 1
+        state["task_state"][FORMAT_VERSION] = version
     return state
 
 

@@ -12,6 +12,7 @@ into one line that says how to resume. What Hydra prints before the plugin is im
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -76,6 +77,13 @@ def _interrupted(signum: int, frame: Any) -> None:
         print(f"\n{program_name()}: interrupted; run the same command to resume (from checkpoint_last.pt)",
               file=sys.stderr, flush=True)
     sys.stdout.flush()
+    # Workers end first: a worker's file-descriptor sharer thread that loses its peer mid-handshake
+    # prints a ConnectionResetError traceback after we are gone.
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=10)
     os._exit(130)
 
 

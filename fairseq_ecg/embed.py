@@ -35,57 +35,18 @@ import numpy as np
 import torch
 
 from .errors import EcgError
-from .checkpoints import CheckpointError, encoder_state, load_checkpoint
 from .data import EcgSegmentDataset
 from .leads import lead_change, mask_to_string, missing_leads_summary, parse_leads
 from .manifest import (EXIT_MACHINE_ERROR, MachineError, Manifest, ManifestError, ManifestRow, atomic_save_npy,
                        atomic_write_text, read_manifest, waveform_problem)
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
-from .models.encoder import EcgEncoderConfig, EcgEncoderModel
+from .models.loading import load_model
 from .normalization import AUTO as NORMALIZE_AUTO
-from .normalization import MODES, checkpoint_normalization, resolve_normalization
+from .normalization import MODES, resolve_normalization
 from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
 from .predict import unusable_signal, write_skipped
 from .preparation import SALT_FROM_HELP, check_outputs, output_salt, salt_beside
 from .sources import AUTO, layouts
-
-
-def _looks_like_checkpoint(path: Path) -> bool:
-    """torch.save writes a zip archive (a pickle before torch 1.6); anything else (a manifest, an
-    .npy, text) gets a plain answer instead of torch's unpickling message."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return True  # missing or unreadable: load_checkpoint says so
-    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
-
-
-def load_encoder(path: Path) -> tuple[EcgWav2Vec2Model, dict]:
-    """The encoder of any plugin checkpoint (eval mode) and the task settings it was trained with."""
-    if not _looks_like_checkpoint(path):
-        raise CheckpointError(f"{path}: not a checkpoint (neither a torch zip archive nor a pickle)")
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError:
-        raise
-    except Exception as error:  # torch.load fails in assorted ways on files that are not checkpoints
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
-    try:
-        args, weights = encoder_state(state, path, allow_downstream=True)
-    except TypeError:  # a downstream checkpoint saved before encoder_args was written back
-        raise CheckpointError(f"{path}: the checkpoint does not record its encoder settings (model.encoder_args)") from None
-    if not args or not weights:
-        raise CheckpointError(f"{path}: the checkpoint holds no encoder settings or weights")
-    encoder = EcgEncoderModel.build_encoder(EcgEncoderConfig(encoder_args=args, init="random"))
-    try:
-        encoder.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: encoder weights do not fit its settings ({first})") from None
-    task = dict(state["cfg"].get("task") or {})
-    task["normalize"] = checkpoint_normalization(state)  # resolved: the mode it was trained with
-    return encoder.eval(), task
 
 
 def wfdb_manifest(folder: Path, sample_rate: float, workdir: Path, layout: str = AUTO,
@@ -168,11 +129,9 @@ def embed_records(encoder: EcgWav2Vec2Model, dataset: EcgSegmentDataset, batch_s
     return (sums / counts.clamp(min=1).unsqueeze(1)).float().numpy(), counts.long().numpy()
 
 
-def note_other_leads(asked: Optional[str], task: dict) -> None:
+def note_other_leads(asked: Optional[str], trained) -> None:
     """One line on stderr when ``--leads`` is not the lead set the model was trained on (allowed)."""
-    if asked is None or "leads" not in task:
-        return
-    change = lead_change(task["leads"], asked)
+    change = lead_change(trained, asked) if asked is not None else ""
     if change:
         print(f"fairseq-ecg-embed: {change} (--leads)", file=sys.stderr)
 
@@ -210,15 +169,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         salt_file = [] if args.salt_from else [salt_beside(args.out)]
         check_outputs([args.out, args.out.with_suffix(".tsv"), args.out.with_suffix(".skipped.tsv"), *salt_file],
                       [args.inputs, args.checkpoint])
-        encoder, task = load_encoder(args.checkpoint)
-        trained = task.get("leads", "12")  # a preset, or a list (task.leads=[I,II,V2])
-        leads = args.leads if args.leads is not None else (trained if isinstance(trained, (str, int)) else list(trained))
+        loaded = load_model(args.checkpoint, "encoder")
+        encoder, expected = loaded.model, loaded.input
+        leads = args.leads if args.leads is not None else expected.leads
         parse_leads(leads)
-        note_other_leads(args.leads, task)
-        normalize = resolve_normalization(args.normalize, task["normalize"], str(args.checkpoint))
-        rate = float(task.get("sample_rate", 500))
-        segment = int(round(float(task.get("segment_seconds", 5.0)) * rate))
-        min_samples = encoder.feature_extractor.receptive_field
+        note_other_leads(args.leads, expected.leads)
+        normalize = resolve_normalization(args.normalize, expected.normalize, str(args.checkpoint))
+        rate, segment, min_samples = expected.sample_rate, expected.segment_samples, loaded.receptive_field
         skipped_file = args.out.with_suffix(".skipped.tsv")
         with tempfile.TemporaryDirectory(prefix="fairseq-ecg-embed-") as workdir:
             if args.inputs.is_dir():

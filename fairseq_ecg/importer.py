@@ -42,6 +42,7 @@ import torch
 
 from .errors import EcgError
 from .checkpoints import ENCODER_MODEL, CheckpointError, _refusal_reason
+from .data.model_input import ModelInput
 from .manifest import EXIT_MACHINE_ERROR, MachineError, atomic_output
 from .normalization import MODES, normalize_mode
 
@@ -409,17 +410,18 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
         converted = convert_weights(weights, target_model.state_dict(), src, report, classifier=True)
         target_model.load_state_dict(converted, strict=True)
         cfg = _full_config("ecg_classification", task_args, model_args, "ecg_bce")
-        task_state = {"normalize": normalize, "classes": names}
     else:
         converted = convert_weights(weights, encoder.state_dict(), src, report, classifier=False)
         encoder.load_state_dict(converted, strict=True)
         cfg = _full_config("ecg_pretraining", task_args, args, "wav2vec2_cmsc")
-        task_state = {"normalize": normalize}
+        names = None
+    expected = ModelInput(sample_rate=rate, segment_samples=int(round(seconds * rate)), leads=task_args["leads"],
+                          normalize=normalize, classes=None if names is None else tuple(names))
     out_state = {
         "args": None, "cfg": cfg, "model": converted, "criterion": None,
         "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {},
                                "num_updates": 0}],
-        "task_state": task_state, "extra_state": {"imported_from": str(src), "source_model": name},
+        "task_state": expected.task_state(), "extra_state": {"imported_from": str(src), "source_model": name},
         "last_optimizer_state": None,
     }
     _save(out_state, out)

@@ -39,20 +39,20 @@ import numpy as np
 import torch
 
 from .errors import EcgError
-from .checkpoints import CheckpointError, is_probability, load_checkpoint, model_name
+from .checkpoints import is_probability
+from .data.ecg_dataset import collate_segments
+from .data.model_input import ModelInput
 from .labels import column_names
-from .leads import NUM_LEADS, lead_change, lead_list, lead_mask, missing_leads_summary, parse_leads
+from .leads import NUM_LEADS, lead_change, lead_list, missing_leads_summary, parse_leads
 from .manifest import (EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_output, atomic_write_text,
                        read_manifest)
 from .metrics import aggregate_by_record
-from .normalization import AUTO, MODES, checkpoint_normalization, normalize_segment, record_statistics, \
-    resolve_normalization
+from .models.loading import load_model
+from .normalization import AUTO, MODES, resolve_normalization
 from .preparation import SALT_FROM_HELP, check_outputs, output_salt, salt_beside
 from .sources import AUTO as SOURCE_AUTO
 from .spreadsheet import csv_writer
 from .sources import layouts
-
-CLASSIFIER = "ecg_wav2vec2_classifier"
 
 
 @dataclass
@@ -60,15 +60,22 @@ class Predictor:
     """A classifier checkpoint ready to score records, with how its inputs must be prepared."""
 
     model: torch.nn.Module
+    input: ModelInput  # rate, segment length, leads, normalisation, aggregation, classes, thresholds
     class_names: list[str]
     columns: list[str]
-    sample_rate: float
-    segment_samples: int
-    leads: object
-    normalize: str
-    aggregate: str
-    tuned_thresholds: Optional[np.ndarray]
     min_samples: int = 1  # the encoder's receptive field: a shorter record gives no frame to classify
+
+    @property
+    def sample_rate(self) -> float:
+        return self.input.sample_rate
+
+    @property
+    def leads(self):
+        return self.input.leads
+
+    @property
+    def tuned_thresholds(self) -> Optional[np.ndarray]:
+        return self.input.tuned_thresholds(len(self.class_names))
 
     def probabilities(self, wave: np.ndarray, sample_rate: float, leads=None) -> np.ndarray:
         """Class probabilities of one record, as ``fairseq-ecg-predict`` computes them.
@@ -90,10 +97,9 @@ class Predictor:
         reason = unusable_signal(wave, self.sample_rate, self.min_samples)
         if reason:
             raise EcgError(f"the record cannot be classified: {reason}")
-        keep = torch.from_numpy(lead_mask(leads if leads is not None else self.leads).astype(np.float32)).unsqueeze(-1)
         device = next(self.model.parameters()).device
         batcher = _Batcher(self, 32, device)
-        batcher.add(0, list(segments_of(wave, self, keep)))
+        batcher.add(0, self.input.segments(wave, leads))
         batcher.flush()
         (_, probs, _), = batcher.finished()
         if isinstance(probs, str):
@@ -108,45 +114,18 @@ class Predictor:
 
 
 def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
-    """Read a classifier checkpoint (safely) and build its model in eval mode."""
-    from .models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
-    from .models.ecg_wav2vec2 import MultiLeadFeatureEncoder
-
-    state = load_checkpoint(path)
-    name = model_name(state)
-    if name != CLASSIFIER:
-        raise CheckpointError(f"{path}: a {name or 'unknown'} checkpoint; predictions need an {CLASSIFIER} "
-                              "(fine-tune one, or convert a fairseq-signals classifier with fairseq-ecg-import)")
-    cfg = dict(state["cfg"]["model"])
-    cfg.pop("_name", None)
-    if not cfg.get("encoder_args"):
-        raise CheckpointError(f"{path}: the checkpoint does not record its encoder settings (model.encoder_args)")
-    cfg["model_path"] = None  # the architecture is in encoder_args; the pretraining file is not needed
-    known = set(EcgClassifierConfig.__dataclass_fields__)
-    model = EcgClassifierModel.build_model(EcgClassifierConfig(**{k: v for k, v in cfg.items() if k in known}))
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit its settings ({str(error).strip().splitlines()[0]})") from None
-    task = dict(state["cfg"].get("task") or {})
-    task_state = state.get("task_state") or {}
-    num = model.cfg.num_classes
-    names = list(task_state.get("classes") or [])
+    """Read a classifier checkpoint (safely) and build its model in eval mode (``load_model``);
+    ``normalize`` other than ``auto`` must be the checkpoint's own mode."""
+    loaded = load_model(path, "classifier")
+    resolve_normalization(normalize, loaded.input.normalize, str(path))
+    num = loaded.model.cfg.num_classes
+    names = list(loaded.input.classes or [])
     if len(names) != num:
         names = [f"class_{i}" for i in range(num)]
         log(f"{path} does not record its class names (trained before they were saved); columns are "
             f"class_0 ... class_{num - 1}, in the order of the training classes.tsv")
-    rate = float(task.get("sample_rate", 500))
-    thresholds = task_state.get("thresholds")
-    thresholds = None if thresholds is None or len(thresholds) != num else np.asarray(thresholds, dtype=np.float64)
-    return Predictor(
-        model=model.eval(), class_names=names, columns=column_names(names), sample_rate=rate,
-        segment_samples=int(round(float(task.get("segment_seconds", 5.0)) * rate)),
-        leads=task.get("leads", "12"),
-        normalize=resolve_normalization(normalize, checkpoint_normalization(state), str(path)),
-        aggregate=str(task.get("aggregate", "mean")), tuned_thresholds=thresholds,
-        min_samples=next(m.receptive_field for m in model.modules() if isinstance(m, MultiLeadFeatureEncoder)),
-    )
+    return Predictor(model=loaded.model, input=loaded.input, class_names=names, columns=column_names(names),
+                     min_samples=loaded.receptive_field)
 
 
 def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
@@ -324,16 +303,6 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
         path.unlink()
 
 
-def segments_of(wave: np.ndarray, predictor: Predictor, keep: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The consecutive segments of a record as evaluation cuts them (``cut="consecutive"`` of the
-    dataset: every whole segment, or the one shorter record), normalised and lead-masked."""
-    seg = predictor.segment_samples
-    statistics = record_statistics(wave) if predictor.normalize == "record" else None
-    for i in range(max(wave.shape[1] // seg, 1)):
-        part = torch.from_numpy(np.ascontiguousarray(wave[:, i * seg:(i + 1) * seg]))
-        yield normalize_segment(part, predictor.normalize, (lambda: statistics)) * keep
-
-
 class _Batcher:
     """Collects segments of consecutive records into batches; returns finished records in order."""
 
@@ -346,15 +315,7 @@ class _Batcher:
 
     @torch.no_grad()
     def _probabilities(self, segments: Sequence[torch.Tensor]) -> np.ndarray:
-        longest = max(s.shape[-1] for s in segments)
-        source = torch.zeros(len(segments), NUM_LEADS, longest)
-        padding = torch.zeros(len(segments), longest, dtype=torch.bool)
-        for i, s in enumerate(segments):
-            source[i, :, : s.shape[-1]] = s
-            padding[i, s.shape[-1]:] = True
-        net_input = {"source": source.to(self.device)}
-        if padding.any():
-            net_input["padding_mask"] = padding.to(self.device)
+        net_input = {k: v.to(self.device) for k, v in collate_segments(segments).items()}
         return torch.sigmoid(self.predictor.model(**net_input)["logits"].float()).cpu().numpy()
 
     def flush(self) -> None:
@@ -396,7 +357,7 @@ class _Batcher:
             if len(self.probs[record]) < self.expected[record]:
                 break
             parts = np.stack(self.probs.pop(record))
-            _, combined = aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.predictor.aggregate)
+            _, combined = aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.predictor.input.aggregate)
             yield record, combined[0], self.expected.pop(record)
 
 
@@ -408,7 +369,6 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     device = device or torch.device("cpu")
     predictor.model.to(device)
     fed = leads if leads is not None else predictor.leads
-    keep = torch.from_numpy(lead_mask(fed).astype(np.float32)).unsqueeze(-1)
     total, records = iter_records(inputs, predictor.sample_rate, layout, input_rate)
     batcher = _Batcher(predictor, batch_size, device)
     skipped: list[tuple[str, str]] = []
@@ -444,7 +404,7 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
                 skip(name, reason)
             else:
                 names[number], present[number] = name, has
-                batcher.add(number, list(segments_of(wave, predictor, keep)))
+                batcher.add(number, predictor.input.segments(wave, fed))
             write_finished()
             now = time.monotonic()
             if now - last >= progress_seconds:
@@ -532,7 +492,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(record_summary(args.out, predictor, thresholds))
     where = f"; skipped records in {args.out.with_suffix('.skipped.tsv')}" if skipped else ""
     say(f"{written} records -> {args.out} ({len(skipped)} skipped, {seconds:.1f} s, "
-        f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.normalize}){where}")
+        f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.input.normalize}){where}")
     return 0 if written else 1  # every record skipped: nothing was predicted
 
 

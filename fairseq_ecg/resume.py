@@ -44,8 +44,8 @@ from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
 from .errors import EcgError
-from .checkpoints import CheckpointError, check_settings, load_checkpoint, only_the_plugins_opt_in, refusal
-from .models.ecg_wav2vec2 import upgrade_saved_model_cfg
+from .checkpoints import (CheckpointError, check_settings, load_checkpoint, only_the_plugins_opt_in, refusal,
+                          upgrade_checkpoint)
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
     cfg = state.get("cfg") if isinstance(state, dict) else None
     if cfg is not None:
         _check_saved_settings(state, path)
-    if cfg is not None and "model" in cfg:
-        upgrade_saved_model_cfg(cfg["model"])
+    if cfg is not None:
+        upgrade_checkpoint(state, path)
     return state
 
 

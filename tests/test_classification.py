@@ -297,31 +297,111 @@ def test_fairseq_validate_refuses_a_model_of_other_classes_in_one_line(classify_
     assert line.startswith(f"fairseq-validate: error: {data / 'classes.tsv'}: {len(names)} classes") and "differ from class" in line
 
 
-def test_validate_and_predict_give_each_record_the_same_probabilities(classify_data, tiny_classifier, tmp_path):
-    """fairseq-validate's per-record results and fairseq-ecg-predict's CSV agree for records of odd
-    lengths (4.9, 7.3, 12.5 and 31 s: a padded last segment, one dropped tail, many segments), so a
-    prediction is the model that was evaluated (issue 21 item 1; one normalisation mode, the model's)."""
+def _write_odd_records(data: Path, folders: Path) -> list[str]:
+    """The test split of ``data`` as records of 4.9, 7.3, 12.5 and 31 s (a padded last segment, one
+    dropped tail, many segments), in microvolt steps, and the same records as a NumPy folder and a
+    WFDB folder (fmt 32 at 1000 units per mV: read back exactly) under ``folders``."""
+    import wfdb
+
+    rng = np.random.default_rng(9)
+    (data / "waves").mkdir(exist_ok=True)
+    (folders / "numpy").mkdir(parents=True)
+    (folders / "wfdb").mkdir()
+    rows, labels, table = [], [], ["record,sample_rate,leads,axis,patient"]
+    names = [f"test_{i}" for i in range(4)]
+    for i, (name, samples) in enumerate(zip(names, [2450, 3650, 6250, 15500])):
+        digital = np.round(rng.standard_normal((12, samples)) * 300 + rng.standard_normal((12, 1)) * 500).astype(np.int32)
+        wave = (digital / 1000.0).astype(np.float32)
+        np.save(data / "waves" / f"{name}.npy", wave)
+        np.save(folders / "numpy" / f"{name}.npy", wave)
+        table.append(f'{name}.npy,500,"{",".join(LEADS)}",leads-first,p_{name}')
+        wfdb.wrsamp(name, fs=500, units=["mV"] * 12, sig_name=list(LEADS), d_signal=digital.T.copy(), fmt=["32"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folders / "wfdb"))
+        rows.append(ManifestRow(f"waves/{name}.npy", samples, "1" * 12, f"p_{name}", 500.0, name))
+        labels.append(CODE_SETS[i % len(CODE_SETS)])
+    (folders / "numpy" / "records.csv").write_text("\n".join(table) + "\n")
+    write_manifest(data / "test.tsv", data, rows)
+    write_labels(data / "test.tsv", labels)
+    return names
+
+
+def _by_record(names: list[str], keys) -> dict:
+    """The test record each key (a record name, a file in a folder) stands for."""
+    found = {key: [name for name in names if re.search(rf"\b{name}\b", str(key))] for key in keys}
+    assert all(len(hits) == 1 for hits in found.values()), found
+    return {key: hits[0] for key, hits in found.items()}
+
+
+@pytest.mark.parametrize("mode", ["none", "segment", "record"])
+def test_validate_predict_and_embed_see_each_record_alike(classify_data, tiny_classifier, tmp_path, mode):
+    """One recipe from a checkpoint to model input (issue 21 item 1): for records of odd lengths,
+    in each normalisation mode, fairseq-validate's per-record probabilities equal
+    fairseq-ecg-predict's from the manifest and from a NumPy and a WFDB folder of the same records,
+    and fairseq-ecg-embed's vectors from all three equal the classifier's encoder run on
+    ModelInput's segments, one at a time (1e-6, fp32, one thread). A folder is read by the
+    preparation's rules, which skip the 4.9 s record."""
     import csv
 
+    from fairseq_ecg.embed import main as embed_main
+    from fairseq_ecg.models.loading import load_model
+    from fairseq_ecg.predict import main as predict_main
     from fairseq_ecg.record_results import read_classification_results
 
+    checkpoint = tmp_path / f"classifier_{mode}.pt"
+    state = torch.load(tiny_classifier, weights_only=True)
+    state["cfg"]["task"]["normalize"] = state["task_state"]["normalize"] = mode  # the same weights, fed as `mode` says
+    torch.save(state, checkpoint)
     data = tmp_path / "finetune"
     shutil.copytree(classify_data, data, symlinks=True)
-    _write_split(data, "test", [2450, 3650, 6250, 15500], seed=9)
+    names = _write_odd_records(data, tmp_path / "folders")
+    inputs = {"manifest": data / "test.tsv", "numpy": tmp_path / "folders" / "numpy",
+              "wfdb": tmp_path / "folders" / "wfdb"}
     out = tmp_path / "results"
     run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
-            "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3",
+            "--path", str(checkpoint), "--valid-subset", "test", "--batch-size", "3",
             "--per-record-results", str(out), env={"OMP_NUM_THREADS": "1"})
     validated = read_classification_results(out / "test.results.csv")
-    run_cli("fairseq-ecg-predict", "--checkpoint", str(tiny_classifier), str(data / "test.tsv"),
-            "--out", str(tmp_path / "pred.csv"), env={"OMP_NUM_THREADS": "1"})
-    with open(tmp_path / "pred.csv", newline="") as handle:
-        predicted = {row["record"]: row for row in csv.DictReader(handle)}
-    assert sorted(predicted) == sorted(validated.records) == [f"test_{i}" for i in range(4)]
-    assert len(validated.columns) == 26
-    for k, record in enumerate(validated.records):
-        got = np.array([float(predicted[record][column]) for column in validated.columns])
-        np.testing.assert_allclose(got, validated.probs[k], atol=1e-6, err_msg=record)
+    assert sorted(validated.records) == names and len(validated.columns) == 26
+    want = {record: validated.probs[k] for k, record in enumerate(validated.records)}
+
+    loaded = load_model(checkpoint, "encoder")
+    assert loaded.input.normalize == mode
+    reference = {}
+    with torch.no_grad():
+        for name in names:
+            segments = loaded.input.segments(np.load(data / "waves" / f"{name}.npy"))
+            pooled = [loaded.model.extract_global(segment.unsqueeze(0))["global"][0].double() for segment in segments]
+            reference[name] = torch.stack(pooled).mean(0).numpy()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for kind, source in inputs.items():
+            layout = ["--layout", kind] if kind != "manifest" else []
+            assert predict_main(["--checkpoint", str(checkpoint), str(source), *layout, "--cpu",
+                                 "--out", str(tmp_path / f"{kind}.csv")]) == 0, kind
+            with open(tmp_path / f"{kind}.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            which = _by_record(names, [row["record"] for row in rows])
+            # a folder is read by the preparation's rules: a record under 5 s is skipped, said in one line
+            expected = names if kind == "manifest" else names[1:]
+            assert sorted(which.values()) == expected, kind
+            if kind != "manifest":
+                skipped = (tmp_path / f"{kind}.skipped.tsv").read_text().splitlines()[1:]
+                assert len(skipped) == 1 and "test_0" in skipped[0] and "too short" in skipped[0], skipped
+            for row in rows:
+                got = np.array([float(row[column]) for column in validated.columns])
+                np.testing.assert_allclose(got, want[which[row["record"]]], atol=1e-6, err_msg=f"{kind} {row['record']}")
+            vectors = tmp_path / f"{kind}.npy"
+            assert embed_main(["--checkpoint", str(checkpoint), str(source), *layout, "--cpu",
+                               "--out", str(vectors)]) == 0, kind
+            listed = [line.split("\t") for line in vectors.with_suffix(".tsv").read_text().splitlines()[1:]]
+            which = _by_record(names, [record for record, *_ in listed])
+            assert sorted(which.values()) == expected, kind
+            for (record, *_), vector in zip(listed, np.load(vectors)):
+                np.testing.assert_allclose(vector, reference[which[record]], atol=1e-6, err_msg=f"{kind} {record}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_fairseq_validate_prints_intervals_and_writes_per_record_results(classify_data, tiny_classifier, tmp_path):

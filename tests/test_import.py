@@ -9,10 +9,10 @@ import torch
 
 from fairseq_ecg import importer
 from fairseq_ecg.checkpoints import load_checkpoint
-from fairseq_ecg.embed import load_encoder
 from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
 from fairseq_ecg.models.encoder import EcgEncoderConfig, EcgEncoderModel
-from fairseq_ecg.normalization import checkpoint_normalization
+from fairseq_ecg.data.model_input import ModelInput
+from fairseq_ecg.models.loading import load_model
 
 from conftest import run_cli
 from signals_reference import reference_forward, signals_checkpoint
@@ -40,7 +40,8 @@ def test_pretrained_matches_reference(tmp_path, storage, layer_norm_first):
     state = signals_checkpoint(source, "pretrained", storage, seed=3, layer_norm_first=layer_norm_first)
     out = tmp_path / "converted.pt"
     assert importer.main([str(source), "--out", str(out)]) == 0
-    encoder, task = load_encoder(out)
+    loaded = load_model(out, "encoder")
+    encoder = loaded.model
     x = _input()
     with torch.no_grad():
         got = encoder.extract_global(x)
@@ -51,7 +52,7 @@ def test_pretrained_matches_reference(tmp_path, storage, layer_norm_first):
     converted = load_checkpoint(out)
     assert converted["cfg"]["model"]["_name"] == "ecg_wav2vec2"
     assert converted["cfg"]["model"]["input_leads"] == 12
-    assert checkpoint_normalization(converted) == "record" == task["normalize"]
+    assert ModelInput.of_checkpoint(converted).normalize == "record" == loaded.input.normalize
     # the converted file is what model.model_path reads for fine-tuning
     downstream = EcgEncoderModel.build_encoder(EcgEncoderConfig(model_path=str(out)))
     assert set(downstream.state_dict()) == set(encoder.state_dict())
@@ -91,7 +92,7 @@ def test_without_labels_names_outputs(tmp_path, capsys):
     assert "label_0 ... label_2" in capsys.readouterr().out
     state = load_checkpoint(out)
     assert state["task_state"]["classes"] == ["label_0", "label_1", "label_2"]
-    assert checkpoint_normalization(state) == "segment" == state["cfg"]["task"]["normalize"]
+    assert ModelInput.of_checkpoint(state).normalize == "segment" == state["cfg"]["task"]["normalize"]
 
 
 def _fails(capsys, *argv) -> str:

@@ -13,7 +13,9 @@ from fairseq_ecg.checkpoints import load_checkpoint
 from fairseq_ecg.data import EcgSegmentDataset
 from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
 from fairseq_ecg.manifest import ManifestRow, read_manifest, write_classes, write_labels, write_manifest
-from fairseq_ecg.normalization import checkpoint_normalization, normalize_mode, resolve_normalization
+from fairseq_ecg.checkpoints import upgrade_checkpoint
+from fairseq_ecg.data.model_input import ModelInput
+from fairseq_ecg.normalization import normalize_mode, resolve_normalization
 from fairseq_ecg.predict import load_predictor
 from fairseq_ecg.synth import synthesize_archive
 from signals_reference import signals_checkpoint
@@ -57,8 +59,8 @@ def test_mode_names_and_mismatch():
     assert resolve_normalization("auto", None) == "none"
     with pytest.raises(ValueError, match="normalize=segment but X was trained with normalize=record"):
         resolve_normalization("segment", "record", "X")
-    old = {"cfg": {"task": {"normalize": True}}}  # a checkpoint from before the modes
-    assert checkpoint_normalization(old) == "segment"
+    old = {"cfg": {"task": {"normalize": True}, "model": {}}}  # a checkpoint from before the modes
+    assert ModelInput.of_checkpoint(upgrade_checkpoint(old)).normalize == "segment"
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_predict_folder_with_bad_records(imported, tmp_path):
 def test_pretraining_records_its_mode(tiny_pretrained):
     state = load_checkpoint(tiny_pretrained)
     assert state["task_state"]["normalize"] == "none" == state["cfg"]["task"]["normalize"]
-    assert checkpoint_normalization(state) == "none"
+    assert ModelInput.of_checkpoint(state).normalize == "none"
 
 
 def test_records_lacking_leads_the_model_is_fed_are_counted_and_named(imported, data, tmp_path):

@@ -72,6 +72,27 @@ def test_global_vector_ignores_padding():
     assert torch.allclose(out["global"][0], expected, atol=1e-5)
 
 
+def test_a_padded_segment_gets_the_outputs_it_gets_alone():
+    """The first layer's group norm takes its statistics over a row's own frames: a short record
+    batched beside longer ones (zero-padded) is encoded as it is alone, the other rows unchanged,
+    and the batch trains (issue 21 item 1: fairseq's norm over the padding moved a 4.9 s record's
+    embedding by 0.05)."""
+    model = tiny_model().eval()
+    short, full = torch.randn(1, 12, 790), torch.randn(1, 12, 1120)
+    batch = torch.cat([torch.cat([short, torch.zeros(1, 12, 330)], dim=-1), full])
+    padding_mask = torch.zeros(2, 1120, dtype=torch.bool)
+    padding_mask[0, 790:] = True
+    with torch.no_grad():
+        together = model.extract_global(batch, padding_mask)["global"]
+        alone = [model.extract_global(x)["global"][0] for x in (short, full)]
+    torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(together[1], alone[1], atol=1e-5, rtol=0)
+    model.train()
+    model(batch, padding_mask=padding_mask)["global"].sum().backward()
+    assert model.feature_extractor.conv_layers[0][0].weight.grad.abs().sum() > 0
+    assert model.feature_extractor.valid_samples is None  # set for the call only
+
+
 def test_model_rejects_single_channel_input_with_its_shape():
     with pytest.raises(ValueError, match=r"\[batch, leads, time\].*\(2, 800\)"):
         tiny_model()(torch.randn(2, 800))

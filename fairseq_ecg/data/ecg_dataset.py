@@ -42,6 +42,28 @@ logger = logging.getLogger(__name__)
 CUT_MODES = ("crop", "pairs", "consecutive")
 
 
+def consecutive_starts(length: int, segment_samples: int) -> list[int]:
+    """Where evaluation cuts a record of ``length`` samples: every whole segment (a shorter tail is
+    left out), or the one shorter record."""
+    return [number * segment_samples for number in range(max(length // segment_samples, 1))]
+
+
+def collate_segments(segments: Sequence[torch.Tensor]) -> dict:
+    """Segments [leads, T_i] as a model's ``net_input``: ``source`` [batch, leads, max T_i] with
+    the shorter ones zero-padded at the end, and ``padding_mask`` [batch, max T_i] (True = padding)
+    only when some segment is padded."""
+    longest = max(seg.shape[-1] for seg in segments)
+    source = segments[0].new_zeros(len(segments), segments[0].shape[0], longest)
+    padding_mask = torch.zeros(len(segments), longest, dtype=torch.bool)
+    for i, seg in enumerate(segments):
+        source[i, :, : seg.shape[-1]] = seg
+        padding_mask[i, seg.shape[-1]:] = True
+    net_input = {"source": source}
+    if padding_mask.any():
+        net_input["padding_mask"] = padding_mask
+    return net_input
+
+
 class EcgSegmentDataset(FairseqDataset):
     def __init__(
         self,
@@ -85,7 +107,7 @@ class EcgSegmentDataset(FairseqDataset):
                     f"({2 * self.segment_samples} samples) give no CMSC pair and are not used"
                 )
         else:
-            counts = np.maximum(lengths // self.segment_samples, 1)
+            counts = np.array([len(consecutive_starts(int(n), self.segment_samples)) for n in lengths], dtype=np.int64)
         rows = np.repeat(np.arange(len(lengths)), counts)
         numbers = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
         return np.stack([rows, numbers], axis=1).astype(np.int64) if len(rows) else np.zeros((0, 2), np.int64)
@@ -116,7 +138,7 @@ class EcgSegmentDataset(FairseqDataset):
             slack = length - 2 * seg
             start = int(self._rng(index).integers(0, slack + 1)) if self.shuffle else slack // 2
             return [start, start + seg]
-        return [number * seg]
+        return [number * seg]  # the number-th of consecutive_starts(length, seg)
 
     def _segment(self, row: int, start: int) -> torch.Tensor:
         path = self.manifest.file_of(row)
@@ -152,15 +174,7 @@ class EcgSegmentDataset(FairseqDataset):
             return {}
         segments = [seg for s in samples for seg in s["segments"]]
         per_item = len(samples[0]["segments"])
-        longest = max(seg.shape[-1] for seg in segments)
-        source = segments[0].new_zeros(len(segments), segments[0].shape[0], longest)
-        padding_mask = torch.zeros(len(segments), longest, dtype=torch.bool)
-        for i, seg in enumerate(segments):
-            source[i, :, : seg.shape[-1]] = seg
-            padding_mask[i, seg.shape[-1]:] = True
-        net_input = {"source": source}
-        if padding_mask.any():
-            net_input["padding_mask"] = padding_mask
+        net_input = collate_segments(segments)
         batch = {
             "id": torch.LongTensor([s["id"] for s in samples for _ in range(per_item)]),
             "net_input": net_input,

@@ -21,7 +21,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
     Wav2Vec2Config,
     Wav2Vec2Model,
 )
-from fairseq.modules import GumbelVectorQuantizer
+from fairseq.modules import Fp32GroupNorm, GumbelVectorQuantizer
 from fairseq.utils import index_put
 
 from ..errors import EcgError
@@ -58,10 +58,20 @@ class EcgWav2Vec2Config(Wav2Vec2Config):
 
 
 class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
-    """fairseq's convolutional feature encoder with a multi-channel first layer ([B, leads, T])."""
+    """fairseq's convolutional feature encoder with a multi-channel first layer ([B, leads, T]).
+
+    In ``extractor_mode=default`` the first layer's group norm normalises each channel over the
+    whole time axis, so in fairseq (and fairseq-signals, which pads short records in a batch) a
+    zero-padded segment's features depend on how much padding its batch gave it: a 4.9 s record's
+    embedding moved by 0.05 between alone and beside 5 s segments. Here the statistics are taken
+    over each segment's own frames (``valid_samples``, set from the padding mask by
+    :class:`EcgWav2Vec2Model` for the call), so a record's outputs do not depend on its batch;
+    unpadded inputs are computed exactly as by fairseq.
+    """
 
     def __init__(self, input_leads: int, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.valid_samples: Optional[torch.Tensor] = None  # [B] unpadded samples per row, during a call
         first = self.conv_layers[0][0]
         replacement = nn.Conv1d(
             input_leads, first.out_channels, first.kernel_size, stride=first.stride,
@@ -82,9 +92,27 @@ class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"expected input of shape [batch, leads, time], found {tuple(x.shape)}")
-        for conv in self.conv_layers:
-            x = conv(x)
+        lengths = self.valid_samples
+        for number, block in enumerate(self.conv_layers):
+            if number == 0 and lengths is not None and isinstance(block[2] if len(block) > 2 else None, Fp32GroupNorm):
+                x = self._first_block_over_own_frames(block, x, lengths)
+            else:
+                x = block(x)
         return x
+
+    @staticmethod
+    def _first_block_over_own_frames(block: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """conv, dropout, group norm, GELU, the norm's statistics over each row's unpadded frames
+        (the frames fairseq's padding mask keeps: those computed from unpadded samples only)."""
+        conv, dropout, norm, activation = block
+        y = dropout(conv(x))
+        frames = torch.div(lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
+        out = norm(y)
+        for row in torch.nonzero(frames < y.shape[-1]).flatten().tolist():
+            own = int(frames[row].clamp(min=1))
+            out[row, :, :own] = norm(y[row:row + 1, :, :own])[0]
+            out[row, :, own:] = 0
+        return activation(out)
 
 
 class Fp32GumbelVectorQuantizer(GumbelVectorQuantizer):
@@ -195,10 +223,13 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
             source = source * random_lead_mask(source, self.rlm_prob, mode=self.rlm_mode).to(source.dtype)
         captured = {}
         hook = self.encoder.register_forward_hook(lambda _m, _i, out: captured.__setitem__("context", out[0]))
+        if padding_mask is not None and padding_mask.any():
+            self.feature_extractor.valid_samples = (~padding_mask).sum(-1)
         try:
             result = super().forward(source, padding_mask=padding_mask, **kwargs)
         finally:
             hook.remove()
+            self.feature_extractor.valid_samples = None
         result["global"] = masked_time_mean(captured["context"].float(), result.get("padding_mask"))
         return result
 

@@ -13,16 +13,16 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 
 from ..bootstrap import DEFAULT_RESAMPLES
+from ..data.model_input import CURRENT_FORMAT, FORMAT_VERSION, NORMALIZE, TRAINED_LEADS, ModelInput
 from ..leads import lead_change, lead_set_name, missing_leads_summary, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
-from ..normalization import AUTO, checkpoint_normalization, normalize_mode, resolve_normalization
+from ..normalization import AUTO, normalize_mode, resolve_normalization
 from ..precision import PRECISION_CHOICES, AutocastForward
 
 logger = logging.getLogger(__name__)
 
 # The subfolder of fairseq-ecg-manifest's output (DEST) that each registered task reads.
 TASK_FOLDERS = {"ecg_pretraining": "pretrain", "ecg_classification": "finetune", "ecg_identification": "identify"}
-TRAINED_LEADS = "trained_leads"  # task state saved in each checkpoint: the lead set the model trained on
 
 
 @dataclass
@@ -73,7 +73,8 @@ class EcgTask(FairseqTask):
     def __init__(self, cfg: EcgTaskConfig) -> None:
         super().__init__(cfg)
         parse_leads(cfg.leads)  # fail at start-up on an unknown lead name, not in a worker
-        self.state.merge_state_dict({TRAINED_LEADS: lead_set_name(cfg.leads)})
+        # saved in every checkpoint (fairseq_ecg.data.model_input names the keys)
+        self.state.merge_state_dict({TRAINED_LEADS: lead_set_name(cfg.leads), FORMAT_VERSION: CURRENT_FORMAT})
         normalize_mode(cfg.normalize)  # and on an unknown normalisation
         self._normalize: Optional[str] = None  # resolved in build_model
 
@@ -100,7 +101,7 @@ class EcgTask(FairseqTask):
         """``task.normalize`` against the checkpoint's: when rebuilt from a checkpoint, the mode
         its task state records; when training from ``model.model_path``, that file's mode."""
         if from_checkpoint:
-            recorded = self.state.state_dict.get("normalize")
+            recorded = self.state.state_dict.get(NORMALIZE)
             recorded = None if recorded is None else normalize_mode(recorded, allow_auto=False)
             return resolve_normalization(self.cfg.normalize, recorded, "this checkpoint")
         path = model_cfg.get("model_path") if hasattr(model_cfg, "get") else None
@@ -108,14 +109,14 @@ class EcgTask(FairseqTask):
             return resolve_normalization(self.cfg.normalize, None)
         from ..checkpoints import load_checkpoint  # a training run from a checkpoint: read its mode
 
-        recorded = checkpoint_normalization(load_checkpoint(path))
+        recorded = ModelInput.of_checkpoint(load_checkpoint(path)).normalize
         return resolve_normalization(self.cfg.normalize, recorded, f"model.model_path={path}")
 
     def _record_normalization(self, model_cfg, mode: str) -> None:
         """Keep the resolved mode in the task state (saved in every checkpoint), in the saved
         config's ``task.normalize`` where reachable, and in the datasets already loaded."""
         self._normalize = mode
-        self.state.merge_state_dict({"normalize": mode})
+        self.state.merge_state_dict({NORMALIZE: mode})
         root = model_cfg._get_parent() if OmegaConf.is_config(model_cfg) else None
         if root is not None and "task" in root and OmegaConf.is_config(root.task) and "normalize" in root.task:
             with open_dict(root.task):

@@ -36,6 +36,7 @@ from fairseq.tasks import register_task
 from ..errors import EcgError
 from ..criterions.ecg_bce import ClassificationMeter, ScoredSegments, Scoring, log_classification
 from ..data import EcgSegmentDataset
+from ..data.model_input import CLASSES, THRESHOLDS
 from ..labels import (SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, column_names, label_set_from_names, read_weights_csv,
                       scored_labels)
 from ..manifest import CLASSES_FILE, Manifest, ManifestError, read_classes, read_labels
@@ -173,14 +174,14 @@ class EcgClassificationTask(EcgTask):
         each checkpoint), so that predictions can name their columns without the manifests."""
         model = super().build_model(cfg, from_checkpoint)
         if not from_checkpoint:
-            self.state.merge_state_dict({"classes": list(self.label_set.names)})
+            self.state.merge_state_dict({CLASSES: list(self.label_set.names)})
         return model
 
     def load_state_dict(self, state_dict) -> None:
         """A checkpoint's task state: a model trained on other classes than ``classes.tsv``'s is
         refused in one line (fairseq would fail on the head's shape with a traceback, or, with as
         many classes under other names, score every column against the wrong labels)."""
-        saved = state_dict.get("classes")
+        saved = state_dict.get(CLASSES)
         path = Path(self.cfg.data) / CLASSES_FILE
         if saved is not None and path.is_file() and list(saved) != list(self.label_set.names):
             ours = list(self.label_set.names)
@@ -196,7 +197,7 @@ class EcgClassificationTask(EcgTask):
     @property
     def tuned_thresholds(self) -> Optional[np.ndarray]:
         """Per-class thresholds tuned at the last validation (kept in the checkpoint's task state)."""
-        stored = self.state.state_dict.get("thresholds")
+        stored = self.state.state_dict.get(THRESHOLDS)
         return None if stored is None else np.asarray(stored, dtype=np.float64)
 
     def scoring(self, split: str) -> Scoring:
@@ -259,5 +260,5 @@ class EcgClassificationTask(EcgTask):
         meter = agg["_classification"]
         if meter.parts and meter.scoring.thresholds is None:
             thresholds = meter.result()[1]
-            self.state.merge_state_dict({"thresholds": [float(t) for t in thresholds]})
+            self.state.merge_state_dict({THRESHOLDS: [float(t) for t in thresholds]})
             logger.info(f"thresholds tuned on '{TUNE_SPLIT}': " + " ".join(f"{t:.3f}" for t in thresholds))
