@@ -30,7 +30,7 @@ from fairseq_ecg.synth import LAYOUTS, assign_patients, make_patient, synthesize
 
 def code15_single_file(out: Path, exams: int) -> None:
     """One ``exams_part0.hdf5`` of ``exams`` exams (the real files hold about 20,000 each)."""
-    from fairseq_ecg.synth_sources import write_code15
+    from fairseq_ecg.synth.layouts import write_code15
 
     patients = max(1, exams // 2)
     owner = assign_patients(exams, patients, np.random.default_rng([0, 0])).tolist()

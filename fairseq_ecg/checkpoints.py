@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+
+from .data.model_input import CURRENT_FORMAT, FORMAT_VERSION, checkpoint_format, task_state_from_format_1
 from .errors import EcgError
 
 TRUST_ENV = "FAIRSEQ_ECG_TRUST_CHECKPOINTS"
@@ -75,7 +77,7 @@ def _refusal_reason(error: Exception) -> str:
 
 def load_checkpoint(path: Path | str) -> dict:
     """Read a fairseq checkpoint on the CPU, tensors and plain containers only; a config saved by
-    an older version is upgraded to what that version trained with (``upgrade_saved_model_cfg``)."""
+    an older version is upgraded to the current format (``upgrade_checkpoint``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -97,20 +99,19 @@ def load_checkpoint(path: Path | str) -> dict:
     return upgrade_checkpoint(state, path)
 
 
-def _from_format_1(state: dict) -> None:
-    """Format 1 (before the format was recorded) to 2: the model config gets the settings that
-    version trained with (``upgrade_saved_model_cfg``), the task state its normalisation and
-    trained leads (``task_state_from_format_1``)."""
-    from .data.model_input import task_state_from_format_1
-    from .models.ecg_wav2vec2 import upgrade_saved_model_cfg  # here: the models import this module
-
-    upgrade_saved_model_cfg(state["cfg"].get("model"))
-    task_state_from_format_1(state)
+# Format n -> n + 1: the steps that fill in what a checkpoint of format n lacks. The task state's
+# are here; a layer above registers its own part (the encoder its config's, in models/ecg_wav2vec2.py),
+# so that this reader imports nothing above it. A new saved setting (a lead-masking mode, a
+# calibration, export metadata) raises CURRENT_FORMAT and registers the step that fills it.
+UPGRADES: dict[int, list[Callable[[dict], None]]] = {1: [task_state_from_format_1]}
 
 
-# Format n -> n + 1, one step each; a new saved setting (a lead-masking mode, a calibration, export
-# metadata) raises CURRENT_FORMAT and registers the step that fills it for older checkpoints here.
-UPGRADES: dict[int, Callable[[dict], None]] = {1: _from_format_1}
+def register_upgrade(from_format: int) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:
+    """Decorator: ``step(state)`` is part of upgrading a checkpoint of ``from_format``, in place."""
+    def add(step: Callable[[dict], None]) -> Callable[[dict], None]:
+        UPGRADES.setdefault(from_format, []).append(step)
+        return step
+    return add
 
 
 def upgrade_checkpoint(state: dict, path: Path | str = "the checkpoint") -> dict:
@@ -118,14 +119,13 @@ def upgrade_checkpoint(state: dict, path: Path | str = "the checkpoint") -> dict
     ``_upgrade_state_dict`` does for its own configs: the one place that knows older checkpoints.
     Every reader calls it (``load_checkpoint``, and fairseq's own reader as the plugin patches it
     in :mod:`fairseq_ecg.resume`). Returns ``state``."""
-    from .data.model_input import CURRENT_FORMAT, FORMAT_VERSION, checkpoint_format
-
     version = checkpoint_format(state)
     if version > CURRENT_FORMAT:
         raise CheckpointError(f"{path}: a checkpoint of format {version}, written by a newer fairseq_ecg (this one reads "
                               f"formats 1-{CURRENT_FORMAT}): upgrade fairseq_ecg")
     while version < CURRENT_FORMAT:
-        UPGRADES[version](state)
+        for step in UPGRADES.get(version, ()):
+            step(state)
         version += 1
         state["task_state"][FORMAT_VERSION] = version
     return state

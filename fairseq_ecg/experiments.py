@@ -34,7 +34,8 @@ from omegaconf import OmegaConf
 from .launcher import PreloadedLauncher, subprocess_launcher
 from .leads import lead_list, lead_set_name, parse_leads
 from .models.encoder import FEATURE_GRAD_MULT_BY_INIT
-from .manifest import ManifestError, identify_test_missing, read_manifest
+from .manifest import ManifestError, read_manifest
+from .prepared import GALLERY, PROBE, TASK_FOLDERS, held_out, identify_test_missing
 from .spreadsheet import csv_writer
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -93,7 +94,7 @@ PRESETS = {
 CHECKPOINT = "checkpoint_best.pt"  # what a fine-tuning or evaluation reads from the run before it
 METRICS_FILE = "metrics.json"  # what the report reads from an evaluation
 FINETUNE_CONFIG = {"classification": "classification", "identification": "identification"}
-FINETUNE_DATA = {"classification": "finetune", "identification": "identify"}
+FINETUNE_DATA = {task: TASK_FOLDERS[f"ecg_{task}"] for task in ("classification", "identification")}
 # reported figures come from the test patients; valid (other patients) chose checkpoint_best
 VALID_SUBSET = {"classification": "test", "identification": "test"}
 
@@ -686,7 +687,7 @@ def test_leads_notes(s: Settings) -> list[str]:
     notes = []
     for task in s.tasks:
         folder = s.data / FINETUNE_DATA[task]
-        names = ["test.tsv"] if task == "classification" else ["test_gallery.tsv", "test_probe.tsv"]
+        names = ["test.tsv"] if task == "classification" else [f"{held_out('test', role)}.tsv" for role in (GALLERY, PROBE)]
         patterns: dict[str, int] = {}
         for name in names:
             try:

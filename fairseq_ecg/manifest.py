@@ -328,24 +328,8 @@ def load_waveform(path: Path | str, start: int = 0, length: Optional[int] = None
     return np.array(array[:, start:stop], dtype=np.float32)
 
 
-def identify_test_missing(folder: Path | str) -> str:
-    """Why an ``identify/`` folder has no test gallery/probe, in one line with the fix; "" when it
-    has them. Folders prepared before the test split existed hold ``valid_gallery``/``valid_probe``
-    of the valid and test patients together (scores on them are optimistic: the checkpoint was
-    chosen there); re-running the same ``fairseq-ecg-manifest`` command reuses every waveform and
-    writes the four files from disjoint patients."""
-    folder = Path(folder)
-    needed = [folder / f"test_{role}.tsv" for role in ("gallery", "probe")]
-    if all(path.is_file() for path in needed):
-        return ""
-    return (f"{needed[0]} not found: {folder} was prepared before identification had a test split (its "
-            "valid_gallery/valid_probe joined the valid and test patients); re-run the same "
-            "fairseq-ecg-manifest command (it reuses the waveforms) to write valid_* and test_* from disjoint patients")
-
-
 __all__ = [
-    "identify_test_missing",
-    "COLUMNS", "Manifest", "ManifestError", "ManifestRow", "atomic_save_npy", "atomic_write_text",
+        "COLUMNS", "Manifest", "ManifestError", "ManifestRow", "atomic_save_npy", "atomic_write_text",
     "check_waveforms", "label_path", "load_waveform", "mask_to_string", "read_classes", "read_labels",
     "read_manifest", "write_classes", "write_labels", "write_manifest",
 ]

@@ -6,7 +6,7 @@
         [--min-seconds 5] [--finetune-train-limit N] [--ptbxl-labels TASK] [--force]
 
 Records stream through a process pool one at a time (memory stays bounded whatever the archive
-size): each is read (:mod:`fairseq_ecg.records`), resampled with an anti-aliasing polyphase
+size): each is read (:mod:`fairseq_ecg.sources`), resampled with an anti-aliasing polyphase
 filter and written as ``DIR/waves/<relative name>.npy``. ``DIR/records.tsv`` is a journal,
 appended as records finish: a re-run (after a crash or Ctrl-C) reuses every record it lists whose
 ``.npy`` is there with the listed shape, and the final files come out byte for byte as an
@@ -47,6 +47,8 @@ from .manifest import (
     CLASSES_FILE, EXIT_MACHINE_ERROR, LABEL_SUFFIX, MachineError, ManifestError, ManifestRow, atomic_save_npy,
     atomic_write_text, label_path, machine_error, read_manifest, write_classes, write_labels, write_manifest,
 )
+from .prepared import (DUPLICATES, FINETUNE, IDENTIFY, IDENTIFY_HELD_OUT, GALLERY, JOURNAL, PRETRAIN, PRETRAIN_SPLITS,
+                       PROBE, SALT_FILE, SKIPPED, SPLITS, STATEMENTS, WAVES, held_out, prepared_files)
 from .sources.physionet2021 import ptbxl_ecg_id
 from .sources import (
     AUTO, DEFAULT_BOUNDS, DEFAULT_MIN_SECONDS, MAT_NAMED_NOTE, Bounds, PATIENTS_CSV, UNKNOWN_LEAD_NOTE, PTBXL_DATABASE, LayoutError, RecordError, RecordRef, detect_layout, unread_files, MIXED_LAYOUTS,
@@ -55,19 +57,11 @@ from .sources import (
 from .sources.ptbxl import ptbxl_task_refs
 
 PROG = "fairseq-ecg-manifest"
-WAVES = "waves"
-JOURNAL = "records.tsv"
 JOURNAL_MARK = f"# {PROG} journal"  # how a journal's first line starts: a folder holding one is prepared
-SKIPPED = "skipped.tsv"
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
                    "statement", "sha256", "note")
 DIGEST = JOURNAL_COLUMNS.index("sha256")
-STATEMENTS = "statements.tsv"
-DUPLICATES = "duplicates.tsv"  # record<TAB>the kept copy<TAB>how the copy was found
-SALT_FILE = "patient_salt.txt"  # the salt of the patient hashes (sources.base.resolve_salt); private
-SPLITS = ("train", "valid", "test")
 SPLIT_BY = ("auto", "strat-fold", "patient-hash")
-IDENTIFY_HELD_OUT = ("valid", "test")  # identify/{split}_gallery.tsv and {split}_probe.tsv
 
 
 @dataclass(frozen=True)
@@ -325,14 +319,6 @@ def journal_text(settings: Settings, outcomes: Iterable[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepared_files() -> dict[str, tuple[str, ...]]:
-    """The files preparation writes, by subfolder of the prepared folder ("": its root), besides
-    ``waves/``."""
-    return {"": (JOURNAL, SKIPPED, STATEMENTS, DUPLICATES, SALT_FILE), "pretrain": ("train.tsv", "valid.tsv"),
-            "finetune": tuple(f"{s}{x}" for s in SPLITS for x in (".tsv", LABEL_SUFFIX)) + (CLASSES_FILE,),
-            "identify": ("train.tsv",) + tuple(f"{s}_{r}.tsv" for s in IDENTIFY_HELD_OUT for r in ("gallery", "probe"))}
-
-
 def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
     """:class:`ManifestError` (one line) when a command that uses a trained model would write over
     what it reads or over a prepared folder: an input file (a manifest with its label file and
@@ -505,21 +491,21 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
         return path
 
     by_split = {split: [g for g in goods if g.split == split] for split in SPLITS}
-    for split in ("train", "valid"):
-        manifest(f"pretrain/{split}.tsv", [g.row for g in by_split[split]])
+    for split in PRETRAIN_SPLITS:
+        manifest(f"{PRETRAIN}/{split}.tsv", [g.row for g in by_split[split]])
     labels = scored_labels() if classes is None else LabelSet(tuple((name,) for name in classes))
-    write_classes(dest / "finetune", labels.names)
+    write_classes(dest / FINETUNE, labels.names)
     for split in SPLITS:
         labelled = [g for g in by_split[split] if g.labelled]
         chosen = labeled_subset(labelled, finetune_train_limit, seed) if split == "train" else labelled
-        path = manifest(f"finetune/{split}.tsv", [g.row for g in chosen])
+        path = manifest(f"{FINETUNE}/{split}.tsv", [g.row for g in chosen])
         write_labels(path, [labels.label_tokens(g.codes, g.known) for g in chosen])
     records_of: dict[str, list[Good]] = {}
     for good in goods:
         records_of.setdefault(good.row.patient, []).append(good)
     repeated = {p: rs for p, rs in records_of.items() if len(rs) >= 2}  # each in sorted record order
     identify_train = [g.row for g in goods if g.row.patient in repeated and g.split == "train"]
-    manifest("identify/train.tsv", identify_train)
+    manifest(f"{IDENTIFY}/train.tsv", identify_train)
     # valid patients choose the checkpoint, test patients (never seen in that choice) are reported
     for split in IDENTIFY_HELD_OUT:
         gallery, probe = [], []
@@ -527,8 +513,8 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
             rows = repeated.get(good.row.patient)
             if rows:
                 (gallery if good is rows[0] else probe).append(good.row)
-        manifest(f"identify/{split}_gallery.tsv", gallery)
-        manifest(f"identify/{split}_probe.tsv", probe)
+        manifest(f"{IDENTIFY}/{held_out(split, GALLERY)}.tsv", gallery)
+        manifest(f"{IDENTIFY}/{held_out(split, PROBE)}.tsv", probe)
     return counts
 
 

@@ -10,7 +10,7 @@ import scipy.io
 from fairseq_ecg.leads import LEADS
 from fairseq_ecg.manifest import read_manifest
 from fairseq_ecg.preparation import main
-from fairseq_ecg.records import RecordRef, read_record
+from fairseq_ecg.sources import RecordRef, read_record
 from fairseq_ecg.synth import synthesize_archive
 
 
@@ -193,7 +193,7 @@ def _numpy_case(folder: Path, scale: float) -> None:
 
 
 def _muse_case(folder: Path) -> None:
-    from fairseq_ecg.synth_sources import muse_document
+    from fairseq_ecg.synth.layouts import muse_document
 
     folder.mkdir(parents=True)
     document = muse_document(SINE, 500, "MRN1", ("Doe", "Jane"), "01-01-1950", ["Sinus rhythm"])
@@ -202,7 +202,7 @@ def _muse_case(folder: Path) -> None:
 
 
 def _dicom_case(folder: Path) -> None:
-    from fairseq_ecg.synth_sources import dicom_dataset
+    from fairseq_ecg.synth.layouts import dicom_dataset
 
     folder.mkdir(parents=True)
     ds = dicom_dataset(SINE, 500, "MRN1", "Doe^Jane", "19500101")
@@ -214,7 +214,7 @@ def _code15_case(folder: Path) -> None:
     """One exam of a tracings dataset 400,000 samples long (chunked: the unwritten chunks take no space)."""
     import h5py
 
-    from fairseq_ecg.synth_sources import CODE15_COLUMNS
+    from fairseq_ecg.synth.layouts import CODE15_COLUMNS
 
     folder.mkdir(parents=True)
     with h5py.File(folder / "exams_part0.hdf5", "w") as h5:
@@ -255,7 +255,7 @@ def test_implausible_record_is_skipped_with_its_bound(tmp_path, capsys, case):
 
 
 def test_bounds_are_options_and_the_defaults_pass_real_archives(tmp_path, capsys):
-    from fairseq_ecg.records import DEFAULT_BOUNDS
+    from fairseq_ecg.sources import DEFAULT_BOUNDS
 
     _numpy_case(tmp_path / "src", 60.0)  # 60 mV: beyond the default, kept with --max-mv 100
     args = [str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--workers", "1"]

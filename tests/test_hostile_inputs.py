@@ -23,7 +23,7 @@ from fairseq_ecg.manifest import (
     Manifest, ManifestError, ManifestRow, check_waveforms, read_classes, read_labels, read_manifest,
     write_classes, write_labels, write_manifest,
 )
-from fairseq_ecg.records import RecordError, discover, read_record
+from fairseq_ecg.sources import RecordError, discover, read_record
 from fairseq_ecg.synth import synthesize_archive
 
 from test_records import write_mat_record

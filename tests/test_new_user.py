@@ -76,10 +76,12 @@ def test_other_settings_stop_and_resume_anyway_resumes(small_data, tmp_path):
 
 def make_old_checkpoint(save: Path) -> None:
     """Turn a run's folder into one written before model.rlm_mode existed: neither its checkpoints'
-    saved configuration nor its run_settings.json has the field."""
+    saved configuration nor its run_settings.json has the field, and its checkpoints are of format 1
+    (written before the format was recorded)."""
     for path in save.glob("*.pt"):
         state = torch.load(path, weights_only=True)
         state["cfg"]["model"].pop("rlm_mode", None)
+        state["task_state"].pop("format_version", None)
         torch.save(state, path)
     record = json.loads((save / "run_settings.json").read_text())
     record["settings"].pop("model.rlm_mode")

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fairseq_ecg.checkpoints import load_checkpoint
+from fairseq_ecg.checkpoints import load_checkpoint, upgrade_checkpoint
 from fairseq_ecg.data import EcgSegmentDataset
 from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
 from fairseq_ecg.manifest import ManifestRow, read_manifest, write_classes, write_labels, write_manifest
-from fairseq_ecg.checkpoints import upgrade_checkpoint
 from fairseq_ecg.data.model_input import ModelInput
 from fairseq_ecg.normalization import normalize_mode, resolve_normalization
 from fairseq_ecg.predict import load_predictor
@@ -226,6 +225,35 @@ def test_pretraining_records_its_mode(tiny_pretrained):
     assert ModelInput.of_checkpoint(state).normalize == "none"
 
 
+def test_a_checkpoint_of_format_1_is_upgraded_in_one_place_and_a_newer_one_refused(tiny_pretrained, tmp_path):
+    """Every reader (the plugin's and fairseq's, as patched) brings a checkpoint written before the
+    format was recorded to format 2: its normalisation (a boolean then), trained leads and the
+    encoder settings that version trained with; a checkpoint of a newer format is refused in one
+    line (issue 21 item 1)."""
+    from fairseq import checkpoint_utils
+
+    from fairseq_ecg.checkpoints import CheckpointError
+    from fairseq_ecg.models.ecg_wav2vec2 import RLM_MODE_BEFORE_THE_OPTION
+
+    state = torch.load(tiny_pretrained, weights_only=True)
+    assert state["task_state"]["format_version"] == 2 and state["task_state"]["trained_leads"] == "12"
+    for key in ("format_version", "normalize", "trained_leads"):
+        del state["task_state"][key]
+    state["cfg"]["task"]["normalize"] = True
+    del state["cfg"]["model"]["rlm_mode"]
+    torch.save(state, tmp_path / "old.pt")
+    for read in (load_checkpoint, checkpoint_utils.load_checkpoint_to_cpu):
+        upgraded = read(str(tmp_path / "old.pt"))
+        assert upgraded["task_state"] == {**upgraded["task_state"], "format_version": 2, "normalize": "segment",
+                                          "trained_leads": "12"}, read
+        assert upgraded["cfg"]["model"]["rlm_mode"] == RLM_MODE_BEFORE_THE_OPTION
+        assert ModelInput.of_checkpoint(upgraded) == ModelInput(500.0, 2500, "12", "segment")
+    state["task_state"]["format_version"] = 3
+    torch.save(state, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match=r"new.pt: a checkpoint of format 3, written by a newer fairseq_ecg"):
+        load_checkpoint(tmp_path / "new.pt")
+
+
 def test_records_lacking_leads_the_model_is_fed_are_counted_and_named(imported, data, tmp_path):
     """Two-lead records under a 12-lead model were zero-filled without a word (issue 23 item 2):
     predict, embed and fairseq-validate each count them once, by the leads they lack, and the
@@ -325,7 +353,7 @@ def test_embed_skips_bad_records_by_predicts_rules(imported, tmp_path):
     from pydicom.dataelem import RawDataElement
 
     from fairseq_ecg.embed import main as embed_main
-    from fairseq_ecg.synth_sources import dicom_dataset
+    from fairseq_ecg.synth.layouts import dicom_dataset
 
     folder = tmp_path / "manifest"
     folder.mkdir()

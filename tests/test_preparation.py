@@ -17,7 +17,7 @@ import scipy.io
 from fairseq_ecg.labels import scored_labels
 from fairseq_ecg.manifest import read_classes, read_labels, read_manifest
 from fairseq_ecg.preparation import main, split_of
-from fairseq_ecg.records import resample
+from fairseq_ecg.sources import resample
 from fairseq_ecg.synth import synthesize_archive, synthesize_signal
 
 from test_records import _bad_records, write_mat_record

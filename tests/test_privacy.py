@@ -12,10 +12,11 @@ import pytest
 
 from fairseq_ecg import embed, importer, predict
 from fairseq_ecg.manifest import read_manifest
-from fairseq_ecg.preparation import SALT_FILE, main
+from fairseq_ecg.prepared import SALT_FILE
+from fairseq_ecg.preparation import main
 from fairseq_ecg.sources import PATIENT_SALT_ENV
 from fairseq_ecg.synth import synthesize_archive
-from fairseq_ecg.synth_sources import SURNAMES
+from fairseq_ecg.synth.layouts import SURNAMES
 from signals_reference import signals_checkpoint
 
 OLD_PUBLIC_SALT = "fairseq_ecg patient id"  # the default before: anyone could hash guessed MRNs with it

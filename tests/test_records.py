@@ -10,7 +10,7 @@ import wfdb
 
 from fairseq_ecg.labels import PTBXL_SCP_TO_SNOMED
 from fairseq_ecg.leads import LEADS
-from fairseq_ecg.records import (
+from fairseq_ecg.sources import (
     RecordError, RecordRef, discover, read_record, resample, resample_factors, resampled_length,
 )
 from fairseq_ecg.synth import synthesize_archive, synthesize_signal

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from fairseq_ecg.labels import UNKNOWN, scored_labels
 from fairseq_ecg.manifest import read_labels, read_manifest
 from fairseq_ecg.metrics import classification_metrics
-from fairseq_ecg.preparation import SALT_FILE, main
+from fairseq_ecg.prepared import SALT_FILE
+from fairseq_ecg.preparation import main
 from fairseq_ecg.sources import (LayoutError, RecordError, detect_layout, discover, layouts, patient_salt_from, read_record,
                                  resample)
 from fairseq_ecg.synth import synthesize_archive, synthesize_signal
@@ -266,7 +267,7 @@ def _all_output_text(dest: Path) -> str:
 
 
 def test_muse_round_trip_derives_the_limb_leads_and_copies_nothing_identifying(tmp_path):
-    from fairseq_ecg.synth_sources import SURNAMES
+    from fairseq_ecg.synth.layouts import SURNAMES
 
     src = tmp_path / "muse"
     written = synthesize_archive(src, records=12, patients=4, seed=5, layout="muse_xml")
@@ -302,7 +303,7 @@ def _without_last(data: bytes, part: bytes) -> bytes:
 
 
 def test_muse_exports_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_path):
-    from fairseq_ecg.synth_sources import muse_document
+    from fairseq_ecg.synth.layouts import muse_document
 
     src = tmp_path / "muse"
     src.mkdir()
@@ -336,7 +337,7 @@ def test_muse_exports_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_
 # --- DICOM ------------------------------------------------------------------------------------
 
 def test_dicom_round_trip_takes_the_rhythm_group_and_copies_nothing_identifying(tmp_path):
-    from fairseq_ecg.synth_sources import DICOM_UV_PER_BIT, SURNAMES
+    from fairseq_ecg.synth.layouts import DICOM_UV_PER_BIT, SURNAMES
 
     src = tmp_path / "dicom"
     written = synthesize_archive(src, records=12, patients=4, seed=6, layout="dicom")
@@ -359,7 +360,7 @@ def test_dicom_round_trip_takes_the_rhythm_group_and_copies_nothing_identifying(
 def test_dicom_objects_it_cannot_read_faithfully_are_skipped_with_the_reason(tmp_path):
     import pydicom
 
-    from fairseq_ecg.synth_sources import dicom_dataset
+    from fairseq_ecg.synth.layouts import dicom_dataset
 
     src = tmp_path / "dicom"
     src.mkdir()

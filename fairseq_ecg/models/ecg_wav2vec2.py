@@ -24,6 +24,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
 from fairseq.modules import Fp32GroupNorm, GumbelVectorQuantizer
 from fairseq.utils import index_put
 
+from ..checkpoints import register_upgrade
 from ..errors import EcgError
 from ..precision import full_precision
 
@@ -180,6 +181,11 @@ def upgrade_saved_model_cfg(model_cfg) -> None:
                 model_cfg["rlm_mode"] = RLM_MODE_BEFORE_THE_OPTION
         else:
             model_cfg["rlm_mode"] = RLM_MODE_BEFORE_THE_OPTION
+
+
+@register_upgrade(from_format=1)
+def _model_cfg_from_format_1(state: dict) -> None:
+    upgrade_saved_model_cfg(state["cfg"].get("model"))
 
 
 def masked_time_mean(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:

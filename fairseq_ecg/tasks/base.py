@@ -18,11 +18,10 @@ from ..leads import lead_change, lead_set_name, missing_leads_summary, parse_lea
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 from ..normalization import AUTO, normalize_mode, resolve_normalization
 from ..precision import PRECISION_CHOICES, AutocastForward
+from ..prepared import TASK_FOLDERS
 
 logger = logging.getLogger(__name__)
 
-# The subfolder of fairseq-ecg-manifest's output (DEST) that each registered task reads.
-TASK_FOLDERS = {"ecg_pretraining": "pretrain", "ecg_classification": "finetune", "ecg_identification": "identify"}
 
 
 @dataclass

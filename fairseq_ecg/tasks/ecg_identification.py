@@ -26,13 +26,13 @@ from fairseq.tasks import register_task
 from ..bootstrap import interval_text
 from ..criterions.arcface import record_embeddings
 from ..data import EcgSegmentDataset
-from ..manifest import Manifest, ManifestError, identify_test_missing, read_manifest
+from ..manifest import Manifest, ManifestError, read_manifest
+from ..prepared import GALLERY, PROBE, held_out, identify_test_missing
 from ..record_results import IdentificationResults, results_file, row_names, write_identification_results
 from .base import EcgTask, EcgTaskConfig
 
 logger = logging.getLogger(__name__)
 
-GALLERY, PROBE = "gallery", "probe"
 
 
 class GalleryProbeDataset(EcgSegmentDataset):
@@ -93,13 +93,13 @@ class EcgIdentificationTask(EcgTask):
         return len(self.patients)
 
     def _pair_exists(self, split: str) -> bool:
-        return all((Path(self.cfg.data) / f"{split}_{role}.tsv").is_file() for role in (GALLERY, PROBE))
+        return all((Path(self.cfg.data) / f"{held_out(split, role)}.tsv").is_file() for role in (GALLERY, PROBE))
 
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs) -> None:
         common = dict(segment_samples=self.segment_samples, leads=self.cfg.leads, normalize=self.normalize_mode,
                       seed=self.cfg.seed)
         if self._pair_exists(split):
-            gallery, probe = (self.read_split(f"{split}_{role}") for role in (GALLERY, PROBE))
+            gallery, probe = (self.read_split(held_out(split, role)) for role in (GALLERY, PROBE))
             manifest = _joined(gallery, probe)
             ids = {patient: i for i, patient in enumerate(sorted({row.patient for row in manifest.rows}))}
             targets = np.array([ids[row.patient] for row in manifest.rows], dtype=np.int64)

@@ -1,47 +1,25 @@
-"""Synthetic 12-lead ECG archives in the on-disk formats of the real ones.
+"""The synthetic ECG signal and the WFDB archives (PhysioNet/CinC 2021, PTB-XL) written from it.
 
-No machine here reaches PhysioNet, so demos and tests need records that look like the real
-archives on disk and in the signal: labels a classifier can learn, several records per patient.
 The signal is a 3-D heart vector, one Gaussian bump per wave (P, Q, R, S, T, and the extra forces
 of bundle branch blocks), projected to I, II, V1-V6 with the Dower coefficients; III, aVR, aVL and
 aVF follow exactly from Einthoven and Goldberger. A patient is a seeded draw of wave vectors,
 widths, axis, heart rate and morphology classes; each record draws its rhythm, premature beats,
-noise and baseline wander. Deterministic for a seed: same arguments, same bytes.
-
-* ``physionet2021``: ``OUT/training/<source>/g<k>/<NAME>.hea`` + ``.mat`` (MATLAB v4, int16 ``val``,
-  format ``16+24``, 1000/mV, ``#Dx`` SNOMED CT codes) with the sources at their real rates
-  (cpsc_2018 and georgia 500 Hz, st_petersburg_incart 257 Hz, ptb 1000 Hz). The Challenge data
-  carry no patient ids, so ``OUT/patients.csv`` (columns ``record,patient``) gives them; the
-  manifest tool reads it as its optional labels/patients CSV.
-* ``numpy``, ``code15``, ``mimic_iv_ecg``, ``muse_xml``, ``dicom``: see :mod:`fairseq_ecg.synth_sources`.
-* ``ptbxl``: ``OUT/ptbxl_database.csv`` + ``OUT/scp_statements.csv`` (a subset of the real statement
-  table, :data:`SCP_STATEMENTS`, with its first seven columns) and WFDB format-16 records in
-  ``records500/00000/00001_hr`` (500 Hz) and ``records100/00000/00001_lr`` (100 Hz, decimated),
-  10 s each, folds 1-10 assigned by patient, labels as SCP statements
-  (mapped back with :data:`fairseq_ecg.labels.PTBXL_SCP_TO_SNOMED`; PTB-XL has no axis statement,
-  so left/right axis deviation is written as LAFB/LPFB).
-
-Command line: ``fairseq-ecg-synth OUT --records N --patients P --seed S [--layout ...]``.
+noise and baseline wander. The layouts: :mod:`fairseq_ecg.synth`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import scipy.io
 import scipy.signal
 
-from .errors import EcgError
-from .labels import PTBXL_SCP_TO_SNOMED as SCP
-from .labels import scored_labels
-from .leads import LEADS
+from ..labels import PTBXL_SCP_TO_SNOMED as SCP
+from ..leads import LEADS
 
 LAYOUTS = ("physionet2021", "ptbxl", "numpy", "code15", "mimic_iv_ecg", "muse_xml", "dicom")
 GAIN = 1000  # ADC units per mV, as in both archives
@@ -123,7 +101,7 @@ SOURCES = (
     Source("ptb", "S", 1000, (10, 15, 20), (0.5, 0.3, 0.2), 0.13),
 )
 PTBXL_SOURCE = Source("ptb-xl", "", 500, (10,), (1.0,), 1.0)
-# The other layouts (fairseq_ecg.synth_sources): rates and lengths of the real archives.
+# The other layouts (fairseq_ecg.synth.layouts): rates and lengths of the real archives.
 LAYOUT_SOURCES = {
     "ptbxl": PTBXL_SOURCE,
     "numpy": Source("numpy", "", 500, (10, 12), (0.5, 0.5), 1.0),
@@ -459,30 +437,13 @@ def _write_ptbxl_tables(out: Path, rows: list, patients: int, seed: int) -> None
                [[statement, *row] for statement, row in SCP_STATEMENTS.items()])
 
 
-def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed: int = 0,
-                       layout: str = "physionet2021") -> list[SynthRecord]:
-    """Write a synthetic archive under ``out`` (which must be empty or absent) and return what
-    was written, in record order."""
-    out = Path(out)
-    if layout not in LAYOUTS:
-        raise EcgError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if seed < 0:
-        raise EcgError(f"the seed must be >= 0 (got {seed})")
-    if records < 1 or not 1 <= patients <= records:
-        raise EcgError(f"need records >= 1 and 1 <= patients <= records (got {records}, {patients})")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not an empty folder")
-    owner = assign_patients(records, patients, np.random.default_rng([seed, 0]))
-    people = [make_patient(seed, p, layout) for p in range(patients)]
-    if layout not in ("physionet2021", "ptbxl"):  # the formats of fairseq_ecg.sources' other readers
-        from .synth_sources import WRITERS
-
-        out.mkdir(parents=True, exist_ok=True)
-        return WRITERS[layout](out, people, owner.tolist(), seed)
+def write_wfdb_archive(out: Path, people: list, owner: list[int], seed: int, layout: str) -> list[SynthRecord]:
+    """The ``physionet2021`` or ``ptbxl`` archive of ``people`` (record i belongs to
+    ``people[owner[i]]``) under ``out``; returns what was written, in record order."""
     written: list[SynthRecord] = []
     per_source: Counter = Counter()
     table = []
-    for index, p in enumerate(owner.tolist()):
+    for index, p in enumerate(owner):
         patient = people[p]
         plan = _plan_record(seed, index, patient)
         val = quantise(_render(seed, index, patient, plan, noise=True))
@@ -510,44 +471,7 @@ def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed:
         rows = sorted([r.name, r.patient] for r in written)
         _write_csv(out / "patients.csv", ["record", "patient"], rows)
     else:
-        _write_ptbxl_tables(out, table, patients, seed)
+        _write_ptbxl_tables(out, table, len(people), seed)
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console script ``fairseq-ecg-synth``: write an archive and print a one-line summary."""
-    parser = argparse.ArgumentParser(prog="fairseq-ecg-synth", description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path, help="folder to create (must be empty or absent)")
-    parser.add_argument("--records", type=int, required=True, help="number of records")
-    parser.add_argument("--patients", type=int, help="number of patients (default records/3)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="physionet2021")
-    args = parser.parse_args(argv)
-    patients = args.patients if args.patients is not None else max(1, args.records // 3)
-    for flag, value, least in (("--records", args.records, 1), ("--patients", patients, 1),
-                               ("--seed", args.seed, 0)):
-        if value < least:
-            parser.error(f"{flag} must be at least {least} (got {value})")
-    if patients > args.records:
-        parser.error(f"--patients ({patients}) cannot exceed --records ({args.records})")
-    start = time.perf_counter()
-    try:
-        written = synthesize_archive(args.out, args.records, patients, args.seed, args.layout)
-    except (OSError, EcgError) as error:
-        print(f"fairseq-ecg-synth: error: {error}", file=sys.stderr)
-        return 1
-    names = {**{code: abbr for code, (abbr, _, _) in CLASSES.items()}, **_EXTRA_NAMES}
-    scored = scored_labels()  # CODE-15% writes equivalent codes (59118001 for RBBB): name their class
-    represent = {code: scored.classes[i][0] for code, i in scored.code_to_index.items()}
-    classes_of = [{represent.get(c, c) for c in r.codes} for r in written]
-    found = sorted(set().union(*classes_of), key=list(names).index)
-    counts = {names[c]: sum(c in codes for codes in classes_of) for c in found}
-    rates = sorted(Counter(r.sample_rate for r in written).items())
-    print(f"wrote {len(written)} records of {patients} patients to {args.out} ({args.layout}); "
-          f"rates {', '.join(f'{fs} Hz: {n}' for fs, n in rates)}; classes "
-          f"{', '.join(f'{k}={v}' for k, v in counts.items())}; {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .leads import LEADS
-from .synth import GAIN, SynthRecord, _plan_record, _render, _write_header, quantise
+from ..leads import LEADS
+from .signals import SynthRecord, _plan_record, _render, _write_header
 
 CODE15_COLUMNS = ["exam_id", "age", "is_male", "nn_predicted_age", "1dAVb", "RBBB", "LBBB", "SB", "ST", "AF",
                   "patient_id", "death", "timey", "normal_ecg", "trace_file"]
@@ -76,8 +76,8 @@ def write_numpy(out: Path, people, owner, seed: int) -> list[SynthRecord]:
 def write_code15(out: Path, people, owner, seed: int, parts: int = 2) -> list[SynthRecord]:
     import h5py
 
-    from .sources.code15 import CODE15_SAMPLES, CODE15_TO_SNOMED
-    from .synth import AF, CLBBB, CRBBB, IAVB, SB, STACH
+    from ..sources.code15 import CODE15_SAMPLES, CODE15_TO_SNOMED
+    from .signals import AF, CLBBB, CRBBB, IAVB, SB, STACH
 
     flags = {"1dAVb": IAVB, "RBBB": CRBBB, "LBBB": CLBBB, "SB": SB, "ST": STACH, "AF": AF}
     rng = np.random.default_rng([seed, 15])
@@ -213,7 +213,7 @@ DICOM_UV_PER_BIT = 2.5
 def _dicom_group(signal: np.ndarray, fs: int, label: str, originality: str):
     from pydicom.dataset import Dataset
 
-    from .sources.dicom import MDC_LEADS
+    from ..sources.dicom import MDC_LEADS
 
     code_of = {lead: code for code, lead in MDC_LEADS.items()}
     group = Dataset()
