@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import fairseq_ecg  # noqa: F401
-from fairseq_ecg.importer import _full_config, _save
+from fairseq_ecg.importer import full_config, save_checkpoint
 from fairseq_ecg.labels import SCORED_CLASSES
 from fairseq_ecg.manifest import ManifestRow, write_manifest
 from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
@@ -36,8 +36,8 @@ def write_checkpoint(path: Path, size: str) -> int:
     encoder_args = {**COMMON, **SIZES[size]}
     model_args = {"_name": "ecg_wav2vec2_classifier", "encoder_args": encoder_args, "num_classes": len(SCORED_CLASSES)}
     model = EcgClassifierModel.build_model(EcgClassifierConfig(**{k: v for k, v in model_args.items() if k != "_name"}))
-    cfg = _full_config("ecg_classification", {"data": "???", "normalize": "record"}, model_args, "ecg_bce")
-    _save({"args": None, "cfg": cfg, "model": model.state_dict(), "criterion": None,
+    cfg = full_config("ecg_classification", {"data": "???", "normalize": "record"}, model_args, "ecg_bce")
+    save_checkpoint({"args": None, "cfg": cfg, "model": model.state_dict(), "criterion": None,
            "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {},
                                   "num_updates": 0}],
            "task_state": {"normalize": "record", "classes": SCORED_CLASSES}, "extra_state": {},

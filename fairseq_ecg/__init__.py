@@ -1,9 +1,9 @@
 """fairseq_ecg: lead-agnostic self-supervised ECG learning as a ``common.user_dir`` plugin.
 
 Importing the package registers its tasks, models and criterions with fairseq, makes fairseq's
-checkpoint copies kill-safe (see ``fairseq_ecg.resume``) and has a training run check the settings
-saved beside the checkpoints it would resume (see ``fairseq_ecg.run_settings``); in fairseq's own
-programs it silences what a user cannot act on and makes Ctrl-C one line (``fairseq_ecg.console``).
+checkpoint copies kill-safe (see ``fairseq_ecg.patches.resume``) and has a training run check the settings
+saved beside the checkpoints it would resume (see ``fairseq_ecg.patches.run_settings``); in fairseq's own
+programs it silences what a user cannot act on and makes Ctrl-C one line (``fairseq_ecg.patches.console``).
 """
 import logging
 
@@ -18,11 +18,11 @@ def _no_tensorboardx_notice(record: logging.LogRecord) -> bool:
 logging.getLogger("fairseq.tasks.text_to_speech").addFilter(_no_tensorboardx_notice)
 
 from . import criterions, models, tasks  # noqa: E402,F401  (registration)
-from . import resume  # noqa: E402,F401  (kill-safe checkpoint copies, one-line error for a corrupt checkpoint)
-from . import run_settings  # noqa: E402,F401  (run_settings.json beside checkpoints, stop on other settings)
-from .console import install as _quiet_fairseq_programs  # noqa: E402
+from .patches import resume  # noqa: E402,F401  (kill-safe checkpoint copies, one-line error for a corrupt checkpoint)
+from .patches import run_settings  # noqa: E402,F401  (run_settings.json beside checkpoints, stop on other settings)
+from .patches.console import install as _quiet_fairseq_programs  # noqa: E402
 
-_quiet_fairseq_programs()  # fairseq-hydra-train / -train / -validate only; see fairseq_ecg.console
+_quiet_fairseq_programs()  # fairseq-hydra-train / -train / -validate only; see fairseq_ecg.patches.console
 
 __version__ = "0.1.0"
 

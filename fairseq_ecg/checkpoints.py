@@ -4,7 +4,7 @@ A fairseq checkpoint is a pickle. Every place where the plugin reads one (``mode
 ``fairseq-ecg-embed``, the experiments runner) goes through ``load_checkpoint``, which uses
 ``torch.load(weights_only=True)``; a file that needs more is refused unless the user opts in for a
 file they trust (``FAIRSEQ_ECG_TRUST_CHECKPOINTS=1``); fairseq's own loader, hooked in
-``fairseq_ecg.resume``, follows the same rule whatever torch's ``TORCH_FORCE_*`` switches say. What it loads is checked before any model
+``fairseq_ecg.patches.resume``, follows the same rule whatever torch's ``TORCH_FORCE_*`` switches say. What it loads is checked before any model
 is built from it (:func:`check_settings`): values are as untrusted as pickles.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ DOWNSTREAM_MODELS = ("ecg_wav2vec2_classifier", "ecg_wav2vec2_identifier")
 class CheckpointError(EcgError):
     """A checkpoint that cannot be used; the message names the file and what was expected. Hydra
     (``fairseq-hydra-train``) prints it as its one line; the plugin's ``sys.excepthook`` does so
-    elsewhere (``fairseq-validate``, see ``fairseq_ecg.resume``)."""
+    elsewhere (``fairseq-validate``, see ``fairseq_ecg.patches.resume``)."""
 
 
 TORCH_SWITCHES = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_WEIGHTS_ONLY_LOAD")
@@ -61,11 +61,11 @@ def only_the_plugins_opt_in() -> Iterator[None]:
 def refusal(path: Path | str, error: Exception) -> CheckpointError:
     """The one-line refusal of a file that needs more than tensors to load (torch's weights-only
     ``UnpicklingError``), naming the file, what it holds and the opt-in."""
-    return CheckpointError(f"{path}: refused, the file needs more than tensors to load ({_refusal_reason(error)}); "
+    return CheckpointError(f"{path}: refused, the file needs more than tensors to load ({refusal_reason(error)}); "
                            f"if you trust its source, set {TRUST_ENV}=1")
 
 
-def _refusal_reason(error: Exception) -> str:
+def refusal_reason(error: Exception) -> str:
     """The sentence of torch's weights-only refusal that names what the file holds ("Unsupported
     global: GLOBAL exec ..."), without its terminal colour codes; else its first line."""
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
@@ -118,7 +118,7 @@ def upgrade_checkpoint(state: dict, path: Path | str = "the checkpoint") -> dict
     """Bring a checkpoint written by an older version to the current format, in place, as fairseq's
     ``_upgrade_state_dict`` does for its own configs: the one place that knows older checkpoints.
     Every reader calls it (``load_checkpoint``, and fairseq's own reader as the plugin patches it
-    in :mod:`fairseq_ecg.resume`). Returns ``state``."""
+    in :mod:`fairseq_ecg.patches.resume`). Returns ``state``."""
     version = checkpoint_format(state)
     if version > CURRENT_FORMAT:
         raise CheckpointError(f"{path}: a checkpoint of format {version}, written by a newer fairseq_ecg (this one reads "

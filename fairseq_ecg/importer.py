@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .errors import EcgError
-from .checkpoints import ENCODER_MODEL, CheckpointError, _refusal_reason
+from .checkpoints import ENCODER_MODEL, CheckpointError, refusal_reason
 from .data.model_input import ModelInput
 from .manifest import EXIT_MACHINE_ERROR, MachineError, atomic_output
 from .normalization import MODES, normalize_mode
@@ -82,7 +82,7 @@ def _blocked(error: Exception) -> str:
         if "WeightsUnpickler error:" in line:
             rest = line.split("WeightsUnpickler error:", 1)[1].strip()
             return (rest or (lines[n + 1] if n + 1 < len(lines) else "unsafe content")).rstrip(".")
-    return _refusal_reason(error)
+    return refusal_reason(error)
 
 
 def load_source(path: Path) -> dict:
@@ -317,7 +317,7 @@ def read_label_names(path: Path, count: int) -> list[str]:
     return names
 
 
-def _full_config(task_name: str, task_args: dict, model_args: dict, criterion: str) -> dict:
+def full_config(task_name: str, task_args: dict, model_args: dict, criterion: str) -> dict:
     """A complete fairseq config (as a training run saves it) for the converted checkpoint."""
     from omegaconf import OmegaConf
 
@@ -336,7 +336,7 @@ def _full_config(task_name: str, task_args: dict, model_args: dict, criterion: s
     return OmegaConf.to_container(root, resolve=True, enum_to_str=True)
 
 
-def _save(state: dict, out: Path) -> None:
+def save_checkpoint(state: dict, out: Path) -> None:
     """Serialise in memory, then write: torch's zip writer turns a refused write into a RuntimeError
     ("unexpected pos 64 vs 0") without its errno, which would hide a full disk."""
     serialised = io.BytesIO()
@@ -409,11 +409,11 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
                                           encoder)
         converted = convert_weights(weights, target_model.state_dict(), src, report, classifier=True)
         target_model.load_state_dict(converted, strict=True)
-        cfg = _full_config("ecg_classification", task_args, model_args, "ecg_bce")
+        cfg = full_config("ecg_classification", task_args, model_args, "ecg_bce")
     else:
         converted = convert_weights(weights, encoder.state_dict(), src, report, classifier=False)
         encoder.load_state_dict(converted, strict=True)
-        cfg = _full_config("ecg_pretraining", task_args, args, "wav2vec2_cmsc")
+        cfg = full_config("ecg_pretraining", task_args, args, "wav2vec2_cmsc")
         names = None
     expected = ModelInput(sample_rate=rate, segment_samples=int(round(seconds * rate)), leads=task_args["leads"],
                           normalize=normalize, classes=None if names is None else tuple(names))
@@ -424,7 +424,7 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
         "task_state": expected.task_state(), "extra_state": {"imported_from": str(src), "source_model": name},
         "last_optimizer_state": None,
     }
-    _save(out_state, out)
+    save_checkpoint(out_state, out)
     return report
 
 

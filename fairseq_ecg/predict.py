@@ -27,32 +27,30 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from .errors import EcgError
 from .checkpoints import is_probability
-from .data.ecg_dataset import collate_segments
 from .data.model_input import ModelInput
+from .inference import (RecordBatcher, check_program_outputs, iter_records, record_file_layout, run_over_records,
+                        run_program, unusable_signal, write_skipped)
 from .labels import column_names
 from .leads import NUM_LEADS, lead_change, lead_list, missing_leads_summary, parse_leads
-from .manifest import (EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_output, atomic_write_text,
-                       read_manifest)
-from .metrics import aggregate_by_record
+from .manifest import atomic_output
+from .metrics.classification import aggregate_by_record
 from .models.loading import load_model
 from .normalization import AUTO, MODES, resolve_normalization
-from .preparation import SALT_FROM_HELP, check_outputs, output_salt, salt_beside
+from .preparation import SALT_FROM_HELP, output_salt
 from .sources import AUTO as SOURCE_AUTO
-from .spreadsheet import csv_writer
 from .sources import layouts
+from .spreadsheet import csv_writer
 
 
 @dataclass
@@ -97,14 +95,23 @@ class Predictor:
         reason = unusable_signal(wave, self.sample_rate, self.min_samples)
         if reason:
             raise EcgError(f"the record cannot be classified: {reason}")
-        device = next(self.model.parameters()).device
-        batcher = _Batcher(self, 32, device)
+        batcher = self.batcher(32, next(self.model.parameters()).device)
         batcher.add(0, self.input.segments(wave, leads))
         batcher.flush()
         (_, probs, _), = batcher.finished()
         if isinstance(probs, str):
             raise ValueError(f"the model could not score the record ({probs})")
         return np.asarray(probs, dtype=np.float64)
+
+    def batcher(self, batch_size: int, device: torch.device) -> RecordBatcher:
+        """Segment probabilities [segments, classes] combined per record by the checkpoint's
+        ``aggregate`` (mean or max), as validation combines them."""
+        def forward(net_input: dict) -> np.ndarray:
+            return torch.sigmoid(self.model(**net_input)["logits"].float()).cpu().numpy()
+
+        def combine(parts: np.ndarray) -> np.ndarray:
+            return aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.input.aggregate)[1][0]
+        return RecordBatcher(forward, combine, batch_size, device)
 
     def labels(self, probabilities: np.ndarray, thresholds: Optional[np.ndarray] = None) -> list[str]:
         """The class names at or above their threshold (default: those tuned on valid, else 0.5)."""
@@ -172,195 +179,6 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def model_rate(record, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """A read record's waveform [12, T] float32 at the model's ``sample_rate`` and its leads [12] bool."""
-    from .sources import resample
-
-    return resample(record.signal, record.sample_rate, sample_rate).astype(np.float32), np.asarray(record.present, bool)
-
-
-# One record given as a file, by suffix: the layout that reads it (".npy": an array, --sample-rate)
-RECORD_FILES = {".hea": "wfdb", ".mat": "wfdb", ".dat": "wfdb", ".xml": "muse_xml", ".dcm": "dicom", ".npy": "array"}
-
-
-def record_file_layout(path: Path) -> Optional[str]:
-    """The layout of ``path`` when it names one record (a file of ``RECORD_FILES``, or a WFDB
-    record name whose ``.hea`` is beside it), else None (a manifest, a folder)."""
-    if path.is_dir():
-        return None
-    if path.suffix.lower() in RECORD_FILES:
-        return RECORD_FILES[path.suffix.lower()]
-    return "wfdb" if path.with_name(path.name + ".hea").is_file() else None
-
-
-def read_record_file(path: Path, sample_rate: float,
-                     input_rate: Optional[float] = None) -> tuple[str, object, Optional[np.ndarray]]:
-    """One record from its file, read as its layout reads it in a folder, at ``sample_rate``:
-    (name, waveform [12, T] float32 or the reason it is unusable, its leads [12] bool or None).
-    A ``.npy`` array is [12, T] or [T, 12], leads in the canonical order, in mV, at ``input_rate``."""
-    import shutil
-    import tempfile
-
-    from .sources import RecordError, RecordRef, discover, read_record, resample
-
-    layout = record_file_layout(path)
-    try:
-        if layout == "array":
-            if input_rate is None:
-                raise EcgError(f"{path}: a .npy record needs --sample-rate HZ (its sampling rate; leads "
-                                 f"{','.join(parse_leads('12'))} in that order, in mV)")
-            wave = np.load(path, allow_pickle=False)
-            if wave.ndim != 2 or NUM_LEADS not in wave.shape:
-                return path.stem, f"array of shape {wave.shape}, expected ({NUM_LEADS}, samples) or (samples, {NUM_LEADS})", None
-            wave = np.asarray(wave if wave.shape[0] == NUM_LEADS else wave.T, dtype=np.float64)
-            return path.stem, resample(wave, input_rate, sample_rate).astype(np.float32), np.any(wave != 0, axis=1)
-        if layout == "wfdb":
-            stem = path.name if path.suffix.lower() not in RECORD_FILES else path.stem
-            record = read_record(RecordRef(path=path.parent / stem, name=stem, layout="wfdb"))
-            return (stem, *model_rate(record, sample_rate))
-        with tempfile.TemporaryDirectory() as folder:  # the layout's own discovery, over this file alone
-            shutil.copyfile(path, Path(folder) / path.name)
-            refs = list(discover(Path(folder), layout))
-            if not refs:
-                return path.name, f"not a record of the {layout} layout", None
-            record = read_record(refs[0])
-            return (refs[0].key, *model_rate(record, sample_rate))
-    except RecordError as error:
-        return path.stem, error.reason, None
-    except ValueError:
-        raise
-    except Exception as error:  # a record's failure is said, never a traceback
-        return path.stem, f"{type(error).__name__}: {' '.join(str(error).split())}", None
-
-
-def iter_records(inputs: Path, sample_rate: float, layout: str, input_rate: Optional[float] = None,
-                 ) -> tuple[int, Iterator[tuple[str, object, Optional[np.ndarray]]]]:
-    """(count, iterator of (name, waveform [12, T] float32 or the reason it is unusable, the leads
-    the record has [12] bool or None when unusable)) of a folder, a manifest or one record's file."""
-    if record_file_layout(inputs) is not None:
-        return 1, iter([read_record_file(inputs, sample_rate, input_rate)])
-    if not inputs.exists():
-        raise ManifestError(f"{inputs}: no such file or folder")
-    if inputs.is_dir():
-        from .sources import LayoutError, RecordError, detect_layout, discover, read_record
-
-        try:
-            if layout == SOURCE_AUTO:  # what auto chose, said once
-                print(f"fairseq-ecg-predict: {inputs}: layout {detect_layout(inputs)} (recognised; --layout NAME "
-                      "reads it otherwise)", file=sys.stderr, flush=True)
-            refs = list(discover(inputs, layout))
-        except LayoutError as error:
-            raise ManifestError(str(error)) from None
-        if not refs:
-            raise ManifestError(f"{inputs}: no records found (layout {layout})")
-
-        def from_folder():
-            for ref in refs:
-                try:
-                    record = read_record(ref)
-                    yield (ref.key, *model_rate(record, sample_rate))
-                except RecordError as error:
-                    yield ref.key, error.reason, None
-                except Exception as error:  # a record must never stop the run
-                    yield ref.key, f"{type(error).__name__}: {' '.join(str(error).split())}", None
-        return len(refs), from_folder()
-    manifest = read_manifest(inputs)
-    if not manifest.rows:
-        raise ManifestError(f"{inputs}: no records")
-
-    def from_manifest():
-        for number, row in enumerate(manifest.rows):
-            name = row.record or row.relative_path
-            try:
-                wave = np.load(manifest.file_of(number), mmap_mode="r")
-                if wave.ndim != 2 or wave.shape[0] != NUM_LEADS:
-                    yield name, f"waveform of shape {wave.shape}, expected ({NUM_LEADS}, samples)", None
-                    continue
-                yield name, np.asarray(wave, dtype=np.float32), row.present_leads
-            except Exception as error:
-                yield name, f"{manifest.file_of(number)}: {type(error).__name__}: {' '.join(str(error).split())}", None
-    return len(manifest), from_manifest()
-
-
-def unusable_signal(wave: np.ndarray, sample_rate: float, min_samples: int) -> Optional[str]:
-    """Why a waveform [leads, T] cannot go through the model, or None: predict and embed skip such a
-    record with this reason (a NaN would poison its batch; a record shorter than the encoder's
-    receptive field gives no frame, a convolution error)."""
-    if not np.isfinite(wave).all():
-        return "NaN or Inf samples"
-    if wave.shape[1] < min_samples:
-        return (f"{wave.shape[1]} samples ({wave.shape[1] / sample_rate:.3g} s) is shorter than "
-                f"the model's receptive field of {min_samples} samples")
-    return None
-
-
-def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
-    """``OUT.skipped.tsv`` (record, reason) when records were skipped; an earlier run's is removed."""
-    if skipped:
-        rows = "".join(f"{n}\t{' '.join(r.split())}\n" for n, r in skipped)
-        atomic_write_text(path, "record\treason\n" + rows, clean_stale=True)
-    elif path.exists():
-        path.unlink()
-
-
-class _Batcher:
-    """Collects segments of consecutive records into batches; returns finished records in order."""
-
-    def __init__(self, predictor: Predictor, batch_size: int, device: torch.device) -> None:
-        self.predictor, self.batch_size, self.device = predictor, batch_size, device
-        self.pending: list[tuple[int, torch.Tensor]] = []
-        self.probs: dict[int, list[np.ndarray]] = {}
-        self.expected: dict[int, int] = {}
-        self.failed: dict[int, str] = {}  # record -> why the model could not score it
-
-    @torch.no_grad()
-    def _probabilities(self, segments: Sequence[torch.Tensor]) -> np.ndarray:
-        net_input = {k: v.to(self.device) for k, v in collate_segments(segments).items()}
-        return torch.sigmoid(self.predictor.model(**net_input)["logits"].float()).cpu().numpy()
-
-    def flush(self) -> None:
-        """Score the pending segments; a batch that fails is scored again record by record, so that
-        one record's failure (its reason kept in ``failed``) loses no other record's rows."""
-        if not self.pending:
-            return
-        pending, self.pending = self.pending, []
-        try:
-            probs = self._probabilities([s for _, s in pending])
-        except (RuntimeError, ValueError) as error:
-            if len(pending) == 1 or len({record for record, _ in pending}) == 1:
-                self.failed[pending[0][0]] = f"{type(error).__name__}: {' '.join(str(error).split())}"
-                return
-            for record in dict.fromkeys(r for r, _ in pending):
-                self.pending = [(r, s) for r, s in pending if r == record]
-                self.flush()
-            return
-        for (record, _), p in zip(pending, probs):
-            if record in self.probs:  # not a record that failed in an earlier batch
-                self.probs[record].append(p)
-
-    def add(self, record: int, segments: Sequence[torch.Tensor]) -> None:
-        self.expected[record] = len(segments)
-        self.probs[record] = []
-        for s in segments:
-            self.pending.append((record, s))
-            if len(self.pending) >= self.batch_size:
-                self.flush()
-
-    def finished(self) -> Iterator[tuple[int, Union[np.ndarray, str], int]]:
-        """(record, aggregated probabilities or the reason it failed, segments) of each record whose
-        segments are all scored, in order."""
-        for record in sorted(self.probs):
-            if record in self.failed:
-                del self.probs[record]
-                yield record, self.failed.pop(record), self.expected.pop(record)
-                continue
-            if len(self.probs[record]) < self.expected[record]:
-                break
-            parts = np.stack(self.probs.pop(record))
-            _, combined = aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.predictor.input.aggregate)
-            yield record, combined[0], self.expected.pop(record)
-
-
 def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarray, leads=None,
             batch_size: int = 32, layout: str = SOURCE_AUTO, device: Optional[torch.device] = None,
             progress_seconds: float = 10.0, log=print,
@@ -369,55 +187,25 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     device = device or torch.device("cpu")
     predictor.model.to(device)
     fed = leads if leads is not None else predictor.leads
-    total, records = iter_records(inputs, predictor.sample_rate, layout, input_rate)
-    batcher = _Batcher(predictor, batch_size, device)
+    total, records = iter_records(inputs, predictor.sample_rate, layout, input_rate, log)
     skipped: list[tuple[str, str]] = []
-    names: dict[int, str] = {}
-    present: dict[int, np.ndarray] = {}  # the leads each record has
     predicted_leads: list[np.ndarray] = []
-    written = 0
-    started = last = time.monotonic()
     with atomic_output(out, newline="", clean_stale=True) as handle:
         writer = csv_writer(handle)
         writer.writerow(["record", "segments", "leads", *predictor.columns, "labels"])
-
-        def skip(name: str, reason: str) -> None:
-            skipped.append((name, reason))
-            log(f"skipped {name}: {reason}")
-
-        def write_finished() -> None:
-            nonlocal written
-            for record, probs, count in batcher.finished():
-                if isinstance(probs, str):
-                    skip(names.pop(record), f"the model could not score it ({probs})")
-                    continue
-                labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
-                has = present.pop(record)
-                predicted_leads.append(has)
-                writer.writerow([names.pop(record), count, lead_list(has), *(f"{p:.6f}" for p in probs), labels])
-                written += 1
-
-        for number, (name, wave, has) in enumerate(records):
-            reason = wave if isinstance(wave, str) else unusable_signal(wave, predictor.sample_rate,
-                                                                        predictor.min_samples)
-            if reason:
-                skip(name, reason)
-            else:
-                names[number], present[number] = name, has
-                batcher.add(number, predictor.input.segments(wave, fed))
-            write_finished()
-            now = time.monotonic()
-            if now - last >= progress_seconds:
-                last = now
-                log(f"{number + 1}/{total} records ({len(skipped)} skipped), "
-                    f"{(number + 1) / (now - started):.1f} records/s")
-        batcher.flush()
-        write_finished()
+        for record, probs, count in run_over_records(records, total, predictor.input, predictor.min_samples,
+                                                     predictor.batcher(batch_size, device), fed, progress_seconds, log):
+            if not count:
+                skipped.append((record.name, probs))
+                continue
+            labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
+            predicted_leads.append(record.present)
+            writer.writerow([record.name, count, lead_list(record.present), *(f"{p:.6f}" for p in probs), labels])
     lacking = missing_leads_summary(predicted_leads, fed, "predicted records")
     if lacking:
         log(f"{lacking} (the CSV's leads column names each record's)")
     write_skipped(out.with_suffix(".skipped.tsv"), skipped)
-    return written, skipped
+    return len(predicted_leads), skipped
 
 
 def record_summary(path: Path, predictor: Predictor, thresholds: np.ndarray) -> str:
@@ -460,33 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*weight_norm` is deprecated", category=FutureWarning)
-    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq sets the root logger to DEBUG
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    say = lambda text: print(f"fairseq-ecg-predict: {text}", file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        salt_file = [] if args.salt_from else [salt_beside(args.out)]
-        check_outputs([args.out, args.out.with_suffix(".skipped.tsv"), *salt_file],
-                      [args.inputs, args.checkpoint, *(p for p in [Path(args.thresholds or '')] if p.is_file())])
-        if args.leads is not None:
-            parse_leads(args.leads)
-        predictor = load_predictor(args.checkpoint, args.normalize, log=say)
-        change = lead_change(predictor.leads, args.leads) if args.leads is not None else ""
-        if change:
-            say(f"{change} (--leads)")
-        thresholds = read_thresholds(args.thresholds, predictor, log=say)
-        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-        started = time.monotonic()
-        with output_salt(args.salt_from, args.out):
-            written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
-                                       args.layout, device, args.progress_seconds, log=say, input_rate=args.sample_rate)
-    except MachineError as error:  # the disk, not the input: nothing half-written is kept
-        print(f"fairseq-ecg-predict: error: {error}", file=sys.stderr)
-        return EXIT_MACHINE_ERROR
-    except (EcgError, OSError) as error:  # the user's input; anything else is a bug: its traceback
-        print(f"fairseq-ecg-predict: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    return run_program("fairseq-ecg-predict", parser, args, lambda say: _command(args, say))
+
+
+def _command(args: argparse.Namespace, say) -> int:
+    check_program_outputs([args.out, args.out.with_suffix(".skipped.tsv")],
+                          [args.inputs, args.checkpoint, *(p for p in [Path(args.thresholds or "")] if p.is_file())],
+                          args.salt_from)
+    if args.leads is not None:
+        parse_leads(args.leads)
+    predictor = load_predictor(args.checkpoint, args.normalize, log=say)
+    change = lead_change(predictor.leads, args.leads) if args.leads is not None else ""
+    if change:
+        say(f"{change} (--leads)")
+    thresholds = read_thresholds(args.thresholds, predictor, log=say)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    started = time.monotonic()
+    with output_salt(args.salt_from, args.out):
+        written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
+                                   args.layout, device, args.progress_seconds, log=say, input_rate=args.sample_rate)
     seconds = time.monotonic() - started
     if written and record_file_layout(args.inputs) is not None:  # one ECG: its row on the terminal too
         print(record_summary(args.out, predictor, thresholds))

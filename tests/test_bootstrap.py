@@ -3,12 +3,12 @@ one (a record drawn twice appears twice) and scored with the plain metrics."""
 import numpy as np
 import pytest
 
-from fairseq_ecg.bootstrap import (classification_intervals, classification_resamples, format_interval,
+from fairseq_ecg.metrics.bootstrap import (classification_intervals, classification_resamples, format_interval,
                                    identification_resamples, interval, paired_difference, patient_counts,
                                    weighted_equal_error_rate)
-from fairseq_ecg.criterions.arcface import equal_error_rate, identification_metrics
+from fairseq_ecg.metrics.identification import equal_error_rate, identification_metrics
 from fairseq_ecg.labels import scored_labels
-from fairseq_ecg.metrics import classification_metrics
+from fairseq_ecg.metrics.classification import classification_metrics
 
 
 def _hand_resamples(patients, resamples, seed):

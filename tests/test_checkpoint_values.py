@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import write_random_manifest
-from fairseq_ecg import embed, experiments, importer, predict
+from fairseq_ecg import embed, importer, predict
+from fairseq_ecg.experiments import runner as experiments
 from fairseq_ecg.checkpoints import CheckpointError, conv_feature_layers, load_checkpoint
 from fairseq_ecg.spreadsheet import spreadsheet_text
 from signals_reference import signals_checkpoint

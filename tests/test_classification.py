@@ -14,11 +14,12 @@ from sklearn.metrics import f1_score, roc_auc_score
 from conftest import files_written, one_line_error, run_cli
 from fairseq import checkpoint_utils, metrics
 from fairseq_ecg.checkpoints import CheckpointError
-from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion, ScoredSegments
+from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion
+from fairseq_ecg.metrics.meters import ScoredSegments
 from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
 from fairseq_ecg.leads import LEADS, parse_leads
 from fairseq_ecg.manifest import ManifestError, ManifestRow, write_classes, write_labels, write_manifest
-from fairseq_ecg.metrics import aggregate_by_record, challenge_metric
+from fairseq_ecg.metrics.classification import aggregate_by_record, challenge_metric
 from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig
 from fairseq_ecg.tasks.ecg_classification import EcgClassificationConfig, EcgClassificationTask
 
@@ -345,7 +346,7 @@ def test_validate_predict_and_embed_see_each_record_alike(classify_data, tiny_cl
     from fairseq_ecg.embed import main as embed_main
     from fairseq_ecg.models.loading import load_model
     from fairseq_ecg.predict import main as predict_main
-    from fairseq_ecg.record_results import read_classification_results
+    from fairseq_ecg.metrics.record_results import read_classification_results
 
     checkpoint = tmp_path / f"classifier_{mode}.pt"
     state = torch.load(tiny_classifier, weights_only=True)
@@ -404,14 +405,27 @@ def test_validate_predict_and_embed_see_each_record_alike(classify_data, tiny_cl
         torch.set_num_threads(threads)
 
 
+def test_fairseq_validate_logs_json(classify_data, tiny_classifier):
+    """--log-format json printed each batch's log and failed on the scored segments it carries
+    ("Object of type ScoredSegments is not JSON serializable"): a batch's log is its segment count."""
+    import json
+
+    result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3",
+                     "--log-format", "json", "--log-interval", "1")
+    logged = [json.loads(line[line.index("{"):]) for line in (result.stdout + result.stderr).splitlines()
+              if "{" in line and '"scored"' in line]
+    assert logged and all(int(entry["scored"]) > 0 for entry in logged)  # fairseq writes numbers as text
+
+
 def test_fairseq_validate_prints_intervals_and_writes_per_record_results(classify_data, tiny_classifier, tmp_path):
     """The test figures come with 95% bootstrap intervals over the test patients, and the per-record
     results file holds exactly what they were computed from (issue 19 item 2)."""
-    from fairseq_ecg.bootstrap import classification_intervals, format_interval
+    from fairseq_ecg.metrics.bootstrap import classification_intervals, format_interval
     from fairseq_ecg.labels import scored_labels
     from fairseq_ecg.manifest import read_manifest
-    from fairseq_ecg.metrics import classification_metrics
-    from fairseq_ecg.record_results import read_classification_results
+    from fairseq_ecg.metrics.classification import classification_metrics
+    from fairseq_ecg.metrics.record_results import read_classification_results
 
     out = tmp_path / "results"
     result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO, run_cli, write_random_manifest
-from fairseq_ecg.console import program_name
+from fairseq_ecg.patches.console import program_name
 
 # README, "Quiet runs": a tiny 3-epoch pretraining prints about 60 lines, 18 of them Hydra's own
 # before the plugin is imported; fairseq's 10 KB configuration line and its module tree are gone.

@@ -4,8 +4,8 @@ import csv
 import numpy as np
 import pytest
 
-from fairseq_ecg import experiments
-from fairseq_ecg.report import write_report
+from fairseq_ecg.experiments import runner as experiments
+from fairseq_ecg.experiments.report import write_report
 
 
 def plan_for(tmp_path, *extra):
@@ -98,7 +98,7 @@ def test_metrics_parsed_from_fairseq_validate_output():
 
 
 def test_report_cell_with_one_seed_says_n_1():
-    from fairseq_ecg.report import cell
+    from fairseq_ecg.experiments.report import cell
 
     assert cell([0.5]) == "0.500 (n=1)"  # not "0.500 ± 0.000": one seed has no spread
     assert cell([0.5, 0.7]) == "0.600 ± 0.141 (n=2)"
@@ -347,7 +347,7 @@ def test_report_shows_bootstrap_intervals_and_paired_differences(tmp_path):
     """From the evaluations' per-record results: each headline cell gets the interval of its seeds'
     mean over resampled test patients, and a variant its paired difference to random_init; a real
     gap is starred, a variant equal to the baseline is not (issue 19 item 2)."""
-    from fairseq_ecg.record_results import ClassificationResults, write_classification_results
+    from fairseq_ecg.metrics.record_results import ClassificationResults, write_classification_results
 
     rng = np.random.default_rng(0)
     records, classes = 240, 3

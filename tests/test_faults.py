@@ -4,7 +4,7 @@
   start-up, in training and right after a checkpoint write began, then rerun until it finishes:
   every rerun resumes from checkpoint_last.pt, the update count never goes back, every ``*.pt``
   in the save folder loads after every kill (stock fairseq fails this: it copies a saved
-  checkpoint to checkpoint_best/last.pt non-atomically; fairseq_ecg.resume fixes that);
+  checkpoint to checkpoint_best/last.pt non-atomically; fairseq_ecg.patches.resume fixes that);
 - a truncated checkpoint_last.pt: one line naming it and the checkpoint to resume from, and the
   override it gives works;
 - fairseq-ecg-manifest killed three times mid-run, then finished: the same bytes as one
@@ -495,7 +495,7 @@ def test_experiments_runner_killed_mid_matrix_redoes_only_unfinished_runs(scenar
     out, finished = outcome["out"], outcome["finished"]
     assert out / "runs" / "pretrain" / "w2v_L12_s0" in finished and len(finished) < 5
     # --pretrain-args / --finetune-args come after the preset's overrides, so they win
-    from fairseq_ecg.experiments import PRESETS
+    from fairseq_ecg.experiments.runner import PRESETS
 
     assert (out / "runs" / "pretrain" / "w2v_L12_s0" / "command.sh").read_text().endswith(
         " ".join(PRESETS["demo"]["pretrain"]) + " optimization.max_update=4 task.segment_seconds=1 dataset.batch_size=8\n")

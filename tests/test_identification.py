@@ -14,9 +14,9 @@ from conftest import one_line_error, run_cli
 from fairseq import metrics
 from fairseq.logging import meters as fairseq_meters
 from fairseq_ecg import embed
-from fairseq_ecg.criterions.arcface import (
-    ArcFaceCriterion, EmbeddedSegments, arcface_logits, equal_error_rate, identification_metrics, record_embeddings,
-)
+from fairseq_ecg.criterions.arcface import ArcFaceCriterion, arcface_logits
+from fairseq_ecg.metrics.meters import EmbeddedSegments
+from fairseq_ecg.metrics.identification import equal_error_rate, identification_metrics, record_embeddings
 from fairseq_ecg.manifest import ManifestError, ManifestRow, write_manifest
 from fairseq_ecg.tasks.base import EcgTaskConfig
 from fairseq_ecg.tasks.ecg_identification import EcgIdentificationTask, GalleryProbeDataset
@@ -280,9 +280,9 @@ def test_train_then_fairseq_validate(identify_data, tiny_identifier):
 def test_fairseq_validate_prints_intervals_over_probe_patients(identify_data, tiny_identifier, tmp_path):
     """Top-1 and EER of the test patients come with bootstrap intervals over the probe patients (the
     gallery fixed), reproducible from the per-record results (issue 19 item 2)."""
-    from fairseq_ecg.bootstrap import format_interval, identification_intervals
-    from fairseq_ecg.criterions.arcface import identification_metrics
-    from fairseq_ecg.record_results import read_identification_results
+    from fairseq_ecg.metrics.bootstrap import format_interval, identification_intervals
+    from fairseq_ecg.metrics.identification import identification_metrics
+    from fairseq_ecg.metrics.record_results import read_identification_results
 
     out = tmp_path / "results"
     result = run_cli("fairseq-validate", str(identify_data), "--user-dir", "fairseq_ecg", "--task",

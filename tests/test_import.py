@@ -10,7 +10,7 @@ import torch
 from fairseq_ecg import importer
 from fairseq_ecg.checkpoints import load_checkpoint
 from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
-from fairseq_ecg.models.encoder import EcgEncoderConfig, EcgEncoderModel
+from fairseq_ecg.models.downstream import EcgEncoderConfig, EcgEncoderModel
 from fairseq_ecg.data.model_input import ModelInput
 from fairseq_ecg.models.loading import load_model
 
@@ -173,7 +173,7 @@ def test_allowed_types_are_exactly_the_listed_ones(tmp_path, capsys):
 
 
 def test_experiments_runner_takes_an_imported_row(tmp_path, capsys):
-    from fairseq_ecg import experiments
+    from fairseq_ecg.experiments import runner as experiments
 
     source = tmp_path / "s.pt"
     signals_checkpoint(source, "pretrained")

@@ -1,4 +1,4 @@
-"""Runs forked from a process that imported fairseq once (fairseq_ecg.launcher) compute what their
+"""Runs forked from a process that imported fairseq once (fairseq_ecg.experiments.launcher) compute what their
 ``command.sh`` computes when a user runs it alone."""
 import json
 import multiprocessing
@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from conftest import BIN, REPO
-from fairseq_ecg import experiments
-from fairseq_ecg.launcher import PreloadedLauncher, as_a_fresh_interpreter
+from fairseq_ecg.experiments import runner as experiments
+from fairseq_ecg.experiments.launcher import PreloadedLauncher, as_a_fresh_interpreter
 from fairseq_ecg.preparation import main as prepare
 from fairseq_ecg.synth import synthesize_archive
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import f1_score, roc_auc_score
 
 from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
-from fairseq_ecg.metrics import (
+from fairseq_ecg.metrics.classification import (
     accuracy, aggregate_by_record, challenge_metric, classification_metrics, macro_auprc, macro_auroc, macro_f1,
     tune_thresholds,
 )

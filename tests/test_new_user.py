@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import BIN, REPO, files_written, one_line_error, run_cli, write_random_manifest
-from fairseq_ecg import run_settings
+from fairseq_ecg.patches import run_settings
 from fairseq_ecg.manifest import atomic_save_npy, atomic_write_text, write_manifest
 
 

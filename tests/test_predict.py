@@ -343,7 +343,7 @@ def test_a_record_the_model_fails_on_is_skipped_and_the_batch_scored_without_it(
     written, skipped = predict_module.predict(predictor, folder / "test.tsv", out, np.full(26, 0.5), batch_size=8,
                                               log=lambda _: None)
     assert written == 2 and [r["record"] for r in _read_csv(out)] == ["a", "c"]
-    assert skipped == [("b", "the model could not score it (RuntimeError: injected failure of one record)")]
+    assert skipped == [("b", "the model failed on it (RuntimeError: injected failure of one record)")]
 
 
 def test_embed_skips_bad_records_by_predicts_rules(imported, tmp_path):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fairseq_ecg.labels import UNKNOWN, scored_labels
 from fairseq_ecg.manifest import read_labels, read_manifest
-from fairseq_ecg.metrics import classification_metrics
+from fairseq_ecg.metrics.classification import classification_metrics
 from fairseq_ecg.prepared import SALT_FILE
 from fairseq_ecg.preparation import main
 from fairseq_ecg.sources import (LayoutError, RecordError, detect_layout, discover, layouts, patient_salt_from, read_record,

@@ -13,6 +13,7 @@ import scipy.io
 import wfdb
 
 from fairseq_ecg import synth
+from fairseq_ecg.synth import signals
 from fairseq_ecg.labels import PTBXL_SCP_TO_SNOMED, scored_codes
 from fairseq_ecg.leads import LEADS
 
@@ -56,8 +57,8 @@ def test_wfdb_reads_challenge_records(challenge):
         assert val.dtype == np.int16 and val.shape == (12, record.num_samples)
         assert record.path.with_suffix(".mat").read_bytes()[20:24] == b"val\x00"  # 24-byte header
         np.testing.assert_array_equal(read.p_signal.T, val / 1000.0)
-        np.testing.assert_array_equal(val, synth.quantise(synth.synthesize_signal(record)))
-        assert record.path.parent.parent.name in {s.name for s in synth.SOURCES}
+        np.testing.assert_array_equal(val, signals.quantise(signals.synthesize_signal(record)))
+        assert record.path.parent.parent.name in {s.name for s in signals.SOURCES}
 
 
 def test_written_signal_obeys_einthoven_and_goldberger(challenge):
@@ -69,14 +70,14 @@ def test_written_signal_obeys_einthoven_and_goldberger(challenge):
         assert np.abs(avr + (i + ii) / 2).max() <= 1.5
         assert np.abs(avl - (i - ii / 2)).max() <= 1.5
         assert np.abs(avf - (ii - i / 2)).max() <= 1.5
-        clean = synth.synthesize_signal(record, noise=False)
+        clean = signals.synthesize_signal(record, noise=False)
         np.testing.assert_allclose(clean[2], clean[1] - clean[0], atol=1e-12)
         assert 0.2 < np.ptp(clean, axis=1).max() < 6.0  # millivolts, not volts or microvolts
 
 
 def test_dower_projection():
     vcg = np.random.default_rng(0).normal(size=(3, 50))
-    leads = synth.vcg_to_leads(vcg)
+    leads = signals.vcg_to_leads(vcg)
     np.testing.assert_allclose(leads[LEADS.index("V2")], 0.044 * vcg[0] + 0.164 * vcg[1] - 1.387 * vcg[2])
     np.testing.assert_allclose(leads[LEADS.index("aVF")], leads[1] - leads[0] / 2)
 
@@ -86,7 +87,7 @@ def test_classes_rates_and_lengths_vary(challenge):
     counts = Counter(code for r in records for code in r.codes)
     assert len(counts) >= 8
     assert set(counts) <= set(scored_codes())
-    assert counts.most_common(1)[0][0] == synth.NSR
+    assert counts.most_common(1)[0][0] == signals.NSR
     assert all(r.codes for r in records)
     rates = Counter(r.sample_rate for r in records)
     assert {257, 500, 1000} <= set(rates) and rates[500] > len(records) / 2
@@ -103,7 +104,7 @@ def test_patients_csv_and_persistent_morphology(challenge):
     for record in records:
         per_patient[record.patient].append(record)
     assert len(per_patient) == 60 and all(len(v) >= 2 for v in per_patient.values())
-    morphology = {synth.CRBBB, synth.CLBBB, synth.LAD, synth.RAD, synth.TINV, synth.LQRSV}
+    morphology = {signals.CRBBB, signals.CLBBB, signals.LAD, signals.RAD, signals.TINV, signals.LQRSV}
     for group in per_patient.values():
         assert len({frozenset(morphology & set(r.codes)) for r in group}) == 1
         assert len({r.sample_rate for r in group}) == 1
@@ -116,11 +117,11 @@ def test_fewer_records_than_twice_the_patients(tmp_path):
 
 def test_axis_classes_show_in_the_limb_leads():
     for index in range(120):
-        patient = synth.make_patient(11, index)
+        patient = signals.make_patient(11, index)
         qrs = patient.kinds == 1
-        axis = synth._frontal_axis((patient.vectors[qrs] * patient.widths[qrs, None]).sum(0))
-        assert (synth.LAD in patient.codes) == (axis < -30)
-        assert (synth.RAD in patient.codes) == (axis > 90)
+        axis = signals._frontal_axis((patient.vectors[qrs] * patient.widths[qrs, None]).sum(0))
+        assert (signals.LAD in patient.codes) == (axis < -30)
+        assert (signals.RAD in patient.codes) == (axis > 90)
 
 
 def test_ptbxl_layout(ptbxl):
@@ -144,7 +145,7 @@ def test_ptbxl_layout(ptbxl):
         assert (high.fs, high.sig_len, low.fs, low.sig_len) == (500, 5000, 100, 1000)
         assert high.sig_name == [lead.upper() for lead in LEADS] == low.sig_name
         assert out / row["filename_hr"] == record.path
-        np.testing.assert_allclose(high.p_signal.T, synth.quantise(synth.synthesize_signal(record)) / 1000)
+        np.testing.assert_allclose(high.p_signal.T, signals.quantise(signals.synthesize_signal(record)) / 1000)
     assert len(set(folds.values())) == 10
 
 

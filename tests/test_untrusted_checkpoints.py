@@ -19,7 +19,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import BIN, REPO, write_random_manifest
-from fairseq_ecg import embed, experiments
+from fairseq_ecg import embed
+from fairseq_ecg.experiments import runner as experiments
 from fairseq_ecg.checkpoints import TRUST_ENV, CheckpointError, load_checkpoint, read_encoder
 from fairseq_ecg.labels import SCORED_CLASSES
 from fairseq_ecg.manifest import write_classes, write_labels

@@ -58,7 +58,7 @@ def test_wheel_ships_examples_and_the_runner_uses_them(source, tmp_path):
     packaged = site / "fairseq_ecg" / "examples"
     run(sys.executable, "-c", f"""
 from pathlib import Path
-import fairseq_ecg.experiments as experiments
+import fairseq_ecg.experiments.runner as experiments
 assert Path(experiments.__file__).is_relative_to({str(site)!r}), experiments.__file__
 assert experiments.EXAMPLES_DIR == Path({str(packaged)!r}), experiments.EXAMPLES_DIR
 assert (experiments.EXAMPLES_DIR / "pretrain" / "w2v.yaml").is_file()

@@ -17,21 +17,16 @@ reduces once), and never an average over batches.
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_curve
 
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
-from fairseq.logging import meters as fairseq_meters
-from fairseq.logging.meters import Meter
 
 from ..errors import EcgError
-from ..bootstrap import Intervals, identification_intervals
+from ..metrics.meters import EmbeddedSegments, log_identification
 
 logger = logging.getLogger(__name__)
 
@@ -67,128 +62,6 @@ def arcface_logits(cosine: torch.Tensor, target: torch.Tensor, scale: float, mar
     with_margin = torch.where(true_cos > math.cos(math.pi - margin), with_margin,
                               true_cos - margin * math.sin(margin))
     return cosine.scatter(1, target.unsqueeze(1), with_margin) * scale
-
-
-class EmbeddedSegments(int):
-    """What one validation batch logs: per segment its item ``id``, record (``row``), gallery/probe
-    role, patient and embedding (arrays of equal length).
-
-    fairseq-validate prints every logged value at its log interval, in any ``--log-format``; as an
-    int (the segment count) this prints as a number, JSON included, instead of failing there.
-    """
-
-    def __new__(cls, ids: np.ndarray, rows: np.ndarray, probe: np.ndarray, patients: np.ndarray,
-                embeddings: np.ndarray, split: str = "") -> "EmbeddedSegments":
-        self = super().__new__(cls, len(rows))
-        self.ids, self.rows, self.probe, self.patients, self.embeddings = ids, rows, probe, patients, embeddings
-        self.split = split
-        return self
-
-    def __reduce__(self):  # pickled when fairseq gathers logs from several workers
-        return EmbeddedSegments, (self.ids, self.rows, self.probe, self.patients, self.embeddings, self.split)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def equal_error_rate(same: np.ndarray, scores: np.ndarray) -> float:
-    """Rate where false accepts equal false rejects, linearly interpolated between ROC points;
-    NaN unless both same- and different-patient pairs exist."""
-    same = np.asarray(same, dtype=bool).ravel()
-    if same.all() or not same.any():
-        return float("nan")
-    fpr, tpr, _ = roc_curve(same, np.asarray(scores, dtype=np.float64).ravel())
-    fnr = 1.0 - tpr
-    gap = fnr - fpr  # decreasing from 1 to -1 along the curve
-    i = int(np.argmax(gap <= 0))
-    if i == 0:
-        return float(fpr[0])
-    t = gap[i - 1] / (gap[i - 1] - gap[i])
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
-
-
-def record_embeddings(segments: List[EmbeddedSegments]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per record: mean of its segment embeddings (normalised again), probe flag and patient."""
-    rows = np.concatenate([s.rows for s in segments])
-    embeddings = np.concatenate([s.embeddings for s in segments]).astype(np.float64)
-    records, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    sums = np.zeros((len(records), embeddings.shape[1]))
-    np.add.at(sums, inverse, embeddings)
-    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    probe = np.concatenate([s.probe for s in segments])[first].astype(bool)
-    patients = np.concatenate([s.patients for s in segments])[first]
-    return sums, probe, patients
-
-
-def identification_metrics(embeddings: np.ndarray, probe: np.ndarray, patients: np.ndarray) -> Tuple[float, float]:
-    """(top-1 accuracy, EER) of matching each probe record to the gallery records by cosine.
-
-    ``embeddings`` [records, dim] L2-normalised, ``probe`` [records] True for probes, ``patients``
-    [records]. NaN where the subset lacks probes or gallery records.
-    """
-    gallery, probes = embeddings[~probe], embeddings[probe]
-    if len(gallery) == 0 or len(probes) == 0:
-        return float("nan"), float("nan")
-    scores = probes @ gallery.T
-    gallery_patients, probe_patients = patients[~probe], patients[probe]
-    top1 = float(np.mean(gallery_patients[scores.argmax(axis=1)] == probe_patients))
-    same = probe_patients[:, None] == gallery_patients[None, :]
-    return top1, equal_error_rate(same, scores)
-
-
-class IdentificationMeter(Meter):
-    """Collects ``EmbeddedSegments`` over a validation subset; the metrics are computed (once per
-    state) when read.
-
-    fairseq also logs validation into its long-lived "valid" aggregator, which sees every pass
-    and is saved in checkpoints: an item id that comes again means the subset is being read
-    again, so the meter starts over and holds at most one pass; its saved state is empty.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reset()
-
-    def reset(self) -> None:
-        self.parts: List[EmbeddedSegments] = []
-        self.seen: set = set()
-        self._result: Optional[Tuple[float, float]] = None
-        self._intervals: dict = {}
-
-    def update(self, segments: EmbeddedSegments) -> None:
-        ids = set(segments.ids.tolist())
-        if not self.seen.isdisjoint(ids):
-            self.reset()
-        self.seen |= ids
-        self.parts.append(segments)
-        self._result, self._intervals = None, {}
-
-    def intervals(self, records: int, resamples: int, seed: int) -> Optional[Intervals]:
-        """Bootstrap intervals of top-1 and EER over the probe patients (gallery fixed), once the
-        meter holds all ``records`` of the subset; None before."""
-        if len({int(r) for p in self.parts for r in p.rows}) != records or resamples <= 0:
-            return None
-        key = (records, resamples, seed)
-        if key not in self._intervals:
-            embeddings, probe, patients = record_embeddings([p for p in self.parts if len(p)])
-            self._intervals[key] = identification_intervals(embeddings, probe, patients, resamples, seed)
-            logger.info(f"{self.parts[0].split or 'subset'}: 95% bootstrap intervals from {resamples} resamples of "
-                        f"{len(set(patients[probe].tolist()))} probe patients (gallery fixed)")
-        return self._intervals[key]
-
-    def result(self) -> Tuple[float, float]:
-        if self._result is None:
-            parts = [p for p in self.parts if len(p)]
-            self._result = identification_metrics(*record_embeddings(parts)) if parts else (float("nan"),) * 2
-        return self._result
-
-    @property
-    def smoothed_value(self) -> float:
-        return float(sum(len(p) for p in self.parts))
-
-
-# Resuming a checkpoint saved mid-epoch rebuilds saved meters by class name from this module.
-fairseq_meters.IdentificationMeter = IdentificationMeter
 
 
 @register_criterion("arcface", dataclass=ArcFaceConfig)
@@ -236,15 +109,7 @@ class ArcFaceCriterion(FairseqCriterion):
             metrics.log_scalar("_correct", total("correct"))
             metrics.log_scalar("_count", total("count"))
             metrics.log_derived("accuracy", lambda m: round(m["_correct"].sum / max(m["_count"].sum, 1), 5))
-        parts = [log["identification"] for log in logging_outputs if "identification" in log]
-        if parts:
-            for part in parts:
-                metrics.log_custom(IdentificationMeter, "_identification", part)
-            metrics.log_derived("top1_accuracy", lambda m: round(m["_identification"].result()[0], 5))
-            metrics.log_derived("eer", lambda m: round(m["_identification"].result()[1], 5))
-            # No class loss exists for held-out patients; "loss" is the EER there, so fairseq's default
-            # best_checkpoint_metric (loss, lower is better) and early stopping still track identification.
-            metrics.log_derived("loss", lambda m: round(m["_identification"].result()[1], 5))
+        log_identification([log["identification"] for log in logging_outputs if "identification" in log])
 
     def logging_outputs_can_be_summed(self) -> bool:
         # Training logs are sums (fast multi-worker reduction, CPU included); validation logs carry

@@ -18,7 +18,7 @@ from fairseq.models import register_model
 
 from ..errors import EcgError
 from ..precision import full_precision
-from .encoder import EcgEncoderConfig, EcgEncoderModel
+from .downstream import EcgEncoderConfig, EcgEncoderModel
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``fairseq-ecg-predict``, ``fairseq-ecg-embed`` and the Python API (:class:`fairseq_ecg.predict.Predictor`)
 build their model here; fine-tuning builds its encoder with
-:meth:`~fairseq_ecg.models.encoder.EcgEncoderModel.build_encoder`, which this recipe uses too, and
+:meth:`~fairseq_ecg.models.downstream.EcgEncoderModel.build_encoder`, which this recipe uses too, and
 ``fairseq-validate`` rebuilds through fairseq's own ``load_model_ensemble`` on the same upgraded
 checkpoint (:func:`fairseq_ecg.checkpoints.upgrade_checkpoint`). What the model expects as input
 comes from :class:`~fairseq_ecg.data.model_input.ModelInput`, never from defaults of the caller's.
@@ -54,7 +54,7 @@ def load_model(path: Path | str, part: Literal["classifier", "encoder"] = "class
         CheckpointError: in one line naming the file, for a checkpoint that cannot give ``part``.
     """
     from .ecg_classifier import EcgClassifierConfig, EcgClassifierModel
-    from .encoder import EcgEncoderConfig, EcgEncoderModel
+    from .downstream import EcgEncoderConfig, EcgEncoderModel
 
     path = Path(path)
     state = load_checkpoint(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .base import PATIENTS_CSV, RawRecord, RecordRef, Source, read_record_table, register_source, walk_files
-from .wfdb_folder import _wfdb_refs, read_wfdb
+from .wfdb_folder import wfdb_refs, read_wfdb
 
 
 def ptbxl_ecg_id(ref: RecordRef) -> Optional[tuple[str, int]]:
@@ -46,7 +46,7 @@ class PhysioNet2021(Source):
         if labels_csv is None and (src / PATIENTS_CSV).is_file():
             labels_csv = src / PATIENTS_CSV
         table = read_record_table(labels_csv) if labels_csv else {}
-        yield from _wfdb_refs(src, table, patient_is_name=True)
+        yield from wfdb_refs(src, table, patient_is_name=True)
 
     def read(self, ref: RecordRef) -> RawRecord:
         return read_wfdb(ref.path)

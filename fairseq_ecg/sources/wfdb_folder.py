@@ -27,7 +27,7 @@ from .base import (
 _BYTES_PER_SAMPLE = {"8": 1, "80": 1, "16": 2, "61": 2, "160": 2, "212": 1.5, "24": 3, "32": 4}
 
 
-def _wfdb_refs(src: Path, table: dict, patient_is_name: bool) -> Iterator[RecordRef]:
+def wfdb_refs(src: Path, table: dict, patient_is_name: bool) -> Iterator[RecordRef]:
     found = []
     for header in src.rglob("*.hea"):
         if header.name.startswith(".") or not header.is_file():
@@ -346,7 +346,7 @@ class WfdbFolder(Source):
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         table = read_record_table(labels_csv) if labels_csv else {}
-        yield from _wfdb_refs(src, table, patient_is_name=False)
+        yield from wfdb_refs(src, table, patient_is_name=False)
 
     def read(self, ref: RecordRef) -> RawRecord:
         return read_wfdb(ref.path)

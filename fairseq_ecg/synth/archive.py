@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import EcgError
 from ..labels import scored_labels
 from .layouts import WRITERS
-from .signals import _EXTRA_NAMES, CLASSES, LAYOUTS, SynthRecord, assign_patients, make_patient, write_wfdb_archive
+from .signals import EXTRA_NAMES, CLASSES, LAYOUTS, SynthRecord, assign_patients, make_patient, write_wfdb_archive
 
 
 def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed: int = 0,
@@ -61,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, EcgError) as error:
         print(f"fairseq-ecg-synth: error: {error}", file=sys.stderr)
         return 1
-    names = {**{code: abbr for code, (abbr, _, _) in CLASSES.items()}, **_EXTRA_NAMES}
+    names = {**{code: abbr for code, (abbr, _, _) in CLASSES.items()}, **EXTRA_NAMES}
     scored = scored_labels()  # CODE-15% writes equivalent codes (59118001 for RBBB): name their class
     represent = {code: scored.classes[i][0] for code, i in scored.code_to_index.items()}
     classes_of = [{represent.get(c, c) for c in r.codes} for r in written]

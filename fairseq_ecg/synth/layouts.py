@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..leads import LEADS
-from .signals import SynthRecord, _plan_record, _render, _write_header
+from .signals import SynthRecord, plan_record, render, write_header
 
 CODE15_COLUMNS = ["exam_id", "age", "is_male", "nn_predicted_age", "1dAVb", "RBBB", "LBBB", "SB", "ST", "AF",
                   "patient_id", "death", "timey", "normal_ecg", "trace_file"]
@@ -41,8 +41,8 @@ def _records(people, owner: Sequence[int], seed: int, layout: str):
     """(index, patient, plan, float signal in mV (12, T)) of every record, in order."""
     for index, p in enumerate(owner):
         patient = people[p]
-        plan = _plan_record(seed, index, patient)
-        yield index, p, patient, plan, _render(seed, index, patient, plan, noise=True)
+        plan = plan_record(seed, index, patient)
+        yield index, p, patient, plan, render(seed, index, patient, plan, noise=True)
 
 
 def _csv(path: Path, header: Sequence[str], rows) -> None:
@@ -93,8 +93,8 @@ def write_code15(out: Path, people, owner, seed: int, parts: int = 2) -> list[Sy
             for row, index in enumerate(members):
                 p = owner[index]
                 patient = people[p]
-                plan = _plan_record(seed, index, patient)
-                signal = _render(seed, index, patient, plan, noise=True).astype(np.float32)
+                plan = plan_record(seed, index, patient)
+                signal = render(seed, index, patient, plan, noise=True).astype(np.float32)
                 pad = (CODE15_SAMPLES - signal.shape[1]) // 2
                 block = np.zeros((CODE15_SAMPLES, 12), np.float32)
                 block[pad:pad + signal.shape[1]] = signal.T
@@ -123,7 +123,7 @@ def write_mimic(out: Path, people, owner, seed: int) -> list[SynthRecord]:
         path.parent.mkdir(parents=True, exist_ok=True)
         val = np.clip(np.rint(signal[order] * MIMIC_GAIN), -32767, 32767).astype(np.int16)
         path.with_suffix(".dat").write_bytes(np.ascontiguousarray(val.T).astype("<i2").tobytes())
-        _write_header(path.with_suffix(".hea"), f"{study} 12 {plan.fs} {val.shape[1]} 08:45:00 26/05/2180",
+        write_header(path.with_suffix(".hea"), f"{study} 12 {plan.fs} {val.shape[1]} 08:45:00 26/05/2180",
                       f"{study}.dat", "16", f"{MIMIC_GAIN}.0(0)/mV", val, MIMIC_ORDER, [])
         time = f"2180-05-26 08:{index % 60:02d}:00"
         listing.append([subject, study, f"mimic-iv-ecg-demo/{relative}", time, relative])

@@ -48,7 +48,7 @@ CLASSES: dict[str, tuple[str, str, str]] = {
     PVC: ("PVC", "PVC", "ventricular premature complex"), TINV: ("TInv", "INVT", "inverted T-waves"),
     LQRSV: ("LQRSV", "LVOLT", "low QRS voltages in the frontal and horizontal leads"),
 }
-_EXTRA_NAMES = {"445118002": "LAnFB", "445211001": "LPFB"}  # what LAFB/LPFB map back to
+EXTRA_NAMES = {"445118002": "LAnFB", "445211001": "LPFB"}  # what LAFB/LPFB map back to
 # A subset of PTB-XL's scp_statements.csv, rows as in the real table, every statement of CLASSES among them (statement: description,
 # diagnostic, form, rhythm, diagnostic_class, diagnostic_subclass): the statements written above and
 # others that exercise the benchmark's aggregation (diagnostic and form at once: NDT, LNGQT, NST_;
@@ -83,8 +83,10 @@ SCP_STATEMENT_COLUMNS = ("", "description", "diagnostic", "form", "rhythm", "dia
 
 
 @dataclass(frozen=True)
-class Source:
-    """One archive source: its folder, record-name prefix, sampling rate and record lengths."""
+class RecordingSite:
+    """Where synthetic records come from (a site of the Challenge data, or a layout of its own): its
+    folder, record-name prefix, sampling rate and record lengths. Not :class:`fairseq_ecg.sources.Source`,
+    the reader of a layout."""
 
     name: str
     prefix: str
@@ -95,20 +97,20 @@ class Source:
 
 
 SOURCES = (
-    Source("cpsc_2018", "A", 500, (10, 15, 20, 30), (0.6, 0.2, 0.1, 0.1), 0.35),
-    Source("georgia", "E", 500, (10,), (1.0,), 0.40),
-    Source("st_petersburg_incart", "I", 257, (30,), (1.0,), 0.12),
-    Source("ptb", "S", 1000, (10, 15, 20), (0.5, 0.3, 0.2), 0.13),
+    RecordingSite("cpsc_2018", "A", 500, (10, 15, 20, 30), (0.6, 0.2, 0.1, 0.1), 0.35),
+    RecordingSite("georgia", "E", 500, (10,), (1.0,), 0.40),
+    RecordingSite("st_petersburg_incart", "I", 257, (30,), (1.0,), 0.12),
+    RecordingSite("ptb", "S", 1000, (10, 15, 20), (0.5, 0.3, 0.2), 0.13),
 )
-PTBXL_SOURCE = Source("ptb-xl", "", 500, (10,), (1.0,), 1.0)
+PTBXL_SOURCE = RecordingSite("ptb-xl", "", 500, (10,), (1.0,), 1.0)
 # The other layouts (fairseq_ecg.synth.layouts): rates and lengths of the real archives.
 LAYOUT_SOURCES = {
     "ptbxl": PTBXL_SOURCE,
-    "numpy": Source("numpy", "", 500, (10, 12), (0.5, 0.5), 1.0),
-    "code15": Source("code15", "", 400, (7, 10), (0.3, 0.7), 1.0),
-    "mimic_iv_ecg": Source("mimic_iv_ecg", "", 500, (10,), (1.0,), 1.0),
-    "muse_xml": Source("muse_xml", "", 500, (10,), (1.0,), 1.0),
-    "dicom": Source("dicom", "", 500, (10,), (1.0,), 1.0),
+    "numpy": RecordingSite("numpy", "", 500, (10, 12), (0.5, 0.5), 1.0),
+    "code15": RecordingSite("code15", "", 400, (7, 10), (0.3, 0.7), 1.0),
+    "mimic_iv_ecg": RecordingSite("mimic_iv_ecg", "", 500, (10,), (1.0,), 1.0),
+    "muse_xml": RecordingSite("muse_xml", "", 500, (10,), (1.0,), 1.0),
+    "dicom": RecordingSite("dicom", "", 500, (10,), (1.0,), 1.0),
 }
 
 
@@ -135,7 +137,7 @@ class Patient:
     widths in seconds, kind 0 atrial / 1 depolarisation / 2 repolarisation, and class flags."""
 
     index: int
-    source: Source
+    source: RecordingSite
     age: int
     sex: str
     vectors: np.ndarray
@@ -256,7 +258,7 @@ def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patien
 
 
 @dataclass(frozen=True)
-class _Plan:
+class RecordPlan:
     fs: int
     num_samples: int
     rhythm: str
@@ -266,7 +268,7 @@ class _Plan:
     stamp: str
 
 
-def _plan_record(seed: int, index: int, patient: Patient) -> _Plan:
+def plan_record(seed: int, index: int, patient: Patient) -> RecordPlan:
     """Rhythm, beat times and labels of one record (kept apart from rendering so labels are
     known without drawing the signal)."""
     rng = np.random.default_rng([seed, 2, index])
@@ -301,11 +303,11 @@ def _plan_record(seed: int, index: int, patient: Patient) -> _Plan:
     day, month, year = rng.integers(1, 29), _MONTHS[rng.integers(12)], rng.integers(2010, 2021)
     hms = rng.integers(0, 60, 3)
     stamp = f"{day:02d}-{month}-{year} {hms[0] % 24:02d}:{hms[1]:02d}:{hms[2]:02d}"
-    return _Plan(src.fs, duration * src.fs, rhythm, beats, pvc,
+    return RecordPlan(src.fs, duration * src.fs, rhythm, beats, pvc,
                  tuple(c for c in CLASSES if c in has), stamp)
 
 
-def _render(seed: int, index: int, patient: Patient, plan: _Plan, noise: bool) -> np.ndarray:
+def render(seed: int, index: int, patient: Patient, plan: RecordPlan, noise: bool) -> np.ndarray:
     """Signal of a planned record in mV, (12, T): Gaussian waves summed by np.bincount over
     short windows (no per-sample Python loop), then noise on the independent leads."""
     fs, n = plan.fs, plan.num_samples
@@ -359,8 +361,8 @@ def synthesize_signal(record: SynthRecord, noise: bool = True) -> np.ndarray:
     """The float signal (12, T) in mV of a written record, before int16 quantisation, in the
     canonical lead order; ``noise=False`` leaves out baseline wander, powerline and white noise."""
     patient = make_patient(record.seed, record.patient_index, record.layout)
-    plan = _plan_record(record.seed, record.index, patient)
-    return _render(record.seed, record.index, patient, plan, noise)
+    plan = plan_record(record.seed, record.index, patient)
+    return render(record.seed, record.index, patient, plan, noise)
 
 
 def quantise(signal: np.ndarray) -> np.ndarray:
@@ -383,7 +385,7 @@ def assign_patients(records: int, patients: int, rng: np.random.Generator) -> np
     return rng.permutation(np.concatenate(order))
 
 
-def _write_header(path: Path, first: str, file_name: str, fmt: str, gain: str, val: np.ndarray,
+def write_header(path: Path, first: str, file_name: str, fmt: str, gain: str, val: np.ndarray,
                   names: Sequence[str], comments: Sequence[str]) -> None:
     checksums = (val.astype(np.int64).sum(1) + 32768) % 65536 - 32768  # WFDB 16-bit checksum
     lines = [first] + [f"{file_name} {fmt} {gain} 16 0 {int(val[i, 0])} {int(checksums[i])} 0 {name}"
@@ -395,7 +397,7 @@ def _write_wfdb16(path: Path, val: np.ndarray, fs: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".dat").write_bytes(np.ascontiguousarray(val.T).astype("<i2").tobytes())
     names = [lead.upper() for lead in LEADS]  # PTB-XL writes AVR, AVL, AVF
-    _write_header(path.with_suffix(".hea"), f"{path.name} 12 {fs} {val.shape[1]}", f"{path.name}.dat",
+    write_header(path.with_suffix(".hea"), f"{path.name} 12 {fs} {val.shape[1]}", f"{path.name}.dat",
                   "16", f"{GAIN}.0(0)/mV", val, names, [])
 
 
@@ -412,7 +414,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
         writer.writerows(rows)
 
 
-def _write_challenge(out: Path, patient: Patient, plan: _Plan, val: np.ndarray, number: int) -> Path:
+def _write_challenge(out: Path, patient: Patient, plan: RecordPlan, val: np.ndarray, number: int) -> Path:
     """One Challenge record: ``.mat`` (MATLAB v4, 24-byte header for ``val``) and its header."""
     name = f"{patient.source.prefix}{number:04d}"
     path = out / "training" / patient.source.name / f"g{(number - 1) // GROUP_SIZE + 1}" / name
@@ -420,7 +422,7 @@ def _write_challenge(out: Path, patient: Patient, plan: _Plan, val: np.ndarray, 
     scipy.io.savemat(path.with_suffix(".mat"), {"val": val}, format="4")
     comments = [f"Age: {patient.age}", f"Sex: {patient.sex}", f"Dx: {','.join(plan.codes)}",
                 "Rx: Unknown", "Hx: Unknown", "Sx: Unknown"]
-    _write_header(path.with_suffix(".hea"), f"{name} 12 {plan.fs} {plan.num_samples} {plan.stamp}",
+    write_header(path.with_suffix(".hea"), f"{name} 12 {plan.fs} {plan.num_samples} {plan.stamp}",
                   f"{name}.mat", "16+24", f"{GAIN}/mV", val, LEADS, comments)
     return path
 
@@ -445,8 +447,8 @@ def write_wfdb_archive(out: Path, people: list, owner: list[int], seed: int, lay
     table = []
     for index, p in enumerate(owner):
         patient = people[p]
-        plan = _plan_record(seed, index, patient)
-        val = quantise(_render(seed, index, patient, plan, noise=True))
+        plan = plan_record(seed, index, patient)
+        val = quantise(render(seed, index, patient, plan, noise=True))
         if layout == "physionet2021":
             per_source[patient.source.name] += 1
             path = _write_challenge(out, patient, plan, val, per_source[patient.source.name])

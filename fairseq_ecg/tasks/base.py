@@ -12,7 +12,7 @@ from omegaconf import II, MISSING, OmegaConf, open_dict
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 
-from ..bootstrap import DEFAULT_RESAMPLES
+from ..metrics.bootstrap import DEFAULT_RESAMPLES
 from ..data.model_input import CURRENT_FORMAT, FORMAT_VERSION, NORMALIZE, TRAINED_LEADS, ModelInput
 from ..leads import lead_change, lead_set_name, missing_leads_summary, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
@@ -48,14 +48,14 @@ class EcgTaskConfig(FairseqDataclass):
         default=DEFAULT_RESAMPLES,
         metadata={"help": "95% bootstrap intervals of the figures of every evaluated subset but train and valid "
                   "(those choose the checkpoint and its thresholds): resamples of the subset's patients (records "
-                  "without a patient id: the record); 0 for none (fairseq_ecg/bootstrap.py)"},
+                  "without a patient id: the record); 0 for none (fairseq_ecg/metrics/bootstrap.py)"},
     )
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resamples (the same seed, "
                                                              "the same resampled patients: paired comparisons)"})
     per_record_results: Optional[str] = field(
         default=None,
         metadata={"help": "folder: fairseq-validate writes each subset's per-record outputs and targets there "
-                  "(SUBSET.results.csv; identification also SUBSET.embeddings.npy; fairseq_ecg/record_results.py)"},
+                  "(SUBSET.results.csv; identification also SUBSET.embeddings.npy; fairseq_ecg/metrics/record_results.py)"},
     )
     precision: PRECISION_CHOICES = field(
         default="fp32",

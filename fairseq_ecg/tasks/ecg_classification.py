@@ -34,13 +34,13 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..errors import EcgError
-from ..criterions.ecg_bce import ClassificationMeter, ScoredSegments, Scoring, log_classification
+from ..metrics.meters import ClassificationMeter, ScoredSegments, Scoring, log_classification
 from ..data import EcgSegmentDataset
 from ..data.model_input import CLASSES, THRESHOLDS
 from ..labels import (SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, column_names, label_set_from_names, read_weights_csv,
                       scored_labels)
 from ..manifest import CLASSES_FILE, Manifest, ManifestError, read_classes, read_labels
-from ..record_results import ClassificationResults, results_file, row_names, write_classification_results
+from ..metrics.record_results import ClassificationResults, results_file, row_names, write_classification_results
 from .base import EcgTask, EcgTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class EcgClassificationTask(EcgTask):
                 self.write_results(parts, scoring)
 
     def write_results(self, parts: List[ScoredSegments], scoring: Scoring) -> None:
-        """``per_record_results/SPLIT.results.csv`` of one whole subset (fairseq_ecg/record_results.py)."""
+        """``per_record_results/SPLIT.results.csv`` of one whole subset (fairseq_ecg/metrics/record_results.py)."""
         meter = ClassificationMeter()
         for part in parts:
             meter.update(part, scoring)

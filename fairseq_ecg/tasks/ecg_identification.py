@@ -23,12 +23,12 @@ import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
 
-from ..bootstrap import interval_text
-from ..criterions.arcface import record_embeddings
+from ..metrics.bootstrap import interval_text
+from ..metrics.identification import record_embeddings
 from ..data import EcgSegmentDataset
 from ..manifest import Manifest, ManifestError, read_manifest
 from ..prepared import GALLERY, PROBE, held_out, identify_test_missing
-from ..record_results import IdentificationResults, results_file, row_names, write_identification_results
+from ..metrics.record_results import IdentificationResults, results_file, row_names, write_identification_results
 from .base import EcgTask, EcgTaskConfig
 
 logger = logging.getLogger(__name__)

@@ -32,13 +32,13 @@ from typing import Callable, Optional
 from omegaconf import OmegaConf
 
 from .launcher import PreloadedLauncher, subprocess_launcher
-from .leads import lead_list, lead_set_name, parse_leads
-from .models.encoder import FEATURE_GRAD_MULT_BY_INIT
-from .manifest import ManifestError, read_manifest
-from .prepared import GALLERY, PROBE, TASK_FOLDERS, held_out, identify_test_missing
-from .spreadsheet import csv_writer
+from ..leads import lead_list, lead_set_name, parse_leads
+from ..models.downstream import FEATURE_GRAD_MULT_BY_INIT
+from ..manifest import ManifestError, read_manifest
+from ..prepared import GALLERY, PROBE, TASK_FOLDERS, held_out, identify_test_missing
+from ..spreadsheet import csv_writer
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fairseq_ecg: the user dir and, installed, examples/
 # The YAML configs: an installed package carries a copy (setup.py's build_py); a clone or editable
 # install has only the repository's top-level examples/, which fairseq-hydra-train is pointed at.
 EXAMPLES_PLACES = (PACKAGE_DIR / "examples", PACKAGE_DIR.parent / "examples")
@@ -53,7 +53,7 @@ PRESETS = {
         # lr 1e-3 (the tiny size's) warmed up over the first 10% of the updates, then decayed linearly
         # to 0 (chosen on valid at 250 updates: the 12-lead linear probe of W2V rose from 0.65 to 0.69
         # with it); 250 updates, the length those settings were chosen at, fit the 20 minutes since
-        # the runner forks its runs (fairseq_ecg.launcher)
+        # the runner forks its runs (fairseq_ecg.experiments.launcher)
         "pretrain": ["+size=tiny", "optimization.max_epoch=0", "optimization.max_update=250",
                      "dataset.batch_size=32", "lr_scheduler._name=polynomial_decay", "lr_scheduler.warmup_updates=25",
                      "checkpoint.no_epoch_checkpoints=true"],
@@ -376,7 +376,7 @@ def run_matrix(runs: list[Run], out: Path, jobs: int, launch: Callable = subproc
     needs have finished (pretrainings first, then evaluations, so results arrive as they can);
     returns the runs that failed or could not run because one they need failed, with why. A run
     whose folder holds a run of another command raises ChangedRuns unless ``rerun_changed``.
-    ``launch`` starts one command (fairseq_ecg.launcher)."""
+    ``launch`` starts one command (fairseq_ecg.experiments.launcher)."""
     known = {run.name for run in runs}
     for run in runs:
         if any(name not in known for name in run.after):
@@ -756,6 +756,3 @@ def main(argv=None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

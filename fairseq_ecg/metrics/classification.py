@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from .labels import SCORED_CLASSES, SINUS_RHYTHM, scored_labels
+from ..labels import SCORED_CLASSES, SINUS_RHYTHM, scored_labels
 
 AGGREGATIONS = ("mean", "max")
 

@@ -22,7 +22,7 @@ from typing import Optional
 # the programs the runs call, and the runner's modules (multiprocessing runs the parent's main
 # module again in each child). Not fairseq_cli.hydra_train: importing it warns (hydra's
 # version_base) on the runner's terminal; a run imports it in a moment, warning in its own log.
-PRELOAD = ["fairseq_ecg", "fairseq_cli.train", "fairseq_cli.validate", "fairseq_ecg.experiments",
+PRELOAD = ["fairseq_ecg", "fairseq_cli.train", "fairseq_cli.validate", "fairseq_ecg.experiments.runner",
            "fairseq_ecg.preparation", "fairseq_ecg.synth"]  # not a runner's main module itself (runpy warns)
 
 

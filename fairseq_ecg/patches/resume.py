@@ -43,8 +43,8 @@ from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
-from .errors import EcgError
-from .checkpoints import (CheckpointError, check_settings, load_checkpoint, only_the_plugins_opt_in, refusal,
+from ..errors import EcgError
+from ..checkpoints import (CheckpointError, check_settings, load_checkpoint, only_the_plugins_opt_in, refusal,
                           upgrade_checkpoint)
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .manifest import atomic_output, atomic_save_npy
-from .spreadsheet import csv_writer
+from ..manifest import atomic_output, atomic_save_npy
+from ..spreadsheet import csv_writer
 
 LABEL_SUFFIX = " (label)"
 ROLES = ("gallery", "probe")

@@ -1,7 +1,7 @@
 """The experiments' report: paper-style tables (rows: variants, columns: lead sets, cells: mean ±
 standard deviation over seeds) in ``report.md``, PNG plots made with matplotlib, and for each
 headline figure its 95% bootstrap interval over the test patients and the paired difference to the
-random initialisation (fairseq_ecg.bootstrap), computed from the evaluations' per-record results.
+random initialisation (fairseq_ecg.metrics.bootstrap), computed from the evaluations' per-record results.
 
 The spread over seeds says how much training varies; the bootstrap interval says how much the test
 sample does (the seeds' mean on the same resampled patients); a paired interval that excludes 0
@@ -14,11 +14,11 @@ from typing import Optional
 
 import numpy as np
 
-from .bootstrap import (DEFAULT_RESAMPLES, identification_resamples, interval, paired_difference, patient_counts,
+from ..metrics.bootstrap import (DEFAULT_RESAMPLES, identification_resamples, interval, paired_difference, patient_counts,
                         row_nanmean, seed_mean, weighted_auroc)
-from .criterions.arcface import identification_metrics
-from .leads import PRESETS
-from .record_results import read_classification_results, read_identification_results
+from ..metrics.identification import identification_metrics
+from ..leads import PRESETS
+from ..metrics.record_results import read_classification_results, read_identification_results
 
 LEAD_ORDER = list(PRESETS)  # 12, 6, 4, 3, 2, 1; explicit lists after them
 HEADLINE = {"classification": "auroc", "classification_linear_probe": "auroc", "identification": "top1_accuracy"}

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fairseq import checkpoint_utils
-from .errors import EcgError
+from ..errors import EcgError
 from omegaconf import OmegaConf, open_dict
 
-from .checkpoints import CheckpointError
-from .checkpoints import load_checkpoint as read_checkpoint
-from .leads import lead_set_name
-from .manifest import atomic_write_text
+from ..checkpoints import CheckpointError
+from ..checkpoints import load_checkpoint as read_checkpoint
+from ..leads import lead_set_name
+from ..manifest import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def saved_settings(folder: Path) -> Optional[dict]:
 def upgrade_saved_settings(settings: dict) -> dict:
     """Saved settings of an older version completed with what it trained with, by the rule that
     upgrades its checkpoints' configs (``upgrade_saved_model_cfg``)."""
-    from .models.ecg_wav2vec2 import upgrade_saved_model_cfg
+    from ..models.ecg_wav2vec2 import upgrade_saved_model_cfg
 
     model = {key[len("model."):]: value for key, value in settings.items() if key.startswith("model.")}
     upgrade_saved_model_cfg(model)

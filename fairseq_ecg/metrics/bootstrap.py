@@ -8,12 +8,12 @@ the interval is the 2.5th and 97.5th percentile of the metric over the resamples
 Every resample is a row of counts over the records (``[resamples, records]``: how often each record
 was drawn) and each metric is computed with those counts as weights, which equals computing it on
 the resampled records written out one by one (``tests/test_bootstrap.py`` checks exactly that
-against the plain metrics of :mod:`fairseq_ecg.metrics`), but vectorised over the resamples, so a
+against the plain metrics of :mod:`fairseq_ecg.metrics.classification`), but vectorised over the resamples, so a
 thousand of them cost about as much as a few evaluations.
 
 * Classification: macro AUROC, macro F1, exact-match accuracy and the Challenge metric. A class
   without both positives and negatives in a resample drops out of that resample's macro (counted);
-  unknown labels stay masked as in :func:`fairseq_ecg.metrics.classification_metrics`.
+  unknown labels stay masked as in :func:`fairseq_ecg.metrics.classification.classification_metrics`.
 * Identification: the probe patients are resampled, the gallery stays fixed (it is the enrolled
   set); top-1 accuracy and the EER over probe x gallery pairs.
 * Paired comparison: two variants scored on the same test records and the same resamples; the
@@ -111,7 +111,7 @@ def _challenge_rewards(labels: np.ndarray, outputs: np.ndarray, weights: np.ndar
 
 def classification_resamples(labels, scores, thresholds, counts: np.ndarray, weights: Optional[np.ndarray] = None,
                              sinus_index: Optional[int] = None, known=None) -> tuple[Dict[str, np.ndarray], int]:
-    """Each metric of :func:`fairseq_ecg.metrics.classification_metrics` per resample, and how many
+    """Each metric of :func:`fairseq_ecg.metrics.classification.classification_metrics` per resample, and how many
     (resample, class) pairs dropped out of the macro AUROC because the class lost its positives or
     negatives in that resample (a class absent from the whole subset is not counted). The Challenge
     metric is left out without ``weights``."""
@@ -130,7 +130,7 @@ def classification_resamples(labels, scores, thresholds, counts: np.ndarray, wei
         right = np.all((labels == predictions) | ~known, axis=1).astype(np.float64)
         values["accuracy"] = (counts @ right) / counts.sum(axis=1)
         if weights is not None:
-            from .labels import SCORED_CLASSES, SINUS_RHYTHM
+            from ..labels import SCORED_CLASSES, SINUS_RHYTHM
 
             if sinus_index is None:
                 sinus_index = [i for i, n in enumerate(SCORED_CLASSES) if SINUS_RHYTHM in n.split("|")][0]
@@ -156,7 +156,7 @@ def row_nanmean(per_class: np.ndarray) -> np.ndarray:
 # --- identification ---------------------------------------------------------------------------
 
 def weighted_equal_error_rate(same: np.ndarray, scores: np.ndarray, weight: np.ndarray) -> float:
-    """:func:`fairseq_ecg.criterions.arcface.equal_error_rate` with a weight per pair: the rate
+    """:func:`fairseq_ecg.metrics.identification.equal_error_rate` with a weight per pair: the rate
     where false accepts equal false rejects, linearly interpolated between ROC points."""
     order = np.argsort(-scores, kind="stable")
     scores, same, weight = scores[order], same[order], weight[order]
