@@ -9,6 +9,7 @@ project's figures).
     python benchmarks/bench_predict.py [--records 48] [--threads 2] [--batch-size 32] [--size base|tiny]
 """
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import fairseq_ecg  # noqa: F401
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fairseq_ecg  # noqa: F401,E402
+from bench_pretraining import SIZES as PRETRAINING_SIZES  # noqa: E402
 from fairseq_ecg.importer import full_config, save_checkpoint
 from fairseq_ecg.labels import SCORED_CLASSES
 from fairseq_ecg.manifest import ManifestRow, write_manifest
 from fairseq_ecg.models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
 from fairseq_ecg.predict import load_predictor, predict
 
-SIZES = {
-    "base": dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12),
-    "tiny": dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2),
-}
+# ECG-FM's size is bench_pretraining's base: one table of model sizes for the bench scripts
+SIZES = {"base": PRETRAINING_SIZES["base"],
+         "tiny": dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2)}
 # ECG-FM's encoder (fairseq-signals' w2v_cmsc_rlm settings); dropouts off as in inference.
 COMMON = dict(_name="ecg_wav2vec2", conv_feature_layers="[(256, 2, 2)] * 4", input_leads=12, final_dim=256,
               quantize_targets=False, conv_pos=128, conv_pos_groups=16, dropout=0.0, attention_dropout=0.0)
@@ -69,7 +71,7 @@ def main() -> None:
         root = Path(tmp)
         parameters = write_checkpoint(root / "classifier.pt", args.size)
         manifest = write_records(root, args.records)
-        predictor = load_predictor(root / "classifier.pt", log=lambda _: None)
+        predictor = load_predictor(root / "classifier.pt")
         thresholds = np.full(len(predictor.class_names), 0.5)
         warm = write_records(root / "warm", 2)  # first-call costs (allocator, kernels) left out
         predict(predictor, warm, root / "warm.csv", thresholds, device=torch.device(args.device), log=lambda _: None)

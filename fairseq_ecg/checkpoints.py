@@ -292,8 +292,3 @@ def encoder_state(state: dict, path: Path | str, allow_downstream: bool = False)
 
 def read_encoder(path: Path | str, allow_downstream: bool = False) -> tuple[dict, dict]:
     return encoder_state(load_checkpoint(path), path, allow_downstream)
-
-
-def find_checkpoint(folder_or_file: Path | str, preferred: Optional[str] = "checkpoint_best.pt") -> Path:
-    path = Path(folder_or_file)
-    return path / preferred if path.is_dir() and preferred else path

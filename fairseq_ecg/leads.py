@@ -45,11 +45,6 @@ def canonical_lead(name: str) -> str:
     return _ALIASES[key]
 
 
-def lead_index(name: str) -> int:
-    """Channel index of a lead in the canonical 12-lead order."""
-    return LEADS.index(canonical_lead(name))
-
-
 def parse_leads(spec: LeadSpec) -> tuple[str, ...]:
     """Turn a preset (``"6"``, ``6``), a list (``"[I,II,V2]"``, ``["I", "II"]``) or ``None``
     (all twelve) into lead names in canonical order."""

@@ -9,7 +9,9 @@ checkpoint's rate, its normalisation, the checkpoint's leads unless ``--leads``)
 consecutive segment, and the segment probabilities combined per record as in validation (the
 checkpoint's ``task.aggregate``). The CSV has one row per record: ``record``, ``segments``,
 ``leads`` (the leads the record has, e.g. ``I,II``: a lead the model is fed that the record lacks
-goes in as zeros, and a closing line counts such records), one probability column per class named by the checkpoint's class names (a CinC 2021 class as its code
+goes in as zeros, and a closing line counts such records), ``quality`` (``ok``, or the signal-quality
+checks that leads the model uses fail, e.g. ``flat:V4;noisy:II``: :mod:`fairseq_ecg.signal_quality`;
+``--withhold-poor-quality`` leaves such a record's labels empty), one probability column per class named by the checkpoint's class names (a CinC 2021 class as its code
 and abbreviation, e.g. ``426783006 SNR``), and ``labels``, the classes at or above their threshold
 joined by ``;``.
 
@@ -29,6 +31,7 @@ import argparse
 import csv
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,11 +40,12 @@ import numpy as np
 import torch
 
 from .errors import EcgError
-from .checkpoints import is_probability
+from .checkpoints import CheckpointError, is_probability
 from .data.model_input import ModelInput
 from .inference import (RecordBatcher, check_program_outputs, iter_records, record_file_layout, run_over_records,
                         run_program, unusable_signal, write_skipped)
 from .labels import column_names
+from .signal_quality import FLAGS, GOOD, quality_text, record_flags
 from .leads import NUM_LEADS, lead_change, lead_list, missing_leads_summary, parse_leads
 from .manifest import atomic_output
 from .metrics.classification import aggregate_by_record
@@ -120,7 +124,7 @@ class Predictor:
         return [name for name, p, t in zip(self.class_names, probabilities, thresholds) if p >= t]
 
 
-def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
+def load_predictor(path: Path, normalize: str = AUTO) -> Predictor:
     """Read a classifier checkpoint (safely) and build its model in eval mode (``load_model``);
     ``normalize`` other than ``auto`` must be the checkpoint's own mode."""
     loaded = load_model(path, "classifier")
@@ -128,9 +132,7 @@ def load_predictor(path: Path, normalize: str = AUTO, log=print) -> Predictor:
     num = loaded.model.cfg.num_classes
     names = list(loaded.input.classes or [])
     if len(names) != num:
-        names = [f"class_{i}" for i in range(num)]
-        log(f"{path} does not record its class names (trained before they were saved); columns are "
-            f"class_0 ... class_{num - 1}, in the order of the training classes.tsv")
+        raise CheckpointError(f"{path}: {len(names)} class names for {num} outputs; the checkpoint was edited or damaged")
     return Predictor(model=loaded.model, input=loaded.input, class_names=names, columns=column_names(names),
                      min_samples=loaded.receptive_field)
 
@@ -181,29 +183,43 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
 
 def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarray, leads=None,
             batch_size: int = 32, layout: str = SOURCE_AUTO, device: Optional[torch.device] = None,
-            progress_seconds: float = 10.0, log=print,
-            input_rate: Optional[float] = None) -> tuple[int, list[tuple[str, str]]]:
-    """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped)."""
+            progress_seconds: float = 10.0, log=print, input_rate: Optional[float] = None,
+            withhold_poor_quality: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped).
+    A record whose signal quality fails a check (:mod:`fairseq_ecg.signal_quality`) gets no labels
+    with ``withhold_poor_quality``; its probabilities are written either way."""
     device = device or torch.device("cpu")
     predictor.model.to(device)
     fed = leads if leads is not None else predictor.leads
     total, records = iter_records(inputs, predictor.sample_rate, layout, input_rate, log)
     skipped: list[tuple[str, str]] = []
     predicted_leads: list[np.ndarray] = []
+    flagged: Counter = Counter()  # check -> records failing it
+    poor = 0
     with atomic_output(out, newline="", clean_stale=True) as handle:
         writer = csv_writer(handle)
-        writer.writerow(["record", "segments", "leads", *predictor.columns, "labels"])
+        writer.writerow(["record", "segments", "leads", "quality", *predictor.columns, "labels"])
         for record, probs, count in run_over_records(records, total, predictor.input, predictor.min_samples,
                                                      predictor.batcher(batch_size, device), fed, progress_seconds, log):
             if not count:
                 skipped.append((record.name, probs))
                 continue
-            labels = ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
+            flags = record_flags(record.wave, predictor.sample_rate, record.present, fed)
+            flagged.update(flags)
+            poor += bool(flags)
+            labels = "" if flags and withhold_poor_quality else \
+                ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
             predicted_leads.append(record.present)
-            writer.writerow([record.name, count, lead_list(record.present), *(f"{p:.6f}" for p in probs), labels])
+            writer.writerow([record.name, count, lead_list(record.present), quality_text(flags),
+                             *(f"{p:.6f}" for p in probs), labels])
     lacking = missing_leads_summary(predicted_leads, fed, "predicted records")
     if lacking:
         log(f"{lacking} (the CSV's leads column names each record's)")
+    if poor:
+        checks = ", ".join(f"{flag} {flagged[flag]}" for flag in FLAGS if flagged[flag])
+        withheld = "; their labels are withheld" if withhold_poor_quality else " (--withhold-poor-quality leaves their labels out)"
+        log(f"{poor} of {len(predicted_leads)} records fail a signal-quality check ({checks}; the quality column "
+            f"names the leads){withheld}")
     write_skipped(out.with_suffix(".skipped.tsv"), skipped)
     return len(predicted_leads), skipped
 
@@ -217,7 +233,8 @@ def record_summary(path: Path, predictor: Predictor, thresholds: np.ndarray) -> 
     above = [f"{column} {p:.3f} (threshold {t:.3f})" for p, column, t in probs if p >= t]
     top = ", ".join(f"{column} {p:.3f}" for p, column, _ in sorted(probs, reverse=True)[:3])
     said = "; ".join(above) if above else f"no class reaches its threshold; most probable: {top}"
-    return f"{row['record']}: {said} ({row['segments']} segments, leads {row['leads']})"
+    quality = "" if row["quality"] == GOOD else f"; signal quality: {row['quality']}"
+    return f"{row['record']}: {said} ({row['segments']} segments, leads {row['leads']}{quality})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     parser.add_argument("--leads", default=None,
                         help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
+    parser.add_argument("--withhold-poor-quality", action="store_true",
+                        help="no labels for a record that fails a signal-quality check (flat, clipped, noisy, wander; "
+                             "the quality column names them either way)")
     parser.add_argument("--thresholds", default="valid",
                         help="valid (tuned on validation, saved in the checkpoint; else 0.5), a number, or a file "
                              "with one threshold per class")
@@ -257,7 +277,7 @@ def _command(args: argparse.Namespace, say) -> int:
                           args.salt_from)
     if args.leads is not None:
         parse_leads(args.leads)
-    predictor = load_predictor(args.checkpoint, args.normalize, log=say)
+    predictor = load_predictor(args.checkpoint, args.normalize)
     change = lead_change(predictor.leads, args.leads) if args.leads is not None else ""
     if change:
         say(f"{change} (--leads)")
@@ -266,7 +286,8 @@ def _command(args: argparse.Namespace, say) -> int:
     started = time.monotonic()
     with output_salt(args.salt_from, args.out):
         written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
-                                   args.layout, device, args.progress_seconds, log=say, input_rate=args.sample_rate)
+                                   args.layout, device, args.progress_seconds, log=say, input_rate=args.sample_rate,
+                                   withhold_poor_quality=args.withhold_poor_quality)
     seconds = time.monotonic() - started
     if written and record_file_layout(args.inputs) is not None:  # one ECG: its row on the terminal too
         print(record_summary(args.out, predictor, thresholds))

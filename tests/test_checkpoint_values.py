@@ -112,10 +112,10 @@ def test_class_names_reach_csv_as_text_never_as_formulas(classifier, records, tm
                          "--cpu"]) == 0
     with open(out, newline="") as handle:
         header, *rows = list(csv.reader(handle))
-    assert header == ["record", "segments", "leads", "'" + FORMULA, "'+SUM(A1)", "'-2+3", "'@SNR", "labels"]
+    assert header == ["record", "segments", "leads", "quality", "'" + FORMULA, "'+SUM(A1)", "'-2+3", "'@SNR", "labels"]
     for row in rows:
         assert row[-1] == "'" + ";".join([FORMULA, "+SUM(A1)", "-2+3", "@SNR"])
-        assert all(0 <= float(p) <= 1 for p in row[3:-1])  # numbers stay numbers
+        assert all(0 <= float(p) <= 1 for p in row[4:-1])  # numbers stay numbers
     assert spreadsheet_text("-0.25") == "-0.25" and spreadsheet_text(-3) == -3 and spreadsheet_text("a=b") == "a=b"
     results = experiments.write_results([{**dict.fromkeys(experiments.RESULT_COLUMNS, "x"), "variant": "=HYPERLINK(1)",
                                           "value": -0.5}], tmp_path)

@@ -197,7 +197,7 @@ def test_predict_folder_with_bad_records(imported, tmp_path):
     assert "3 records" in result.stderr and "2 skipped" in result.stderr
     assert "records/s" in result.stderr  # progress lines
     columns = load_predictor(imported["classifier"]).columns
-    assert list(rows[0]) == ["record", "segments", "leads", *columns, "labels"] and columns[0] == "164889003 AF"
+    assert list(rows[0]) == ["record", "segments", "leads", "quality", *columns, "labels"] and columns[0] == "164889003 AF"
     assert {r["leads"] for r in rows} == {"I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6"}
     # --leads 6 on a 12-lead model: which leads are fed, which go in as zeros
     assert ("the model was trained on leads I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6; this run feeds it "
@@ -252,6 +252,18 @@ def test_a_checkpoint_of_format_1_is_upgraded_in_one_place_and_a_newer_one_refus
     torch.save(state, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match=r"new.pt: a checkpoint of format 3, written by a newer fairseq_ecg"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+def test_a_format_1_classifier_without_class_names_names_its_columns_once(imported, tmp_path, caplog):
+    state = torch.load(imported["classifier"], weights_only=True)
+    del state["task_state"]["classes"], state["task_state"]["format_version"]
+    torch.save(state, tmp_path / "old.pt")
+    with caplog.at_level("WARNING"):
+        predictor = load_predictor(tmp_path / "old.pt")
+    assert predictor.class_names == [f"class_{i}" for i in range(26)]
+    assert [r.getMessage() for r in caplog.records if "class names" in r.getMessage()] == [
+        "the checkpoint does not record its class names (trained before they were saved): they are "
+        "class_0 ... class_25, in the order of the training classes.tsv"]
 
 
 def test_records_lacking_leads_the_model_is_fed_are_counted_and_named(imported, data, tmp_path):
@@ -344,6 +356,38 @@ def test_a_record_the_model_fails_on_is_skipped_and_the_batch_scored_without_it(
                                               log=lambda _: None)
     assert written == 2 and [r["record"] for r in _read_csv(out)] == ["a", "c"]
     assert skipped == [("b", "the model failed on it (RuntimeError: injected failure of one record)")]
+
+
+def test_the_quality_column_names_failed_checks_and_labels_can_be_withheld(imported, tmp_path):
+    """Signal quality before the model speaks (issue 22 item 3): a record with mains noise on V2 is
+    flagged in the quality column and the closing line; with --withhold-poor-quality it gets no
+    labels (its probabilities stay), a clean record keeps them."""
+    from fairseq_ecg.predict import main as predict_main
+    from fairseq_ecg.sources import discover, read_record
+
+    archive = tmp_path / "archive"
+    synthesize_archive(archive, records=2, patients=2, seed=4, layout="numpy")
+    folder = tmp_path / "records"
+    folder.mkdir()
+    rows = []
+    for number, ref in enumerate(sorted(discover(archive, "numpy"), key=lambda r: r.key)):
+        wave = np.asarray(read_record(ref).signal, dtype=np.float32)
+        name = ["clean", "mains"][number]
+        if name == "mains":
+            wave[7] += 0.5 * np.ptp(wave[7]) * np.sin(2 * np.pi * 50 * np.arange(wave.shape[1]) / 500)
+        np.save(folder / f"{name}.npy", wave)
+        rows.append(ManifestRow(f"{name}.npy", wave.shape[1], record=name))
+    write_manifest(folder / "test.tsv", folder, rows)
+    for withhold in (False, True):
+        out = tmp_path / f"withhold_{withhold}.csv"
+        args = ["--checkpoint", str(imported["classifier"]), str(folder / "test.tsv"), "--out", str(out), "--cpu",
+                "--thresholds", "0", *(["--withhold-poor-quality"] if withhold else [])]
+        assert predict_main(args) == 0
+        by_name = {row["record"]: row for row in _read_csv(out)}
+        assert by_name["clean"]["quality"] == "ok" and by_name["mains"]["quality"] == "noisy:V2"
+        assert len(by_name["clean"]["labels"].split(";")) == 26
+        assert by_name["mains"]["labels"] == ("" if withhold else by_name["clean"]["labels"])
+        assert float(by_name["mains"][next(c for c in by_name["mains"] if " " in c)]) > 0
 
 
 def test_embed_skips_bad_records_by_predicts_rules(imported, tmp_path):

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fairseq_ecg"
 # the programs.
 LAYERS = [
     ("errors", "spreadsheet"),
-    ("leads", "labels", "normalization", "precision"),
+    ("leads", "labels", "normalization", "precision", "signal_quality"),
     ("sources", "manifest"),
     ("prepared", "preparation", "synth", "data", "metrics"),
     ("checkpoints",),

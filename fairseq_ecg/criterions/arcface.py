@@ -73,6 +73,13 @@ class ArcFaceCriterion(FairseqCriterion):
         self.scale, self.margin = scale, margin
 
     def forward(self, model, sample, reduce: bool = True):
+        """Args:
+            model: an identifier; sample: a batch of segments with ``target`` [segments] (the patient),
+                and ``probe`` [segments] on held-out gallery/probe subsets.
+        Returns:
+            (ArcFace cross-entropy summed over segments, or 0 on held-out patients, ``sample_size`` =
+            segments, logging output; on held-out patients it carries the ``EmbeddedSegments``).
+        """
         net_output = model(**sample["net_input"])
         if "probe" in sample:
             return self._gallery_probe(net_output, sample)

@@ -47,7 +47,13 @@ class EcgBceCriterion(FairseqCriterion):
         self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32)
 
     def forward(self, model, sample, reduce: bool = True):
-        """Loss summed over segments and classes; ``sample_size`` = segments."""
+        """Args:
+            model: a classifier; sample: a batch of ``EcgSegmentDataset`` (``net_input``, ``target``
+                [segments, classes] with -1 for unknown labels, ``id``, ``row``).
+        Returns:
+            (loss summed over segments and known labels, ``sample_size`` = segments, logging output;
+            in evaluation it carries the batch's ``ScoredSegments``).
+        """
         logits = model(**sample["net_input"])["logits"].float()
         target = sample["target"].float()
         if logits.shape != target.shape:

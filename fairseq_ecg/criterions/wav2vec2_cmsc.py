@@ -130,6 +130,14 @@ class Wav2Vec2CmscCriterion(Wav2vecCriterion):
         self.w2v_weight, self.cmsc_weight, self.cmsc_temperature = w2v_weight, cmsc_weight, cmsc_temperature
 
     def forward(self, model, sample, reduce=True):
+        """Args:
+            model: an ``ecg_wav2vec2``; sample: a batch of ``cut="pairs"`` segments (rows 2i and
+                2i+1 the two halves of one window) with ``net_input`` and ``group`` (the patient).
+        Returns:
+            (loss, ``sample_size``, logging output with ``loss_w2v`` and ``loss_cmsc``), the loss such
+            that fairseq's division by ``sample_size`` gives w2v_weight x wav2vec 2.0's loss +
+            cmsc_weight x the CMSC loss per update.
+        """
         if self.w2v_weight > 0:
             keeper = _KeepOutput(model)
             loss, sample_size, logging_output = super().forward(keeper, sample, reduce)

@@ -16,6 +16,7 @@ step for the task state is :func:`task_state_from_format_1`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,6 +27,8 @@ from omegaconf import OmegaConf
 from ..leads import LeadSpec, lead_mask, lead_set_name
 from ..normalization import checkpoint_normalization, normalize_mode, normalize_segment, record_statistics
 from .ecg_dataset import consecutive_starts
+
+logger = logging.getLogger(__name__)
 
 # Keys of a checkpoint's task state (``state["task_state"]``), written by the tasks and the import.
 FORMAT_VERSION = "format_version"
@@ -57,13 +60,19 @@ def checkpoint_format(state: dict) -> int:
 def task_state_from_format_1(state: dict) -> None:
     """The task-state part of upgrading a format-1 checkpoint, in place: the normalisation it
     trained with (its config's ``task.normalize``, a boolean in the oldest ones) and its trained
-    lead set become explicit."""
+    lead set become explicit; a classifier trained before its class names were saved gets
+    ``class_0`` ... in the order of its training ``classes.tsv``, said once."""
     if not isinstance(state.get("task_state"), dict):
         state["task_state"] = {}
     task_state = state["task_state"]
     task_state[NORMALIZE] = checkpoint_normalization(state)
     if task_state.get(TRAINED_LEADS) is None:
         task_state[TRAINED_LEADS] = lead_set_name(_plain(_task_config(state).get("leads", FORMAT_1_TASK_DEFAULTS["leads"])))
+    model = (state.get("cfg") or {}).get("model") or {}
+    if model.get("_name") == "ecg_wav2vec2_classifier" and task_state.get(CLASSES) is None and model.get("num_classes"):
+        task_state[CLASSES] = [f"class_{i}" for i in range(int(model["num_classes"]))]
+        logger.warning(f"the checkpoint does not record its class names (trained before they were saved): they are "
+                       f"class_0 ... class_{int(model['num_classes']) - 1}, in the order of the training classes.tsv")
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,13 @@ class EcgEncoderModel(BaseFairseqModel):
         return limit < 0 or self.num_updates < limit
 
     def embed(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Global representation [batch, dim] of ``source`` [batch, leads, time]."""
+        """The encoder's global representation, without gradients while the encoder is frozen.
+
+        Args:
+            source: [batch, leads, time]; padding_mask: [batch, time] (True = padding) or None.
+        Returns:
+            [batch, dim], after ``final_dropout``.
+        """
         if self.encoder_frozen:
             with torch.no_grad():
                 self.encoder.eval()

@@ -52,8 +52,12 @@ class EcgClassifierModel(EcgEncoderModel):
         return cls(cfg, cls.build_encoder(cfg))
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> dict:
-        """``source`` [batch, leads, time] -> ``logits`` [batch, num_classes] (before the sigmoid).
-        The head computes in fp32 under bf16 autocast too (the logits feed the loss and metrics)."""
+        """Args:
+            source: [batch, leads, time]; padding_mask: [batch, time] (True = padding) or None.
+        Returns:
+            ``logits`` [batch, num_classes], before the sigmoid. The head computes in fp32 under
+            bf16 autocast too (the logits feed the loss and metrics).
+        """
         pooled = self.embed(source, padding_mask)
         with full_precision(pooled):
             return {"logits": self.head(pooled.float())}

@@ -53,9 +53,13 @@ class EcgIdentifierModel(EcgEncoderModel):
         return cls(cfg, cls.build_encoder(cfg))
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> dict:
-        """``source`` [batch, leads, time] -> ``embedding`` [batch, embed_dim] (unit length) and
-        ``cosine`` [batch, num_patients] (cosine to each training patient, before scale and margin).
-        Both in fp32 under bf16 autocast too: bf16 cosines near 1 are 0.004 apart, 0.1 after ArcFace's scale."""
+        """Args:
+            source: [batch, leads, time]; padding_mask: [batch, time] (True = padding) or None.
+        Returns:
+            ``embedding`` [batch, embed_dim] (unit length) and ``cosine`` [batch, num_patients]
+            (to each training patient, before scale and margin). Both in fp32 under bf16 autocast
+            too: bf16 cosines near 1 are 0.004 apart, 0.1 after ArcFace's scale.
+        """
         pooled = self.embed(source, padding_mask)
         with full_precision(pooled):
             embedding = F.normalize(self.projection(pooled.float()), dim=-1)

@@ -91,6 +91,11 @@ class MultiLeadFeatureEncoder(ConvFeatureExtractionModel):
         return need
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: [batch, leads, time] segments.
+        Returns:
+            [batch, channels, frames] features.
+        """
         if x.dim() != 3:
             raise ValueError(f"expected input of shape [batch, leads, time], found {tuple(x.shape)}")
         lengths = self.valid_samples
@@ -221,8 +226,17 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
         return cls(cfg)
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> dict:
-        """``source`` [batch, leads, time]; returns fairseq's wav2vec 2.0 outputs plus ``global``
-        [batch, dim], the time-average of the context network's output over unpadded frames."""
+        """wav2vec 2.0's forward pass over ECG segments (lead masking in training with ``rlm_prob``).
+
+        Args:
+            source: [batch, leads, time], an absent lead as zeros.
+            padding_mask: [batch, time] bool, True where ``source`` is padding (at its end), or None.
+            **kwargs: fairseq's (``mask``, ``features_only``, ...).
+        Returns:
+            fairseq's outputs (``x``, ``padding_mask`` over frames, the InfoNCE ``x``/``y`` when
+            masked, ...) plus ``global`` [batch, dim]: the time-average of the context network's
+            output over unpadded frames.
+        """
         if source.dim() != 3:
             raise ValueError(f"expected source of shape [batch, leads, time], found {tuple(source.shape)}")
         if self.training and self.rlm_prob > 0:
@@ -266,8 +280,7 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
 
         The cosine is torch.cosine_similarity's, x.t / max(|x| |t|, 1e-8), computed as one batched
         dot product of x [B, M, D] with its targets [N+1, B, M, D]: torch broadcasts x against every
-        negative first, and that took most of a small model's training step (forward and backward
-        2.3x faster here, the logits equal to 6e-7)."""
+        negative first, and that took most of a small model's training step (benchmarks/README.md)."""
         with full_precision(x):
             x, y, negatives = x.float(), y.float(), negatives.float()
             neg_is_pos = (y == negatives).all(-1)
@@ -279,6 +292,11 @@ class EcgWav2Vec2Model(Wav2Vec2Model):
             return logits
 
     def extract_global(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> dict:
-        """Unmasked forward pass for downstream use: ``x`` [B, T', D] context, its frame
-        ``padding_mask`` and ``global`` [B, D]."""
+        """Unmasked forward pass for downstream use.
+
+        Args:
+            source: [batch, leads, time]; padding_mask: [batch, time] (True = padding) or None.
+        Returns:
+            ``x`` [batch, frames, dim] context, its frame ``padding_mask`` and ``global`` [batch, dim].
+        """
         return self.forward(source, padding_mask=padding_mask, mask=False, features_only=True)

@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import scipy.signal
@@ -580,10 +580,6 @@ def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAUL
         notes=tuple(raw.notes) + tuple(f"{UNKNOWN_LEAD_NOTE} {n!r}" for n in unknown),
         statement=ref.statement or raw.statement, derived=tuple(raw.derived),
     )
-
-
-def sorted_refs(refs: Iterable[RecordRef]) -> list[RecordRef]:
-    return sorted(refs, key=lambda ref: ref.key)
 
 
 def walk_files(src: Path, suffixes: Sequence[str], limit: int = 0) -> Iterator[Path]:
