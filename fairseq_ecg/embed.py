@@ -26,22 +26,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from .inference import RecordBatcher, check_program_outputs, iter_records, run_over_records, run_program, write_skipped
+from .inference import (RecordBatcher, check_program_outputs, iter_records, program_parser, run_over_records,
+                        run_program, write_skipped)
 from .leads import lead_change, missing_leads_summary, parse_leads
 from .manifest import atomic_save_npy, atomic_write_text
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.loading import load_model
-from .normalization import AUTO as NORMALIZE_AUTO
-from .normalization import MODES, resolve_normalization
+from .normalization import resolve_normalization
 from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
-from .preparation import SALT_FROM_HELP, output_salt
-from .sources import AUTO, layouts
+from .preparation import output_salt
 
 
 def encoder_batcher(encoder: EcgWav2Vec2Model, batch_size: int, device: torch.device,
@@ -59,22 +57,9 @@ def encoder_batcher(encoder: EcgWav2Vec2Model, batch_size: int, device: torch.de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairseq-ecg-embed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", type=Path, help="a manifest (.tsv) or an archive folder (any --layout)")
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="checkpoint of ecg_wav2vec2, ecg_wav2vec2_classifier or ecg_wav2vec2_identifier")
-    parser.add_argument("--out", type=Path, required=True, help="FILE.npy; the record list goes to FILE.tsv")
-    parser.add_argument("--leads", default=None,
-                        help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
-    parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
-    parser.add_argument("--sample-rate", type=float, default=None, metavar="HZ",
-                        help="the sampling rate of a .npy input ([12, T] or [T, 12], canonical lead order, mV)")
-    parser.add_argument("--layout", default=AUTO, choices=(AUTO,) + layouts(),
-                        help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
-    parser.add_argument("--normalize", default=NORMALIZE_AUTO, choices=(NORMALIZE_AUTO,) + MODES,
-                        help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
-    parser.add_argument("--salt-from", type=Path, default=None, metavar="DIR", help=SALT_FROM_HELP)
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser = program_parser("fairseq-ecg-embed", __doc__.split("\n\n")[0],
+                            "checkpoint of ecg_wav2vec2, ecg_wav2vec2_classifier or ecg_wav2vec2_identifier",
+                            "FILE.npy; the record list goes to FILE.tsv")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: the encoder under bf16 autocast (faster where the CPU or GPU has native bf16)")
     return parser
@@ -106,8 +91,8 @@ def _command(args: argparse.Namespace, say) -> int:
         batcher = encoder_batcher(loaded.model, args.batch_size, device, args.precision)
         for record, vector, count in run_over_records(records, total, expected, loaded.receptive_field, batcher,
                                                       leads, progress_seconds=float("inf"), say=say):
-            if count:
-                embedded.append((record, count))
+            if count:  # the row, not the waveform: memory holds one record at a time
+                embedded.append((record._replace(wave=""), count))
                 vectors.append(vector)
             else:
                 skipped.append((record.name, vector))

@@ -29,9 +29,11 @@ from .errors import EcgError
 from .leads import NUM_LEADS, LeadSpec, parse_leads
 from .manifest import (EXIT_MACHINE_ERROR, MachineError, ManifestError, atomic_write_text, read_manifest,
                        waveform_problem)
-from .preparation import check_outputs, salt_beside
+from .normalization import AUTO as NORMALIZE_AUTO
+from .normalization import MODES
+from .preparation import SALT_FROM_HELP, check_outputs, salt_beside
 from .sources import AUTO as SOURCE_AUTO
-from .sources import LayoutError, RecordError, RecordRef, detect_layout, discover, read_record, resample
+from .sources import LayoutError, RecordError, RecordRef, detect_layout, discover, layouts, read_record, resample
 
 # One record given as a file, by suffix: the layout that reads it (".npy": an array, --sample-rate)
 RECORD_FILES = {".hea": "wfdb", ".mat": "wfdb", ".dat": "wfdb", ".xml": "muse_xml", ".dcm": "dicom", ".npy": "array"}
@@ -279,6 +281,29 @@ def run_program(program: str, parser: argparse.ArgumentParser, args: argparse.Na
     except (EcgError, OSError) as error:
         print(f"{program}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+
+
+def program_parser(program: str, description: str, checkpoint_help: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line that ``fairseq-ecg-predict`` and ``fairseq-ecg-embed`` share: the input,
+    the checkpoint, the output, how records are read and how the model is fed."""
+    parser = argparse.ArgumentParser(prog=program, description=description)
+    parser.add_argument("inputs", type=Path,
+                        help="a manifest (.tsv), a folder of records (any --layout) or one record's file: .hea, "
+                             ".mat or the WFDB record name, MUSE .xml, DICOM .dcm, .npy (with --sample-rate)")
+    parser.add_argument("--sample-rate", type=float, default=None, metavar="HZ",
+                        help="the sampling rate of a .npy input ([12, T] or [T, 12], canonical lead order, mV)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help=checkpoint_help)
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--leads", default=None,
+                        help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
+    parser.add_argument("--normalize", default=NORMALIZE_AUTO, choices=(NORMALIZE_AUTO,) + MODES,
+                        help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
+    parser.add_argument("--layout", default=SOURCE_AUTO, choices=(SOURCE_AUTO,) + layouts(),
+                        help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
+    parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument("--salt-from", type=Path, default=None, metavar="DIR", help=SALT_FROM_HELP)
+    return parser
 
 
 def check_program_outputs(outputs: Sequence[Path], inputs: Sequence[Path], salt_from: Optional[Path]) -> None:

@@ -42,18 +42,17 @@ import torch
 from .errors import EcgError
 from .checkpoints import CheckpointError, is_probability
 from .data.model_input import ModelInput
-from .inference import (RecordBatcher, check_program_outputs, iter_records, record_file_layout, run_over_records,
-                        run_program, unusable_signal, write_skipped)
+from .inference import (RecordBatcher, check_program_outputs, iter_records, program_parser, record_file_layout,
+                        run_over_records, run_program, unusable_signal, write_skipped)
 from .labels import column_names
 from .signal_quality import FLAGS, GOOD, quality_text, record_flags
 from .leads import NUM_LEADS, lead_change, lead_list, missing_leads_summary, parse_leads
 from .manifest import atomic_output
 from .metrics.classification import aggregate_by_record
 from .models.loading import load_model
-from .normalization import AUTO, MODES, resolve_normalization
-from .preparation import SALT_FROM_HELP, output_salt
+from .normalization import AUTO, resolve_normalization
+from .preparation import output_salt
 from .sources import AUTO as SOURCE_AUTO
-from .sources import layouts
 from .spreadsheet import csv_writer
 
 
@@ -238,29 +237,14 @@ def record_summary(path: Path, predictor: Predictor, thresholds: np.ndarray) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairseq-ecg-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", type=Path,
-                        help="a manifest (.tsv), a folder of records (any --layout) or one record's file: .hea, "
-                             ".mat or the WFDB record name, MUSE .xml, DICOM .dcm, .npy (with --sample-rate)")
-    parser.add_argument("--sample-rate", type=float, default=None, metavar="HZ",
-                        help="the sampling rate of a .npy input ([12, T] or [T, 12], canonical lead order, mV)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="an ecg_wav2vec2_classifier checkpoint")
-    parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
-    parser.add_argument("--leads", default=None,
-                        help="leads to keep (others zeroed): preset 12/6/4/3/2/1 or [I,II,V2]; default: the checkpoint's")
+    parser = program_parser("fairseq-ecg-predict", __doc__.split("\n\n")[0], "an ecg_wav2vec2_classifier checkpoint",
+                            "predictions CSV to write")
     parser.add_argument("--withhold-poor-quality", action="store_true",
                         help="no labels for a record that fails a signal-quality check (flat, clipped, noisy, wander; "
                              "the quality column names them either way)")
     parser.add_argument("--thresholds", default="valid",
                         help="valid (tuned on validation, saved in the checkpoint; else 0.5), a number, or a file "
                              "with one threshold per class")
-    parser.add_argument("--normalize", default=AUTO, choices=(AUTO,) + MODES,
-                        help="input normalisation; auto (default) = the checkpoint's, anything else must equal it")
-    parser.add_argument("--layout", default=SOURCE_AUTO, choices=(SOURCE_AUTO,) + layouts(),
-                        help="archive layout of a folder input (fairseq_ecg.sources; auto: recognised)")
-    parser.add_argument("--batch-size", type=int, default=32, help="segments per forward pass")
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
-    parser.add_argument("--salt-from", type=Path, default=None, metavar="DIR", help=SALT_FROM_HELP)
     parser.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines")
     return parser
 
