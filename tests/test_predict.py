@@ -487,3 +487,11 @@ def test_one_ecg_one_command_and_the_python_api(imported, tmp_path):
     assert folder_out.returncode == 2 and f"--out {muse} is a folder; name the file to write in it" in folder_out.stderr
     missing = run_cli(*base, str(tmp_path / "nowhere"), check=False)
     assert missing.returncode == 2 and f"{tmp_path / 'nowhere'}: no such file or folder" in missing.stderr
+    # embed reads a record's own file as predict does: the vector its folder gives it
+    from fairseq_ecg.embed import main as embed_main
+
+    assert embed_main(["--checkpoint", str(imported["pretrained"]), str(header), "--out", str(tmp_path / "one.npy")]) == 0
+    assert embed_main(["--checkpoint", str(imported["pretrained"]), str(archive), "--out", str(tmp_path / "all.npy")]) == 0
+    keys = [line.split("\t")[0] for line in (tmp_path / "all.tsv").read_text().splitlines()[1:]]
+    index = next(k for k, key in enumerate(keys) if key.endswith(header.stem))
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy")[0], np.load(tmp_path / "all.npy")[index], atol=1e-6)

@@ -35,7 +35,7 @@ from .launcher import PreloadedLauncher, subprocess_launcher
 from ..leads import lead_list, lead_set_name, parse_leads
 from ..models.downstream import FEATURE_GRAD_MULT_BY_INIT
 from ..manifest import ManifestError, read_manifest
-from ..prepared import GALLERY, PROBE, TASK_FOLDERS, held_out, identify_test_missing
+from ..prepared import GALLERY, PRETRAIN, PROBE, TASK_FOLDERS, held_out, identify_test_missing
 from ..spreadsheet import csv_writer
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fairseq_ecg: the user dir and, installed, examples/
@@ -150,7 +150,7 @@ def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Op
     folder = s.out / "runs" / name
     command = [
         "fairseq-hydra-train", "--config-dir", str(s.config_root / "pretrain"), "--config-name", variant,
-        f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / 'pretrain'}", f"task.leads={leads}",
+        f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / PRETRAIN}", f"task.leads={leads}",
         f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset]["pretrain"],
         *s.pretrain_args,
     ]
@@ -714,8 +714,8 @@ def main(argv=None) -> int:
     if not s.data.is_dir():
         raise SystemExit(f"fairseq-ecg-experiments: --data {args.data}: no such folder; prepare the archive first "
                          "with fairseq-ecg-manifest SRC --dest DIR")
-    if not args.dry_run and not (s.data / "pretrain" / "train.tsv").is_file():
-        raise SystemExit(f"fairseq-ecg-experiments: {s.data / 'pretrain' / 'train.tsv'} not found; "
+    if not args.dry_run and not (s.data / PRETRAIN / "train.tsv").is_file():
+        raise SystemExit(f"fairseq-ecg-experiments: {s.data / PRETRAIN / 'train.tsv'} not found; "
                          "prepare the archive first with fairseq-ecg-manifest SRC --dest DIR")
     s = without_empty_tasks(s)
     runs = plan(s)
