@@ -102,7 +102,8 @@ def load_checkpoint(path: Path | str) -> dict:
 # Format n -> n + 1: the steps that fill in what a checkpoint of format n lacks. The task state's
 # are here; a layer above registers its own part (the encoder its config's, in models/ecg_wav2vec2.py),
 # so that this reader imports nothing above it. A new saved setting (a lead-masking mode, a
-# calibration, export metadata) raises CURRENT_FORMAT and registers the step that fills it.
+# calibration, export metadata) raises CURRENT_FORMAT and registers the step that fills it; format 2
+# needs none to become 3 (no calibration saved is no calibration).
 UPGRADES: dict[int, list[Callable[[dict], None]]] = {1: [task_state_from_format_1]}
 
 

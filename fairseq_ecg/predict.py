@@ -1,7 +1,8 @@
 """``fairseq-ecg-predict``: class probabilities and labels for new records, from a classifier checkpoint.
 
     fairseq-ecg-predict --checkpoint CLASSIFIER.pt INPUT --out predictions.csv [--leads 6]
-                        [--thresholds valid|0.5|FILE] [--normalize auto|none|segment|record]
+                        [--thresholds valid|0.5|FILE] [--calibration valid|none]
+                        [--normalize auto|none|segment|record]
 
 INPUT is a manifest (``.tsv`` of fairseq-ecg-manifest) or a folder of records in any layout the
 preparation reads (``--layout``, default ``auto``: recognised, :mod:`fairseq_ecg.sources`). Each record is prepared as in training (resampled to the
@@ -15,9 +16,15 @@ checks that leads the model uses fail, e.g. ``flat:V4;noisy:II``: :mod:`fairseq_
 and abbreviation, e.g. ``426783006 SNR``), and ``labels``, the classes at or above their threshold
 joined by ``;``.
 
+Calibration: ``valid`` (default) passes each record's probabilities through the calibration fitted
+on the validation patients and saved in the checkpoint (``task.calibration``; a checkpoint without
+one gives its probabilities as trained, said in one line); ``none`` gives them as trained.
+
 Thresholds: ``valid`` (default) takes those tuned on the validation subset and saved in the
-checkpoint (``task.tune_thresholds``), or 0.5 when it has none (said in one line); a number is used
-for every class; a FILE holds one threshold per class, one per line (``value`` or ``name,value``).
+checkpoint (``task.tune_thresholds``), on the scale of the probabilities written (tuned on the
+calibrated ones, mapped back for ``--calibration none``), or 0.5 when it has none (said in one
+line); a number is used for every class; a FILE holds one threshold per class, one per line
+(``value`` or ``name,value``); a number or a file applies to the probabilities as written.
 
 A record that cannot be used (unreadable, NaN, shorter than the encoder's receptive field, or one
 the model fails on: a failing batch is scored again record by record) is listed on stderr and in
@@ -48,6 +55,7 @@ from .labels import column_names
 from .signal_quality import FLAGS, GOOD, quality_text, record_flags
 from .leads import NUM_LEADS, lead_change, lead_list, missing_leads_summary, parse_leads
 from .manifest import atomic_output
+from .metrics.calibration import CALIBRATIONS
 from .metrics.classification import aggregate_by_record
 from .models.loading import load_model
 from .normalization import AUTO, resolve_normalization
@@ -61,10 +69,16 @@ class Predictor:
     """A classifier checkpoint ready to score records, with how its inputs must be prepared."""
 
     model: torch.nn.Module
-    input: ModelInput  # rate, segment length, leads, normalisation, aggregation, classes, thresholds
+    input: ModelInput  # rate, segment length, leads, normalisation, aggregation, classes, thresholds, calibration
     class_names: list[str]
     columns: list[str]
     min_samples: int = 1  # the encoder's receptive field: a shorter record gives no frame to classify
+    calibrated: bool = True  # the checkpoint's calibration applies (where it has one)
+
+    @property
+    def calibration(self):
+        """The calibration in force (None: the probabilities as trained)."""
+        return self.input.calibration if self.calibrated else None
 
     @property
     def sample_rate(self) -> float:
@@ -76,7 +90,11 @@ class Predictor:
 
     @property
     def tuned_thresholds(self) -> Optional[np.ndarray]:
-        return self.input.tuned_thresholds(len(self.class_names))
+        """The checkpoint's thresholds on the scale of :meth:`probabilities` (tuned on the calibrated one)."""
+        tuned = self.input.tuned_thresholds(len(self.class_names))
+        if tuned is not None and self.input.calibration is not None and not self.calibrated:
+            return self.input.calibration.uncalibrated(tuned)
+        return tuned
 
     def probabilities(self, wave: np.ndarray, sample_rate: float, leads=None) -> np.ndarray:
         """Class probabilities of one record, as ``fairseq-ecg-predict`` computes them.
@@ -87,7 +105,7 @@ class Predictor:
             sample_rate: of ``wave``, in Hz; resampled to the model's.
             leads: the leads fed to the model (others zeroed); default: the checkpoint's.
         Returns:
-            [num_classes] float64, in the order of ``class_names``.
+            [num_classes] float64, in the order of ``class_names``, calibrated where :attr:`calibration` is set.
         """
         from .sources import resample
 
@@ -108,12 +126,13 @@ class Predictor:
 
     def batcher(self, batch_size: int, device: torch.device) -> RecordBatcher:
         """Segment probabilities [segments, classes] combined per record by the checkpoint's
-        ``aggregate`` (mean or max), as validation combines them."""
+        ``aggregate`` (mean or max), as validation combines them, then calibrated (:attr:`calibration`)."""
         def forward(net_input: dict) -> np.ndarray:
             return torch.sigmoid(self.model(**net_input)["logits"].float()).cpu().numpy()
 
         def combine(parts: np.ndarray) -> np.ndarray:
-            return aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.input.aggregate)[1][0]
+            record = aggregate_by_record(parts, np.zeros(len(parts), dtype=np.int64), self.input.aggregate)[1][0]
+            return record if self.calibration is None else self.calibration.apply(record)
         return RecordBatcher(forward, combine, batch_size, device)
 
     def labels(self, probabilities: np.ndarray, thresholds: Optional[np.ndarray] = None) -> list[str]:
@@ -123,9 +142,12 @@ class Predictor:
         return [name for name, p, t in zip(self.class_names, probabilities, thresholds) if p >= t]
 
 
-def load_predictor(path: Path, normalize: str = AUTO) -> Predictor:
+def load_predictor(path: Path, normalize: str = AUTO, calibration: str = "valid") -> Predictor:
     """Read a classifier checkpoint (safely) and build its model in eval mode (``load_model``);
-    ``normalize`` other than ``auto`` must be the checkpoint's own mode."""
+    ``normalize`` other than ``auto`` must be the checkpoint's own mode; ``calibration``: ``valid``
+    (the checkpoint's, where it has one) or ``none``."""
+    if calibration not in CALIBRATIONS:
+        raise EcgError(f"calibration {calibration!r}: use one of {', '.join(CALIBRATIONS)}")
     loaded = load_model(path, "classifier")
     resolve_normalization(normalize, loaded.input.normalize, str(path))
     num = loaded.model.cfg.num_classes
@@ -133,7 +155,7 @@ def load_predictor(path: Path, normalize: str = AUTO) -> Predictor:
     if len(names) != num:
         raise CheckpointError(f"{path}: {len(names)} class names for {num} outputs; the checkpoint was edited or damaged")
     return Predictor(model=loaded.model, input=loaded.input, class_names=names, columns=column_names(names),
-                     min_samples=loaded.receptive_field)
+                     min_samples=loaded.receptive_field, calibrated=calibration == "valid")
 
 
 def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
@@ -245,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", default="valid",
                         help="valid (tuned on validation, saved in the checkpoint; else 0.5), a number, or a file "
                              "with one threshold per class")
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default="valid",
+                        help="valid: the calibration fitted on validation and saved in the checkpoint (where it has "
+                             "one); none: the probabilities as trained")
     parser.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines")
     return parser
 
@@ -261,7 +286,10 @@ def _command(args: argparse.Namespace, say) -> int:
                           args.salt_from)
     if args.leads is not None:
         parse_leads(args.leads)
-    predictor = load_predictor(args.checkpoint, args.normalize)
+    predictor = load_predictor(args.checkpoint, args.normalize, args.calibration)
+    if args.calibration == "valid" and predictor.calibration is None:
+        say(f"{args.checkpoint}: no calibration saved (trained before calibration, or with task.calibration=none): "
+            "probabilities as trained")
     change = lead_change(predictor.leads, args.leads) if args.leads is not None else ""
     if change:
         say(f"{change} (--leads)")
@@ -277,7 +305,8 @@ def _command(args: argparse.Namespace, say) -> int:
         print(record_summary(args.out, predictor, thresholds))
     where = f"; skipped records in {args.out.with_suffix('.skipped.tsv')}" if skipped else ""
     say(f"{written} records -> {args.out} ({len(skipped)} skipped, {seconds:.1f} s, "
-        f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.input.normalize}){where}")
+        f"{written / max(seconds, 1e-9):.1f} records/s, normalize={predictor.input.normalize}, "
+        f"calibration={'valid' if predictor.calibration is not None else 'none'}){where}")
     return 0 if written else 1  # every record skipped: nothing was predicted
 
 

@@ -140,7 +140,7 @@ def _reduce(task, batches, per_batch: bool) -> dict:
 @pytest.mark.parametrize("per_batch", [False, True])
 @pytest.mark.parametrize("how", ["mean", "max"])
 def test_logged_metrics_are_scikit_learn_on_the_whole_subset(classify_data, per_batch, how):
-    task = _task(classify_data, aggregate=how, tune_thresholds=False)  # scored at the fixed 0.5
+    task = _task(classify_data, aggregate=how, tune_thresholds=False, calibration="none")  # at the fixed 0.5
     batches, labels, rows, probs = _scored_batches()
     values, _ = _reduce(task, batches, per_batch)
     _, record_probs = aggregate_by_record(probs, rows, how)
@@ -155,7 +155,7 @@ def test_logged_metrics_are_scikit_learn_on_the_whole_subset(classify_data, per_
 
 
 def test_thresholds_tuned_on_valid_are_applied_to_test(classify_data):
-    task = _task(classify_data, tune_thresholds=True)
+    task = _task(classify_data, tune_thresholds=True, calibration="none")
     assert task.scoring("test").thresholds.tolist() == [0.5] * 26  # nothing tuned yet
     batches, labels, rows, probs = _scored_batches("valid")
     tuned_values, agg = _reduce(task, batches, per_batch=True)
@@ -169,6 +169,42 @@ def test_thresholds_tuned_on_valid_are_applied_to_test(classify_data):
     test_values, _ = _reduce(task, [ScoredSegments(b.ids, b.rows, b.targets, b.probs, "test") for b in batches], False)
     assert np.allclose(task.scoring("test").thresholds, tuned)
     assert test_values["f1"] == pytest.approx(tuned_values["f1"])
+
+
+def test_calibration_fitted_on_valid_scores_test_and_keeps_every_ranking(classify_data):
+    """Platt scaling fitted on valid (the three classes with positives; the 23 without stay as
+    trained) is saved beside the thresholds, tuned on its scale; the test subset is scored through
+    it. Calibration is increasing, so AUROC, F1 and the Challenge metric equal those of the
+    uncalibrated task at the thresholds mapped back, while ECE and Brier fall on valid."""
+    from fairseq_ecg.metrics.calibration import PlattCalibration, brier_score, expected_calibration_error
+
+    batches, labels, rows, probs = _scored_batches("valid")
+    _, record_probs = aggregate_by_record(probs, rows, "mean")
+    results = {}
+    for mode in ("valid", "none"):
+        task = _task(classify_data, calibration=mode)
+        valid, agg = _reduce(task, batches, per_batch=True)
+        task.post_validate(None, valid, agg)
+        test, _ = _reduce(task, [ScoredSegments(b.ids, b.rows, b.targets, b.probs, "test") for b in batches], False)
+        results[mode] = task, valid, test
+    task, valid, test = results["valid"]
+    saved = PlattCalibration.from_state(task.state.state_dict["calibration"])
+    assert saved.fitted.tolist() == [k in (0, 5, 14) for k in range(26)]
+    calibrated = saved.apply(record_probs)
+    assert valid["ece"] == pytest.approx(expected_calibration_error(labels, calibrated), abs=1e-5)
+    assert valid["ece_uncalibrated"] == pytest.approx(expected_calibration_error(labels, record_probs), abs=1e-5)
+    assert valid["brier"] < valid["brier_uncalibrated"] == pytest.approx(brier_score(labels, record_probs), abs=1e-5)
+    assert valid["ece"] < valid["ece_uncalibrated"]
+    assert test["ece"] == pytest.approx(valid["ece"]) and test["f1"] == pytest.approx(valid["f1"])
+    plain_task, plain_valid, plain_test = results["none"]
+    assert "calibration" not in plain_task.state.state_dict and "ece_uncalibrated" not in plain_test
+    for name in ("auroc", "f1", "challenge_metric", "accuracy"):
+        assert test[name] == pytest.approx(plain_test[name], abs=1e-5), name
+    # a calibrated checkpoint scored with calibration=none: its thresholds mapped back select the same records
+    task.cfg.calibration = "none"
+    back = task.scoring("test").thresholds
+    assert np.array_equal(record_probs >= back, calibrated >= np.asarray(task.state.state_dict["thresholds"]))
+    assert task.scoring("test").calibration is None
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -191,7 +227,8 @@ def test_pretrained_encoder_weights_are_loaded(classify_data, tiny_pretrained):
 
 def _values(text: str, subset: str) -> dict:
     line = [l for l in text.splitlines() if f"valid on '{subset}' subset" in l and "challenge_metric" in l][-1]
-    return {k: float(v) for k, v in re.findall(r"(challenge_metric|auroc|auprc|f1|accuracy|loss) (-?[0-9.e-]+|nan)", line)}
+    return {k: float(v) for k, v in re.findall(r"\| (challenge_metric|auroc|auprc|f1|accuracy|loss|(?:ece|brier)(?:_uncalibrated)?) "
+                                                  r"(-?[0-9.e-]+|nan)", line)}
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +315,8 @@ def test_finetune_then_fairseq_validate(classify_data, tiny_classifier):
     result = run_cli("fairseq-validate", str(classify_data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
                      "--path", str(tiny_classifier), "--valid-subset", "test", "--batch-size", "3")
     values = _values(result.stdout + result.stderr, "test")
-    assert set(values) == {"loss", "challenge_metric", "auroc", "auprc", "f1", "accuracy"}
+    assert set(values) == {"loss", "challenge_metric", "auroc", "auprc", "f1", "accuracy", "ece", "brier",
+                           "ece_uncalibrated", "brier_uncalibrated"}
     assert -2 <= values["challenge_metric"] <= 1 and 0 <= values["accuracy"] <= 1
     assert state["task_state"]["trained_leads"] == "12"
     assert "the model was trained on leads" not in result.stdout + result.stderr  # its own lead set: no notice

@@ -13,7 +13,7 @@ from fairseq_ecg.checkpoints import load_checkpoint, upgrade_checkpoint
 from fairseq_ecg.data import EcgSegmentDataset
 from fairseq_ecg.labels import SCORED_CLASSES, scored_labels
 from fairseq_ecg.manifest import ManifestRow, read_manifest, write_classes, write_labels, write_manifest
-from fairseq_ecg.data.model_input import ModelInput
+from fairseq_ecg.data.model_input import CURRENT_FORMAT, ModelInput
 from fairseq_ecg.normalization import normalize_mode, resolve_normalization
 from fairseq_ecg.predict import load_predictor
 from fairseq_ecg.synth import synthesize_archive
@@ -227,7 +227,7 @@ def test_pretraining_records_its_mode(tiny_pretrained):
 
 def test_a_checkpoint_of_format_1_is_upgraded_in_one_place_and_a_newer_one_refused(tiny_pretrained, tmp_path):
     """Every reader (the plugin's and fairseq's, as patched) brings a checkpoint written before the
-    format was recorded to format 2: its normalisation (a boolean then), trained leads and the
+    format was recorded to the current one: its normalisation (a boolean then), trained leads and the
     encoder settings that version trained with; a checkpoint of a newer format is refused in one
     line (issue 21 item 1)."""
     from fairseq import checkpoint_utils
@@ -236,7 +236,7 @@ def test_a_checkpoint_of_format_1_is_upgraded_in_one_place_and_a_newer_one_refus
     from fairseq_ecg.models.ecg_wav2vec2 import RLM_MODE_BEFORE_THE_OPTION
 
     state = torch.load(tiny_pretrained, weights_only=True)
-    assert state["task_state"]["format_version"] == 2 and state["task_state"]["trained_leads"] == "12"
+    assert state["task_state"]["format_version"] == CURRENT_FORMAT and state["task_state"]["trained_leads"] == "12"
     for key in ("format_version", "normalize", "trained_leads"):
         del state["task_state"][key]
     state["cfg"]["task"]["normalize"] = True
@@ -244,14 +244,59 @@ def test_a_checkpoint_of_format_1_is_upgraded_in_one_place_and_a_newer_one_refus
     torch.save(state, tmp_path / "old.pt")
     for read in (load_checkpoint, checkpoint_utils.load_checkpoint_to_cpu):
         upgraded = read(str(tmp_path / "old.pt"))
-        assert upgraded["task_state"] == {**upgraded["task_state"], "format_version": 2, "normalize": "segment",
+        assert upgraded["task_state"] == {**upgraded["task_state"], "format_version": CURRENT_FORMAT, "normalize": "segment",
                                           "trained_leads": "12"}, read
         assert upgraded["cfg"]["model"]["rlm_mode"] == RLM_MODE_BEFORE_THE_OPTION
         assert ModelInput.of_checkpoint(upgraded) == ModelInput(500.0, 2500, "12", "segment")
-    state["task_state"]["format_version"] = 3
+    state["task_state"]["format_version"] = CURRENT_FORMAT + 1
     torch.save(state, tmp_path / "new.pt")
-    with pytest.raises(CheckpointError, match=r"new.pt: a checkpoint of format 3, written by a newer fairseq_ecg"):
+    with pytest.raises(CheckpointError, match=rf"new.pt: a checkpoint of format {CURRENT_FORMAT + 1}, written by a newer"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+def test_predict_applies_the_checkpoints_calibration_as_validate_scores(imported, data, tmp_path):
+    """A classifier with a saved calibration (format 3; set by hand here, fitted by training in
+    test_classification): fairseq-validate's per-record results hold the calibrated probabilities
+    and those before; fairseq-ecg-predict writes the same calibrated ones (1e-6) and, with
+    --calibration none, the ones before, at thresholds mapped back, so the labels agree. A format-2
+    checkpoint is upgraded without a calibration, and predict says it has none."""
+    from fairseq_ecg.metrics.calibration import PlattCalibration
+    from fairseq_ecg.metrics.record_results import read_classification_results
+
+    state = torch.load(imported["classifier"], weights_only=True)
+    calibration = PlattCalibration(tuple([2.0] * 13 + [1.0] * 13), tuple([-1.0] * 13 + [0.0] * 13))
+    state["task_state"].update(calibration=calibration.to_state(), thresholds=[0.3] * 26)
+    torch.save(state, tmp_path / "calibrated.pt")
+    result = run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
+                     "--path", str(tmp_path / "calibrated.pt"), "--valid-subset", "test", "--batch-size", "4",
+                     "--per-record-results", str(tmp_path / "results"))
+    assert "ece_uncalibrated" in result.stdout + result.stderr
+    saved = read_classification_results(tmp_path / "results" / "test.results.csv")
+    np.testing.assert_allclose(saved.probs, calibration.apply(saved.uncalibrated), atol=1e-12)
+    assert not np.allclose(saved.probs[:, :13], saved.uncalibrated[:, :13])
+    order = [saved.records.index(f"test_{i}") for i in range(6)]
+    written = {}
+    for mode in ("valid", "none"):
+        out = tmp_path / f"{mode}.csv"
+        result = run_cli("fairseq-ecg-predict", "--checkpoint", str(tmp_path / "calibrated.pt"), str(data / "test.tsv"),
+                         "--out", str(out), "--calibration", mode)
+        assert f"calibration={mode}" in result.stderr
+        written[mode] = rows = _read_csv(out)
+        got = np.array([[float(row[c]) for c in saved.columns] for row in rows])
+        np.testing.assert_allclose(got, (saved.probs if mode == "valid" else saved.uncalibrated)[order], atol=1e-6)
+    assert [r["labels"] for r in written["valid"]] == [r["labels"] for r in written["none"]]
+    assert [r["labels"] for r in written["valid"]] == [
+        ";".join(c for c, p in zip(saved.columns, saved.probs[k]) if p >= 0.3) for k in order]
+    # format 2: no calibration; predict says so and writes the probabilities as trained
+    state["task_state"].pop("calibration")
+    state["task_state"]["format_version"] = 2
+    torch.save(state, tmp_path / "format2.pt")
+    assert ModelInput.of_checkpoint(load_checkpoint(tmp_path / "format2.pt")).calibration is None
+    result = run_cli("fairseq-ecg-predict", "--checkpoint", str(tmp_path / "format2.pt"), str(data / "test.tsv"),
+                     "--out", str(tmp_path / "format2.csv"))
+    assert "no calibration saved" in result.stderr and "calibration=none" in result.stderr
+    np.testing.assert_allclose([[float(row[c]) for c in saved.columns] for row in _read_csv(tmp_path / "format2.csv")],
+                               saved.uncalibrated[order], atol=1e-6)
 
 
 def test_a_format_1_classifier_without_class_names_names_its_columns_once(imported, tmp_path, caplog):

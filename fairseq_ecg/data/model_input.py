@@ -25,6 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..leads import LeadSpec, lead_mask, lead_set_name
+from ..metrics.calibration import PlattCalibration
 from ..normalization import checkpoint_normalization, normalize_mode, normalize_segment, record_statistics
 from .ecg_dataset import consecutive_starts
 
@@ -36,8 +37,12 @@ TRAINED_LEADS = "trained_leads"  # the lead set the model trained on (a preset k
 NORMALIZE = "normalize"  # the resolved normalisation mode
 CLASSES = "classes"  # a classifier's class names, in the order of its outputs
 THRESHOLDS = "thresholds"  # a classifier's per-class thresholds tuned on the validation subset
+CALIBRATION = "calibration"  # a classifier's calibration fitted on the validation subset (PlattCalibration.to_state)
 
-CURRENT_FORMAT = 2  # 1: checkpoints written before the version was recorded (December 2026)
+# 1: checkpoints written before the version was recorded; 2: without calibration; 3: thresholds are on
+# the scale of the calibrated probabilities where a calibration is saved (an older reader would apply
+# them to uncalibrated ones: it refuses format 3)
+CURRENT_FORMAT = 3
 # What a checkpoint of format 1 may lack in its saved task config, with the value it trained with.
 FORMAT_1_TASK_DEFAULTS = {"sample_rate": 500, "segment_seconds": 5.0, "leads": "12", "aggregate": "mean"}
 
@@ -79,8 +84,9 @@ def task_state_from_format_1(state: dict) -> None:
 class ModelInput:
     """How records become a model's input, and what its outputs are.
 
-    ``classes``, ``thresholds`` and ``aggregate`` concern classifiers only (None, None, "mean" for
-    an encoder or identifier checkpoint)."""
+    ``classes``, ``thresholds``, ``calibration`` and ``aggregate`` concern classifiers only (None,
+    None, None, "mean" for an encoder or identifier checkpoint). The thresholds are on the scale of
+    the calibrated probabilities where there is a calibration."""
 
     sample_rate: float  # Hz
     segment_samples: int
@@ -89,6 +95,7 @@ class ModelInput:
     aggregate: str = "mean"  # how a record's segment probabilities combine: mean or max
     classes: Optional[tuple[str, ...]] = None
     thresholds: Optional[tuple[float, ...]] = None
+    calibration: Optional[PlattCalibration] = None
 
     @classmethod
     def of_checkpoint(cls, state: dict) -> "ModelInput":
@@ -111,6 +118,7 @@ class ModelInput:
             aggregate=str(task["aggregate"]),
             classes=None if classes is None else tuple(str(name) for name in classes),
             thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
+            calibration=PlattCalibration.from_state(task_state.get(CALIBRATION)),
         )
 
     def task_state(self) -> dict:
@@ -120,6 +128,8 @@ class ModelInput:
             state[CLASSES] = list(self.classes)
         if self.thresholds is not None:
             state[THRESHOLDS] = list(self.thresholds)
+        if self.calibration is not None:
+            state[CALIBRATION] = self.calibration.to_state()
         return state
 
     def tuned_thresholds(self, num_classes: int) -> Optional[np.ndarray]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..metrics.bootstrap import (DEFAULT_RESAMPLES, identification_resamples, interval, paired_difference, patient_counts,
                         row_nanmean, seed_mean, weighted_auroc)
+from ..metrics.calibration import BINS, reliability_curve
 from ..metrics.identification import identification_metrics
 from ..leads import PRESETS
 from ..metrics.record_results import read_classification_results, read_identification_results
@@ -208,6 +209,54 @@ def bootstrap_tables(rows: list[dict], resamples: int = DEFAULT_RESAMPLES, seed:
     return lines
 
 
+def plot_reliability(rows: list[dict], out: Path) -> list[Path]:
+    """Reliability diagrams of experiment 1's fine-tuned classifiers on the test patients, one panel
+    per lead set, one curve per variant: every (record, class) pair of every seed pooled, in the
+    calibration's equal-width bins; dashed, the same records before calibration (where it applied)."""
+    folders = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if (int(row["experiment"]) == 1 and row["task"] == "classification" and row.get("results")
+                and row["metric"] == HEADLINE["classification"]):
+            folders[row["finetune_leads"]][row["variant"]].append(Path(row["results"]))
+    if not folders:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    leads = sorted(folders, key=_lead_key)
+    figure, panels = plt.subplots(1, len(leads), figsize=(3.2 * len(leads), 3.4), squeeze=False)
+    for axes, lead in zip(panels[0], leads):
+        for number, variant in enumerate(sorted(folders[lead], key=_variant_key)):
+            saved = [read_classification_results(f) for folder in folders[lead][variant]
+                     for f in sorted(folder.glob("*.results.csv"))]
+            if not saved:
+                continue
+            targets, known = (np.concatenate([getattr(s, name) for s in saved]) for name in ("targets", "known"))
+            colour = f"C{number}"
+            for probs, style in ((np.concatenate([s.probs for s in saved]), "-"),
+                                 (None if any(s.uncalibrated is None for s in saved)
+                                  else np.concatenate([s.uncalibrated for s in saved]), "--")):
+                if probs is not None:
+                    confidence, frequency, _ = reliability_curve(targets, probs, known)
+                    axes.plot(confidence, frequency, style, marker="o", markersize=3, color=colour,
+                              label=variant if style == "-" else None)
+        axes.plot([0, 1], [0, 1], ":", color="grey")
+        axes.set_title(_lead_header(lead), fontsize=9)
+        axes.set_xlabel("mean probability")
+        axes.grid(alpha=0.3)
+    panels[0][0].set_ylabel("positive frequency")
+    panels[0][0].legend(fontsize=7)
+    figure.suptitle(f"Experiment 1, classification on the test patients: reliability ({BINS} bins; dashed: "
+                    "before calibration)", fontsize=9)
+    figure.tight_layout()
+    path = out / "exp1_classification_reliability.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return [path]
+
+
 def missing_lines(missing: list[tuple[dict, str]]) -> list[str]:
     """The report's list of the cells without a figure (a seed short in a cell is one of them)."""
     if not missing:
@@ -242,6 +291,11 @@ def write_report(rows: list[dict], out: Path, missing: list[tuple[dict, str]] = 
                 lines += [f"![{task} {metric}]({image.name})", ""]
     for path in plot_rlm_sweep(table, out):
         lines += [f"![RLM sweep]({path.name})", ""]
+    for path in plot_reliability(rows, out):
+        lines += ["## Calibration", "", "The `ece` and `brier` tables above are of the probabilities as scored (through "
+                  "the calibration fitted on the valid patients), `ece_uncalibrated` and `brier_uncalibrated` of the "
+                  f"same records before it; ECE: {BINS} equal-width bins per class, averaged over classes.", "",
+                  f"![reliability]({path.name})", ""]
     intervals = bootstrap_tables(rows)
     if intervals:
         lines += ["## Test sampling: bootstrap intervals and paired differences", "", *intervals]

@@ -26,12 +26,15 @@ from fairseq.logging import meters as fairseq_meters
 from fairseq.logging.meters import Meter
 
 from .bootstrap import Intervals, classification_intervals, identification_intervals, interval_text
+from .calibration import PlattCalibration, brier_score, expected_calibration_error, fit_platt
 from .classification import aggregate_by_record, classification_metrics, tune_thresholds, tune_thresholds_known
 from .identification import identification_metrics, record_embeddings
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("challenge_metric", "auroc", "auprc", "f1", "accuracy")
+METRICS = ("challenge_metric", "auroc", "auprc", "f1", "accuracy", "ece", "brier")
+# Logged where a calibration applies: the same two figures of the probabilities before it.
+UNCALIBRATED_METRICS = ("ece_uncalibrated", "brier_uncalibrated")
 INTERVAL_METRICS = ("challenge_metric", "auroc", "f1", "accuracy")  # with a bootstrap interval
 
 
@@ -121,13 +124,17 @@ class SubsetMeter(Meter):
 @dataclass(frozen=True, eq=False)
 class Scoring:
     """How a subset is scored: per-record aggregation, reward table (None: no Challenge metric) and
-    thresholds (None: tune them on this subset, per class, and report the metrics at them)."""
+    thresholds (None: tune them on this subset, per class, and report the metrics at them), and the
+    calibration of the record probabilities (``fit_calibration``: fit it on this subset first;
+    thresholds are on the calibrated scale)."""
 
     aggregate: str = "mean"
     weights: Optional[np.ndarray] = None
     sinus_index: Optional[int] = None
     thresholds: Optional[np.ndarray] = None
     default_threshold: float = 0.5
+    calibration: Optional[PlattCalibration] = None
+    fit_calibration: bool = False
     # Bootstrap intervals (fairseq_ecg.metrics.bootstrap): 0 resamples for none; computed once the meter
     # holds all ``records`` of the subset, resampling ``patients`` (one per record row).
     resamples: int = 0
@@ -146,6 +153,9 @@ class ClassificationMeter(SubsetMeter):
     def forget(self) -> None:
         self._result: Optional[Tuple[Dict[str, float], np.ndarray]] = None
         self._intervals: Optional[Intervals] = None
+        # the calibration in force, and (with fit_calibration) the classes left as they were: few, falling
+        self.calibration: Optional[PlattCalibration] = None
+        self.uncalibrated_classes: Tuple[List[int], List[int]] = ([], [])
 
     def update(self, segments: ScoredSegments, scoring: Scoring) -> None:
         self.add(segments)
@@ -153,7 +163,7 @@ class ClassificationMeter(SubsetMeter):
 
     def records(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Per record of the subset so far: (manifest rows, probabilities aggregated over its segments
-        [records, classes], targets [records, classes], known labels or None)."""
+        [records, classes], before calibration, targets [records, classes], known labels or None)."""
         parts = self.filled()
         rows = np.concatenate([p.rows for p in parts])
         records, probs = aggregate_by_record(np.concatenate([p.probs for p in parts]), rows, self.scoring.aggregate)
@@ -174,6 +184,7 @@ class ClassificationMeter(SubsetMeter):
         if self._intervals is None and self.scoring.resamples > 0 and self.complete():
             records, probs, targets, known = self.records()
             _, thresholds = self.result()
+            probs = self.calibrated(probs)
             self._intervals = classification_intervals(
                 targets, probs, thresholds, self.scoring.patients[records], self.scoring.resamples, self.scoring.seed,
                 self.scoring.weights, self.scoring.sinus_index, known)
@@ -184,12 +195,21 @@ class ClassificationMeter(SubsetMeter):
                         f"{self._intervals.dropped} times")
         return self._intervals
 
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """Record probabilities as scored: through the calibration in force, if any (after :meth:`result`)."""
+        return probs if self.calibration is None else self.calibration.apply(probs)
+
     def result(self) -> Tuple[Dict[str, float], np.ndarray]:
         """(metrics by name, the per-class thresholds they were computed at)."""
         if self._result is None:
             if not self.filled():
-                return {name: float("nan") for name in METRICS}, np.zeros(0)
-            records, probs, targets, known = self.records()
+                return {name: float("nan") for name in METRICS + UNCALIBRATED_METRICS}, np.zeros(0)
+            records, raw, targets, known = self.records()
+            self.calibration = self.scoring.calibration
+            if self.scoring.fit_calibration:
+                self.calibration, *classes = fit_platt(targets, raw, known)
+                self.uncalibrated_classes = tuple(classes)
+            probs = self.calibrated(raw)
             thresholds = self.scoring.thresholds
             if thresholds is None:
                 thresholds = (tune_thresholds(targets, probs, self.scoring.default_threshold) if known is None
@@ -197,6 +217,10 @@ class ClassificationMeter(SubsetMeter):
             values = classification_metrics(targets, probs, thresholds, self.scoring.weights,
                                              self.scoring.sinus_index, challenge=self.scoring.weights is not None,
                                              known=known)
+            values.update(ece=expected_calibration_error(targets, probs, known), brier=brier_score(targets, probs, known))
+            if self.calibration is not None:
+                values.update(ece_uncalibrated=expected_calibration_error(targets, raw, known),
+                              brier_uncalibrated=brier_score(targets, raw, known))
             self._result = values, np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (probs.shape[1],))
         return self._result
 
@@ -244,7 +268,8 @@ def log_classification(parts: List[ScoredSegments], scoring: Scoring) -> None:
     for part in parts:
         metrics.log_custom(ClassificationMeter, "_classification", part, scoring)
     names = METRICS if scoring.weights is not None else METRICS[1:]
-    for name in names:
+    calibrated = scoring.calibration is not None or scoring.fit_calibration
+    for name in names + (UNCALIBRATED_METRICS if calibrated else ()):
         metrics.log_derived(name, lambda m, name=name: round(m["_classification"].result()[0][name], 5))
     if scoring.resamples > 0:
         for name in names:

@@ -3,8 +3,10 @@ subset's figures were computed from, one row per record, so that a paired compar
 calibration or a check of ``fairseq-ecg-predict`` can start from the same numbers.
 
 * classification: ``DIR/SUBSET.results.csv``: ``record``, ``patient``, then one probability column
-  per class (named as in predict's CSV), then one ``LABEL (label)`` column per class: 1, 0, or
-  empty where the record's source does not record that class;
+  per class (named as in predict's CSV; calibrated where the checkpoint's calibration applies),
+  then one ``LABEL (label)`` column per class: 1, 0, or empty where the record's source does not
+  record that class, and, where a calibration applies, one ``LABEL (uncalibrated)`` column per
+  class: the probability before it;
 * identification: ``DIR/SUBSET.results.csv`` (``record``, ``patient``, ``role``: gallery or probe)
   and ``DIR/SUBSET.embeddings.npy`` [records, dim], the L2-normalised record embeddings (float64,
   as scored), in the CSV's order.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from ..manifest import atomic_output, atomic_save_npy
 from ..spreadsheet import csv_writer
 
 LABEL_SUFFIX = " (label)"
+UNCALIBRATED_SUFFIX = " (uncalibrated)"
 ROLES = ("gallery", "probe")
 
 
@@ -37,7 +40,9 @@ def embeddings_file(folder: Path | str, subset: str) -> Path:
 
 @dataclass
 class ClassificationResults:
-    """One subset's records: ``probs`` [records, classes], ``targets`` and ``known`` [records, classes] bool."""
+    """One subset's records: ``probs`` [records, classes] as scored, ``targets`` and ``known``
+    [records, classes] bool, ``uncalibrated`` [records, classes] the probabilities before the
+    calibration (None where none applied)."""
 
     records: list[str]
     patients: list[str]
@@ -45,28 +50,36 @@ class ClassificationResults:
     probs: np.ndarray
     targets: np.ndarray
     known: np.ndarray
+    uncalibrated: Optional[np.ndarray] = None
 
 
 def write_classification_results(path: Path, results: ClassificationResults) -> None:
     with atomic_output(path, newline="") as handle:
         writer = csv_writer(handle)
-        writer.writerow(["record", "patient", *results.columns, *(c + LABEL_SUFFIX for c in results.columns)])
+        before = results.uncalibrated
+        writer.writerow(["record", "patient", *results.columns, *(c + LABEL_SUFFIX for c in results.columns),
+                         *(c + UNCALIBRATED_SUFFIX for c in (results.columns if before is not None else ()))])
         for i, record in enumerate(results.records):
             labels = ["" if not k else int(t) for t, k in zip(results.targets[i], results.known[i])]
-            writer.writerow([record, results.patients[i], *(f"{p:.17g}" for p in results.probs[i]), *labels])
+            writer.writerow([record, results.patients[i], *(f"{p:.17g}" for p in results.probs[i]), *labels,
+                             *(f"{p:.17g}" for p in (before[i] if before is not None else ()))])
 
 
 def read_classification_results(path: Path) -> ClassificationResults:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     header, body = rows[0], rows[1:]
-    classes = (len(header) - 2) // 2
+    classes = sum(1 for name in header if name.endswith(LABEL_SUFFIX))
     columns = header[2:2 + classes]
-    labels = np.array([row[2 + classes:] for row in body], dtype=object).reshape(len(body), classes)
+
+    def block(start: int, dtype) -> np.ndarray:
+        return np.array([row[start:start + classes] for row in body], dtype=dtype).reshape(len(body), classes)
+
+    labels = block(2 + classes, object)
     return ClassificationResults(
         records=[row[0] for row in body], patients=[row[1] for row in body], columns=columns,
-        probs=np.array([row[2:2 + classes] for row in body], dtype=np.float64).reshape(len(body), classes),
-        targets=labels == "1", known=labels != "",
+        probs=block(2, np.float64), targets=labels == "1", known=labels != "",
+        uncalibrated=block(2 + 2 * classes, np.float64) if len(header) == 2 + 3 * classes else None,
     )
 
 

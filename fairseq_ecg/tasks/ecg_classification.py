@@ -15,6 +15,14 @@ subset (0.5 is rarely crossed by a classifier trained on a small labeled set), e
 state, which fairseq saves in each checkpoint (``task_state``) and restores in fairseq-validate,
 so a test subset is scored at the thresholds tuned on the validation data of that checkpoint.
 
+Calibration (``calibration=valid``, the default): at each validation a Platt calibration per class is
+fitted on the ``valid`` records' probabilities (fairseq_ecg/metrics/calibration.py), the thresholds
+are tuned on the calibrated ones, and both are kept in the task state; every other subset is scored
+on the checkpoint's calibrated probabilities. ``ece`` and ``brier`` are logged for the probabilities
+as scored and, where a calibration applies, ``ece_uncalibrated`` and ``brier_uncalibrated`` for the
+same records before it. ``calibration=none`` scores the probabilities as trained, at the
+checkpoint's thresholds mapped back to that scale.
+
 Classes other than the CinC 2021 scored ones (PTB-XL's benchmark tasks, ``fairseq-ecg-manifest
 --ptbxl-labels``): the Challenge metric, defined for the CinC classes only, is off (one notice),
 and a run whose ``checkpoint.best_checkpoint_metric`` is ``challenge_metric`` (the YAML's) chooses
@@ -34,9 +42,10 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..errors import EcgError
+from ..metrics.calibration import CALIBRATIONS, MIN_EACH, PlattCalibration
 from ..metrics.meters import ClassificationMeter, ScoredSegments, Scoring, log_classification
 from ..data import EcgSegmentDataset
-from ..data.model_input import CLASSES, THRESHOLDS
+from ..data.model_input import CALIBRATION, CLASSES, THRESHOLDS
 from ..labels import (SINUS_RHYTHM, WEIGHTS_CSV, LabelSet, column_names, label_set_from_names, read_weights_csv,
                       scored_labels)
 from ..manifest import CLASSES_FILE, Manifest, ManifestError, read_classes, read_labels
@@ -46,6 +55,7 @@ from .base import EcgTask, EcgTaskConfig
 logger = logging.getLogger(__name__)
 
 AGGREGATE = ChoiceEnum(["mean", "max"])
+CALIBRATION_CHOICES = ChoiceEnum(list(CALIBRATIONS))
 TUNE_SPLIT = "valid"
 NO_WEIGHTS = ("none", "")
 CHALLENGE_METRIC, SELECT_WITHOUT_CHALLENGE = "challenge_metric", "auroc"
@@ -68,6 +78,13 @@ class EcgClassificationConfig(EcgTaskConfig):
         metadata={"help": "per class, use the threshold that maximises F1 on the valid subset (tuned at each "
                   "validation, saved with the checkpoint, applied to every other subset); false: ``threshold`` "
                   "for every class. Without a valid subset nothing is tuned and ``threshold`` serves, said once"},
+    )
+    calibration: CALIBRATION_CHOICES = field(
+        default="valid",
+        metadata={"help": "valid: fit a Platt calibration per class on the valid subset at each validation (saved "
+                  "with the checkpoint; thresholds are tuned on its scale) and score every other subset through "
+                  f"the checkpoint's; a class with fewer than {MIN_EACH} valid positives or negatives stays as "
+                  "trained, said once. none: the probabilities as trained, at the thresholds mapped to that scale"},
     )
 
 
@@ -97,6 +114,7 @@ class EcgClassificationTask(EcgTask):
         self._table: Optional[LabelSet] = None
         self._table_read = False
         self._warned_untuned = False
+        self._said_uncalibrated = False
 
     @property
     def label_set(self) -> LabelSet:
@@ -200,15 +218,24 @@ class EcgClassificationTask(EcgTask):
         stored = self.state.state_dict.get(THRESHOLDS)
         return None if stored is None else np.asarray(stored, dtype=np.float64)
 
+    @property
+    def saved_calibration(self) -> Optional[PlattCalibration]:
+        """The calibration fitted at the last validation (kept in the checkpoint's task state)."""
+        return PlattCalibration.from_state(self.state.state_dict.get(CALIBRATION))
+
     def scoring(self, split: str) -> Scoring:
-        """How the subset ``split`` is scored (see the module docstring for the thresholds)."""
+        """How the subset ``split`` is scored (see the module docstring for the thresholds and the calibration)."""
         table = self.reward_table
         thresholds: Optional[np.ndarray] = np.full(self.num_classes, float(self.cfg.threshold))
+        fit, saved = self.cfg.calibration == "valid" and split == TUNE_SPLIT, self.saved_calibration
+        calibration = saved if self.cfg.calibration == "valid" and not fit else None
         if self.cfg.tune_thresholds:
             if split == TUNE_SPLIT:
                 thresholds = None
             elif self.tuned_thresholds is not None and len(self.tuned_thresholds) == self.num_classes:
                 thresholds = self.tuned_thresholds
+                if saved is not None and calibration is None:  # tuned on the calibrated scale, applied to the other
+                    thresholds = saved.uncalibrated(thresholds)
             elif not self._warned_untuned:
                 self._warned_untuned = True
                 logger.warning(f"{split}: no thresholds tuned on '{TUNE_SPLIT}' yet (they are tuned when training "
@@ -221,6 +248,8 @@ class EcgClassificationTask(EcgTask):
             sinus_index=None if table is None else table.index_of(SINUS_RHYTHM),
             thresholds=thresholds,
             default_threshold=float(self.cfg.threshold),
+            calibration=calibration,
+            fit_calibration=fit,
             resamples=int(self.cfg.bootstrap_resamples) if bootstrap else 0,
             seed=int(self.cfg.bootstrap_seed),
             records=len(dataset.manifest) if dataset is not None else 0,
@@ -242,23 +271,38 @@ class EcgClassificationTask(EcgTask):
         meter = ClassificationMeter()
         for part in parts:
             meter.update(part, scoring)
-        rows, probs, targets, known = meter.records()
+        rows, uncalibrated, targets, known = meter.records()
+        meter.result()  # the calibration in force
         split = parts[0].split
         manifest = self.datasets[split].manifest
         records, patients = row_names(rows, manifest)
         path = results_file(self.cfg.per_record_results, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_classification_results(path, ClassificationResults(
-            records, patients, column_names(self.label_set.names), probs, targets,
-            np.ones_like(targets) if known is None else known))
+            records, patients, column_names(self.label_set.names), meter.calibrated(uncalibrated), targets,
+            np.ones_like(targets) if known is None else known,
+            None if meter.calibration is None else uncalibrated))
         logger.info(f"{split}: per-record results of {len(records)} records -> {path}")
 
     def post_validate(self, model, stats, agg) -> None:
-        """After fairseq-hydra-train validates the tuning subset: keep its thresholds (saved next)."""
-        if not self.cfg.tune_thresholds or "_classification" not in agg:
+        """After fairseq-hydra-train validates the tuning subset: keep its calibration and thresholds (saved next)."""
+        meter = agg["_classification"] if "_classification" in agg else None
+        if meter is None or not meter.parts:
             return
-        meter = agg["_classification"]
-        if meter.parts and meter.scoring.thresholds is None:
-            thresholds = meter.result()[1]
+        thresholds = meter.result()[1]
+        if meter.scoring.fit_calibration:
+            self.state.merge_state_dict({CALIBRATION: meter.calibration.to_state()})
+            few, falling = meter.uncalibrated_classes
+            if (few or falling) and not self._said_uncalibrated:
+                self._said_uncalibrated = True
+                names = self.label_set.names
+                logger.warning(f"calibration on '{TUNE_SPLIT}': {len(few) + len(falling)} of {len(names)} classes stay as "
+                               f"trained: {len(few)} with fewer than {MIN_EACH} known positives or negatives"
+                               + (f" ({', '.join(names[k] for k in few[:5])}{' ...' if len(few) > 5 else ''})" if few else "")
+                               + (f", {len(falling)} whose fitted scaling did not rise with the label "
+                                  f"({', '.join(names[k] for k in falling[:5])})" if falling else ""))
+        elif CALIBRATION in self.state.state_dict:  # thresholds tuned below are on the scale as trained
+            del self.state.state_dict[CALIBRATION]
+        if self.cfg.tune_thresholds and meter.scoring.thresholds is None:
             self.state.merge_state_dict({THRESHOLDS: [float(t) for t in thresholds]})
             logger.info(f"thresholds tuned on '{TUNE_SPLIT}': " + " ".join(f"{t:.3f}" for t in thresholds))
