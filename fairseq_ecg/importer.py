@@ -31,8 +31,10 @@ import argparse
 import csv
 import dataclasses
 import io
+import logging
 import pickle
 import sys
+import warnings
 from argparse import Namespace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -55,22 +57,13 @@ class ConversionError(CheckpointError):
     """A source checkpoint that does not fit the conversion; one line naming file and key."""
 
 
-# ---------------------------------------------------------------- safe reading
-
-
 def _allowed_globals() -> list:
     """The non-tensor types found in fairseq-signals checkpoints, and nothing else: numpy scalars
     (e.g. a best validation score) with their dtypes, and the ``argparse.Namespace`` of older ones."""
     scalar = np.core.multiarray.scalar if not hasattr(np, "_core") else np._core.multiarray.scalar
-    allowed: list = [
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-        Namespace,
-    ]
-    for kind in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_):
-        allowed.append(type(np.dtype(kind)))
-    return allowed
+    kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_)
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, Namespace,
+            *(type(np.dtype(kind)) for kind in kinds)]
 
 
 def _blocked(error: Exception) -> str:
@@ -107,28 +100,14 @@ def load_source(path: Path) -> dict:
     return state
 
 
-def source_model_config(state: dict, path: Path) -> dict:
-    """The source's model config as a plain dict (``cfg.model``; older files: ``args``)."""
-    cfg = state.get("cfg")
-    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
-        return dict(cfg["model"])
-    args = state.get("args")
-    if isinstance(args, Namespace):
-        fields = dict(vars(args))
-        fields.setdefault("_name", fields.get("arch", ""))
-        return fields
-    raise ConversionError(f"{path}: the checkpoint records no model config (cfg.model or args)")
+def source_config(state: dict, section: str) -> Optional[dict]:
+    """The source's ``cfg.model`` or ``cfg.task`` as a plain dict; older files: their ``args``
+    (``_name`` taken from ``arch``); None without either."""
+    cfg, args = state.get("cfg"), state.get("args")
+    if isinstance(cfg, dict) and isinstance(cfg.get(section), dict):
+        return dict(cfg[section])
+    return {"_name": getattr(args, "arch", ""), **vars(args)} if isinstance(args, Namespace) else None
 
-
-def source_task_config(state: dict) -> dict:
-    cfg = state.get("cfg")
-    if isinstance(cfg, dict) and isinstance(cfg.get("task"), dict):
-        return dict(cfg["task"])
-    args = state.get("args")
-    return dict(vars(args)) if isinstance(args, Namespace) else {}
-
-
-# ---------------------------------------------------------------- config map
 
 # fairseq-signals' defaults, for a key its file lacks (a full hydra config has them all).
 SIGNALS_DEFAULTS: dict[str, Any] = {
@@ -179,13 +158,10 @@ class Report:
             return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
         out = [f"weights: {self.mapped} mapped unchanged, {len(self.renamed)} renamed, "
                f"{len(self.added)} added, {len(self.dropped)} dropped"]
-        if self.renamed:
-            out.append("  renamed: " + show(self.renamed))
-        if self.added:
-            out.append("  added (pretraining-only modules the source lacks, fresh; unused by a classifier or "
-                       "by fine-tuning): " + show(self.added))
-        if self.dropped:
-            out.append("  dropped: " + show(self.dropped))
+        added = "added (pretraining-only modules the source lacks, fresh; unused by a classifier or by fine-tuning)"
+        for what, items in (("renamed", self.renamed), (added, self.added), ("dropped", self.dropped)):
+            if items:
+                out.append(f"  {what}: {show(items)}")
         out.append(f"config: renamed {show(self.config_renamed) or 'nothing'}; "
                    f"dropped {show(self.config_dropped) or 'nothing'}")
         return out
@@ -194,11 +170,9 @@ class Report:
 def encoder_config(model: dict, path: Path, report: Report, classifier_keys: Sequence[str] = ()) -> dict:
     """ecg_wav2vec2 settings from a fairseq-signals model config; an unknown key fails."""
     args: dict[str, Any] = {"_name": ENCODER_MODEL}
-    for key in model:
-        if key in SHARED_KEYS or key in RENAMED_KEYS or key in DROPPED_KEYS or key in classifier_keys:
-            continue
-        raise ConversionError(f"{path}: model config key {key!r} has no counterpart in {ENCODER_MODEL}; "
-                           "this converter does not know that fairseq-signals setting")
+    if unknown := [key for key in model if key not in (*SHARED_KEYS, *RENAMED_KEYS, *DROPPED_KEYS, *classifier_keys)]:
+        raise ConversionError(f"{path}: model config key {unknown[0]!r} has no counterpart in {ENCODER_MODEL}; "
+                              "this converter does not know that fairseq-signals setting")
     for key in SHARED_KEYS:
         if key in model or key in SIGNALS_DEFAULTS:
             value = model.get(key, SIGNALS_DEFAULTS.get(key))
@@ -209,12 +183,9 @@ def encoder_config(model: dict, path: Path, report: Report, classifier_keys: Seq
     if not model.get("apply_mask", SIGNALS_DEFAULTS["apply_mask"]):
         args["mask_prob"] = 0.0  # fairseq-signals masks only with apply_mask
     report.config_dropped.extend(k for k in DROPPED_KEYS if k in model and k != "_name")
-    args["rlm_prob"] = 0.0
-    args["rlm_mode"] = "independent"  # fairseq-signals' RandomLeadsMask draws every lead independently
+    args.update(rlm_prob=0.0, rlm_mode="independent")  # fairseq-signals' RandomLeadsMask: every lead independently
     return args
 
-
-# ---------------------------------------------------------------- weight map
 
 _POS_CONV = "conv_pos.pos_conv.0."
 _WEIGHT_NORM = {"weight_g": "g", "weight_v": "v", "parametrizations.weight.original0": "g",
@@ -254,16 +225,14 @@ def convert_weights(source: dict[str, torch.Tensor], target: dict[str, torch.Ten
     pos_conv = _target_pos_conv_names(target, "encoder." if classifier else "")
     out: dict[str, torch.Tensor] = {}
     for key, value in source.items():
-        if classifier:
-            if key in ("proj.weight", "proj.bias"):
-                new = "head." + key.split(".", 1)[1]
-            elif key.startswith("encoder."):
-                inner = map_encoder_key(key[len("encoder."):], pos_conv)
-                new = None if inner is None else "encoder." + inner
-            else:
-                new = None
-        else:
+        new = None
+        if not classifier:
             new = map_encoder_key(key, pos_conv)
+        elif key in ("proj.weight", "proj.bias"):
+            new = "head." + key.split(".", 1)[1]
+        elif key.startswith("encoder."):
+            inner = map_encoder_key(key[len("encoder."):], pos_conv)
+            new = None if inner is None else "encoder." + inner
         if new is None or new not in target:
             where = "no rule maps it" if new is None else f"it maps to {new}, which the converted model lacks"
             raise ConversionError(f"{path}: weight {key!r} does not fit ({where}); the checkpoint is not a "
@@ -291,9 +260,6 @@ def convert_weights(source: dict[str, torch.Tensor], target: dict[str, torch.Ten
     return out
 
 
-# ---------------------------------------------------------------- output
-
-
 def read_label_names(path: Path, count: int) -> list[str]:
     """Label names in output order: ECG-FM's ``label_def.csv`` (its ``name`` column) or one name per line."""
     try:
@@ -311,8 +277,7 @@ def read_label_names(path: Path, count: int) -> list[str]:
     if len(names) != count:
         raise ConversionError(f"{path}: {len(names)} label names, the classifier has {count} outputs; give one name "
                            "per output, in output order (ECG-FM: the label_def.csv published with the weights)")
-    empty = [n for n, name in enumerate(names, start=1) if not name]
-    if empty:
+    if empty := [n for n, name in enumerate(names, start=1) if not name]:
         raise ConversionError(f"{path}: label {empty[0]} has an empty name")
     return names
 
@@ -352,7 +317,9 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
     from .models.ecg_wav2vec2 import EcgWav2Vec2Config, EcgWav2Vec2Model
 
     state = load_source(src)
-    model_cfg = source_model_config(state, src)
+    model_cfg = source_config(state, "model")
+    if model_cfg is None:
+        raise ConversionError(f"{src}: the checkpoint records no model config (cfg.model or args)")
     name = str(model_cfg.get("_name", ""))
     found = "pretrained" if name in PRETRAINED_MODELS else "classifier" if name in CLASSIFIER_MODELS else None
     if found is None:
@@ -378,7 +345,7 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
         raise ConversionError(f"{src}: its model config does not build an {ENCODER_MODEL} "
                            f"({type(error).__name__}: {error})") from None
 
-    task = source_task_config(state)
+    task = source_config(state, "task") or {}
     rate = float(task.get("sample_rate") or 500)
     seconds = float(task["sample_size"]) / rate if task.get("sample_size") else 5.0
     if normalize is None:
@@ -445,9 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*weight_norm` is deprecated", category=FutureWarning)
     logging.getLogger().setLevel(logging.WARNING)
     say = lambda text: print(f"fairseq-ecg-import: {text}")  # noqa: E731

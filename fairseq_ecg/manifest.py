@@ -32,7 +32,6 @@ from .leads import NUM_LEADS, mask_from_string, mask_to_string
 COLUMNS = ("relative_path", "num_samples", "lead_mask", "patient", "source_rate", "record")
 LABEL_SUFFIX = ".lbl"
 CLASSES_FILE = "classes.tsv"
-WAVE_SUFFIX = ".npy"
 
 
 class ManifestError(EcgError):
@@ -75,12 +74,6 @@ class Manifest:
 # The process's umask, read once at import (reading it means setting it; one thread runs imports).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def _normal_mode(fd: int) -> None:
-    """Give a temporary file the mode a plain ``open(path, "w")`` would (0666 less the umask):
-    ``mkstemp`` creates it 0600, and the rename into place would keep that."""
-    os.fchmod(fd, 0o666 & ~_UMASK)
 
 
 # Errors of the machine, not of a record: writing cannot succeed until the user frees space, fixes
@@ -149,7 +142,8 @@ def atomic_output(path: Path | str, mode: str = "w", *, suffix: str = ".tmp", pr
         raise (machine_error(error, path) or error) from None
     in_block = False
     try:
-        _normal_mode(fd)
+        # the mode a plain open(path, "w") gives (0666 less the umask): mkstemp's 0600 would survive the rename
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **open_args) as handle:
             in_block = True
             yield handle
@@ -207,24 +201,19 @@ def _parse_row(fields: list[str], where: str) -> ManifestRow:
         raise ManifestError(f"{where}: num_samples {fields[1]!r} is not an integer") from None
     if num_samples <= 0:
         raise ManifestError(f"{where}: num_samples must be positive, found {num_samples}")
-    lead_mask = fields[2] if len(fields) > 2 and fields[2] else "1" * NUM_LEADS
+    record = fields[5] if len(fields) > 5 else Path(fields[0]).stem
+    fields = fields + [""] * (len(COLUMNS) + 1 - len(fields))  # the optional columns: "" where absent
+    lead_mask = fields[2] or "1" * NUM_LEADS
     try:
         mask_from_string(lead_mask)
     except ValueError as error:
         raise ManifestError(f"{where}: {error}") from None
     try:
-        rate = float(fields[4]) if len(fields) > 4 and fields[4] else 0.0
+        rate = float(fields[4]) if fields[4] else 0.0
     except ValueError:
         raise ManifestError(f"{where}: source_rate {fields[4]!r} is not a number") from None
-    return ManifestRow(
-        relative_path=fields[0],
-        num_samples=num_samples,
-        lead_mask=lead_mask,
-        patient=fields[3] if len(fields) > 3 else "",
-        source_rate=rate,
-        record=fields[5] if len(fields) > 5 else Path(fields[0]).stem,
-        derived=fields[6] if len(fields) > 6 else "",
-    )
+    return ManifestRow(fields[0], num_samples, lead_mask, patient=fields[3], source_rate=rate, record=record,
+                       derived=fields[6])
 
 
 def _read_lines(path: Path, what: str) -> list[str]:
@@ -248,17 +237,13 @@ def read_manifest(path: Path | str) -> Manifest:
             root = (path.parent / root).resolve()
         except (OSError, ValueError) as error:  # a NUL byte, a symlink loop
             raise ManifestError(f"{path}:1: root folder {lines[0].strip()!r} is not a usable path ({error})") from None
-    rows = [
-        _parse_row(line.split("\t"), f"{path}:{number}")
-        for number, line in enumerate(lines[1:], start=2)
-        if line.strip()
-    ]
+    rows = [_parse_row(line.split("\t"), f"{path}:{number}") for number, line in enumerate(lines[1:], start=2)
+            if line.strip()]
     return Manifest(root=root, rows=rows, path=path)
 
 
 def label_path(manifest_path: Path | str) -> Path:
-    manifest_path = Path(manifest_path)
-    return manifest_path.with_suffix(LABEL_SUFFIX)
+    return Path(manifest_path).with_suffix(LABEL_SUFFIX)
 
 
 def write_labels(manifest_path: Path | str, labels: Sequence[Sequence[str]]) -> None:
@@ -273,10 +258,8 @@ def read_labels(manifest: Manifest) -> list[list[str]]:
                             "re-create the manifests with fairseq-ecg-manifest")
     lines = _read_lines(path, "label file")
     if len(lines) != len(manifest.rows):
-        raise ManifestError(
-            f"{path}:{min(len(lines), len(manifest.rows)) + 1}: {len(lines)} label lines for "
-            f"{len(manifest.rows)} manifest rows in {manifest.path}; they must match one to one"
-        )
+        raise ManifestError(f"{path}:{min(len(lines), len(manifest.rows)) + 1}: {len(lines)} label lines for "
+                            f"{len(manifest.rows)} manifest rows in {manifest.path}; they must match one to one")
     return [[code for code in line.strip().split(",") if code] for line in lines]
 
 
@@ -316,8 +299,7 @@ def check_waveforms(manifest: Manifest) -> None:
     """Cheap load-time check (array headers only) that every row's file exists with 12 channels
     and at least the stated number of samples, so a bad row fails before training starts."""
     for index in range(len(manifest.rows)):
-        problem = waveform_problem(manifest, index)
-        if problem:
+        if problem := waveform_problem(manifest, index):
             raise ManifestError(f"{manifest.path}:{index + 2}: {problem}")
 
 
@@ -329,7 +311,7 @@ def load_waveform(path: Path | str, start: int = 0, length: Optional[int] = None
 
 
 __all__ = [
-        "COLUMNS", "Manifest", "ManifestError", "ManifestRow", "atomic_save_npy", "atomic_write_text",
+    "COLUMNS", "Manifest", "ManifestError", "ManifestRow", "atomic_save_npy", "atomic_write_text",
     "check_waveforms", "label_path", "load_waveform", "mask_to_string", "read_classes", "read_labels",
     "read_manifest", "write_classes", "write_labels", "write_manifest",
 ]

@@ -34,6 +34,7 @@ import re
 import sys
 import time
 from collections import Counter
+from contextlib import closing, suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -104,10 +105,9 @@ class Outcome:
         return self.status != "skipped"
 
     def journal_line(self) -> str:
-        fields = [_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
-                  f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), self.derived,
-                  _one_line(self.statement), self.digest, _one_line(self.note)]
-        return "\t".join(fields)
+        return "\t".join([_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
+                          f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), self.derived,
+                          _one_line(self.statement), self.digest, _one_line(self.note)])
 
     @classmethod
     def from_journal(cls, line: str) -> Optional["Outcome"]:
@@ -119,9 +119,8 @@ class Outcome:
             num_samples, rate = int(fields[2]), float(fields[4])
         except ValueError:
             return None
-        if num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}:
-            return None
-        if not re.fullmatch(r"[0-9a-f]{64}", fields[DIGEST]):
+        if (num_samples <= 0 or len(fields[3]) != NUM_LEADS or set(fields[3]) - {"0", "1"}
+                or not re.fullmatch(r"[0-9a-f]{64}", fields[DIGEST])):
             return None
         dx = tuple(code for code in fields[6].split(",") if code)
         return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[-1],
@@ -219,9 +218,6 @@ def split_of(patient: str, seed: int, valid_percent: float, test_percent: float)
     return "valid" if u < test_percent + valid_percent else "train"
 
 
-# ---------------------------------------------------------------------------------------------
-# recordings present twice
-
 SAME_WAVEFORM = "identical waveform"
 SAME_ECG_ID = "CinC 2021 HR{0:05d} is PTB-XL ecg_id {0}"
 
@@ -243,19 +239,15 @@ def find_duplicates(refs: Sequence[RecordRef], outcomes: Sequence[Outcome]) -> d
 
     first_of: dict[object, str] = {}
     for _, ref, outcome in usable:
-        links = [("sha256", outcome.digest)] if outcome.digest else []
         name = ptbxl_ecg_id(ref)
-        links += [("ecg_id", name[1])] if name else []
-        for link in links:
-            other = first_of.setdefault(link, ref.key)
-            parent[root(ref.key)] = root(other)
+        links = [("sha256", outcome.digest)] if outcome.digest else []
+        for link in links + ([("ecg_id", name[1])] if name else []):
+            parent[root(ref.key)] = root(first_of.setdefault(link, ref.key))
     groups: dict[str, list] = {}
     for item in usable:
         groups.setdefault(root(item[1].key), []).append(item)
     duplicates = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
+    for members in [group for group in groups.values() if len(group) > 1]:
         _, kept, kept_outcome = min(members, key=lambda m: (m[1].layout != "ptbxl", m[0]))
         kept_id = ptbxl_ecg_id(kept)
         for _, ref, outcome in members:
@@ -269,25 +261,16 @@ def find_duplicates(refs: Sequence[RecordRef], outcomes: Sequence[Outcome]) -> d
     return duplicates
 
 
-# ---------------------------------------------------------------------------------------------
-# journal and housekeeping
-
-
 def load_journal(path: Path, settings: Settings) -> dict[str, Outcome]:
     """``ok`` entries of an earlier run with the same settings. A line cut short by a crash (no
     final newline) is ignored; skipped records are always tried again."""
     if settings.force or not path.is_file():
         return {}
-    text = path.read_text(errors="replace")
-    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or empty)
+    lines = path.read_text(errors="replace").split("\n")[:-1]  # after the last newline: incomplete (or empty)
     if not lines or lines[0] != settings.signature:
         return {}
-    entries = {}
-    for line in lines[1:]:
-        outcome = Outcome.from_journal(line)
-        if outcome is not None:
-            entries[outcome.key] = outcome
-    return entries
+    outcomes = (Outcome.from_journal(line) for line in lines[1:])
+    return {outcome.key: outcome for outcome in outcomes if outcome is not None}
 
 
 def journal_sources(path: Path) -> tuple[str, ...]:
@@ -306,8 +289,7 @@ def _other_archive(journal: Path, sources: Sequence[str]) -> str:
     would stay behind as orphans and whose journal would be replaced. Listing the folder's sources
     with the new one adds to it deliberately (duplicates across sources are then checked)."""
     before = journal_sources(journal)
-    left_out = [s for s in before if s not in sources]
-    if not left_out:
+    if all(s in sources for s in before):
         return ""
     return (f"{journal.parent} was prepared from {', '.join(before)}, not from {', '.join(sources)}: "
             "choose another --dest (or empty this one), or name its sources too to add to it "
@@ -377,10 +359,7 @@ def remove_stale_temporaries(dest: Path) -> int:
                 os.unlink(os.path.join(folder, name))
                 removed += 1
     for sub, names in prepared_files().items():
-        folder = dest / sub
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
+        for path in (dest / sub).iterdir() if (dest / sub).is_dir() else ():
             if path.name.endswith(".tmp") and any(path.name.startswith(f".{n}.") for n in names):
                 path.unlink()
                 removed += 1
@@ -396,12 +375,10 @@ class Progress:
         self.counts: Counter = Counter()
         self.bar = None
         if sys.stderr.isatty():
-            try:
+            with suppress(ImportError):
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=total, unit="rec", file=sys.stderr, desc=PROG)
-            except ImportError:
-                pass
 
     def update(self, outcome: Outcome) -> None:
         self.done += 1
@@ -429,15 +406,10 @@ def run_pool(tasks: Sequence[tuple[RecordRef, Optional[Outcome]]], settings: Set
     if workers <= 1 or len(tasks) <= 1:
         yield from map(work, tasks)
         return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     chunksize = max(1, min(16, len(tasks) // (workers * 32)))
     with context.Pool(workers) as pool:
         yield from pool.imap_unordered(work, tasks, chunksize=chunksize)
-
-
-# ---------------------------------------------------------------------------------------------
-# outputs
 
 
 @dataclass(frozen=True)
@@ -458,15 +430,12 @@ def labeled_subset(goods: Sequence[Good], limit: Optional[int], seed: int) -> li
     set of a semi-supervised study (the other training records still serve pretraining)."""
     if limit is None or limit >= len(goods):
         return list(goods)
-    order = sorted({g.row.patient for g in goods},
-                   key=lambda p: hashlib.sha256(f"labeled:{seed}:{p}".encode()).hexdigest())
     chosen, total = set(), 0
     per_patient = Counter(g.row.patient for g in goods)
-    for patient in order:
-        if total + per_patient[patient] > limit:
-            continue
-        chosen.add(patient)
-        total += per_patient[patient]
+    for patient in sorted(per_patient, key=lambda p: hashlib.sha256(f"labeled:{seed}:{p}".encode()).hexdigest()):
+        if total + per_patient[patient] <= limit:
+            chosen.add(patient)
+            total += per_patient[patient]
     return [g for g in goods if g.row.patient in chosen]
 
 
@@ -504,22 +473,16 @@ def write_outputs(dest: Path, goods: Sequence[Good], finetune_train_limit: Optio
     for good in goods:
         records_of.setdefault(good.row.patient, []).append(good)
     repeated = {p: rs for p, rs in records_of.items() if len(rs) >= 2}  # each in sorted record order
-    identify_train = [g.row for g in goods if g.row.patient in repeated and g.split == "train"]
-    manifest(f"{IDENTIFY}/train.tsv", identify_train)
+    manifest(f"{IDENTIFY}/train.tsv", [g.row for g in goods if g.row.patient in repeated and g.split == "train"])
     # valid patients choose the checkpoint, test patients (never seen in that choice) are reported
     for split in IDENTIFY_HELD_OUT:
         gallery, probe = [], []
         for good in by_split[split]:  # the first record (sorted) of each held-out patient is its gallery record
-            rows = repeated.get(good.row.patient)
-            if rows:
+            if rows := repeated.get(good.row.patient):
                 (gallery if good is rows[0] else probe).append(good.row)
         manifest(f"{IDENTIFY}/{held_out(split, GALLERY)}.tsv", gallery)
         manifest(f"{IDENTIFY}/{held_out(split, PROBE)}.tsv", probe)
     return counts
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -682,8 +645,7 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
     # layer would then log every file it opens
     logging.getLogger().setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    problem = _check_arguments(args)
-    if problem:
+    if problem := _check_arguments(args):
         return _fail(problem)
     try:
         args.layouts = resolve_layouts(args.sources, args.layout)
@@ -692,9 +654,8 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
             refs = _discover_all(args.sources, args.layout, args.labels, split_by, args.ptbxl_labels)
     except LayoutError as error:
         return _fail(str(error))
-    keys = Counter(ref.key for ref in refs)
-    if len(keys) != len(refs):
-        duplicate = next(k for k, n in keys.items() if n > 1)
+    duplicate = next((key for key, n in Counter(ref.key for ref in refs).items() if n > 1), None)
+    if duplicate is not None:
         return _fail(f"record {duplicate!r} is listed twice in {', '.join(map(str, args.sources))}; "
                      "remove the duplicate row or file")
 
@@ -704,8 +665,7 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
                         sources=tuple(str(src.resolve()) for src in args.sources), layout=",".join(args.layouts),
                         bounds=Bounds(args.min_rate, args.max_rate, args.max_seconds, args.max_mv))
     journal_path = dest / JOURNAL
-    problem = _other_archive(journal_path, settings.sources)
-    if problem:
+    if problem := _other_archive(journal_path, settings.sources):
         return _fail(problem)
     start = time.perf_counter()
     remove_stale_temporaries(dest)
@@ -713,8 +673,7 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
     outcomes: dict[str, Outcome] = {}
     tasks = []
     for ref in refs:
-        problem = _bad_key(ref)
-        if problem:
+        if problem := _bad_key(ref):
             outcomes[ref.key] = Outcome(ref.key, "skipped", record=ref.name, note=problem, kind="bad name")
         else:
             tasks.append((ref, cached.get(ref.key)))
@@ -724,7 +683,7 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
     for outcome in outcomes.values():
         progress.update(outcome)
     try:
-        with open(journal_path, "a") as journal:
+        with closing(progress), open(journal_path, "a") as journal:
             for outcome in run_pool(tasks, settings, args.workers):
                 outcomes[outcome.key] = outcome
                 if outcome.status == "written":
@@ -732,18 +691,14 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
                     journal.flush()
                 progress.update(outcome)
     except KeyboardInterrupt:
-        progress.close()
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except OSError as error:  # the journal's own appends; a MachineError from a record's write as it is
-        progress.close()
         raise (machine_error(error, journal_path) or error) from None
-    progress.close()
 
     ordered = [outcomes[ref.key] for ref in refs]
     atomic_write_text(journal_path, journal_text(settings, ordered))
-    skipped = [o for o in ordered if not o.ok]
-    atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in skipped))
+    atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in ordered if not o.ok))
     duplicates = find_duplicates(refs, ordered)  # before the split: one copy of each recording goes on
     atomic_write_text(dest / DUPLICATES, "".join(f"{_field(key)}\t{_field(kept)}\t{how}\n"
                                                  for key, (kept, how) in duplicates.items()))
@@ -759,9 +714,8 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
                           outcome.source_rate, _one_line(ref.name), outcome.derived)
         codes = ref.codes if ref.codes is not None else outcome.dx
         split = ref.split or split_of(patient, args.seed, args.valid_percent, args.test_percent)
-        known = ref.known if args.ptbxl_labels == SNOMED_TASK or codes else ()  # no label in the task: no finetune
-        if ref.codes is None and not outcome.dx:
-            known = ()  # no table codes and no #Dx code: labels unknown, not a negative (pretrain/identify only)
+        # no label in the task, or neither table codes nor a #Dx code (unknown, not a negative): no finetune
+        known = () if not codes and (args.ptbxl_labels != SNOMED_TASK or ref.codes is None) else ref.known
         goods.append(Good(row, tuple(codes), split, known))
     elapsed = time.perf_counter() - start
     if not goods:
@@ -780,8 +734,7 @@ def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[s
     source without patient ids, files of another layout that ``--layout NAME`` leaves unread."""
     lines = []
     for src, name in zip(args.sources, getattr(args, "layouts", ())):
-        unread = unread_files(src, name)
-        if unread:
+        if unread := unread_files(src, name):
             lines.append(f"  notice: {src} also holds files that --layout {name} does not read ({unread}); "
                          "--layout auto reads MUSE and DICOM exports side by side, or prepare the others as a "
                          "source of their own")
@@ -791,13 +744,11 @@ def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[s
                      + ("--split-by patient-hash splits by a hash of the patient instead" if args.ptbxl_labels == SNOMED_TASK
                         else f"records500/ at {args.sample_rate:g} Hz (PTB-XL's literature often reports "
                              "its 100 Hz records100/)"))
-    if args.labels is not None:
-        return lines
     return lines + [f"  notice: no {PATIENTS_CSV} in {src} (it is read from the folder given, the one that holds "
             "training/): each record is treated as its own patient, so the identify manifests are empty and "
             f"the splits are per record; put {PATIENTS_CSV} (columns record,patient) there or pass --labels CSV"
             for src, name in zip(args.sources, getattr(args, "layouts", [args.layout] * len(args.sources)))
-            if name == "physionet2021" and not (src / PATIENTS_CSV).is_file()]
+            if args.labels is None and name == "physionet2021" and not (src / PATIENTS_CSV).is_file()]
 
 
 def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outcome], goods: Sequence[Good],
@@ -810,11 +761,9 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
     lines = [f"{PROG}: {len(refs)} records found, {status['written']} written, {status['reused']} reused, "
              f"{status['skipped']} skipped{f' ({reasons}; see {SKIPPED})' if reasons else ''} "
              f"in {elapsed:.1f} s"]
-    dropped = sum(1 for o in ordered if o.ok and UNKNOWN_LEAD_NOTE in o.note)
-    if dropped:
+    if dropped := sum(1 for o in ordered if o.ok and UNKNOWN_LEAD_NOTE in o.note):
         lines.append(f"  {dropped} record(s) had channels with unknown lead names, dropped (see {JOURNAL})")
-    mat_named = sum(1 for o in ordered if o.ok and MAT_NAMED_NOTE in o.note)
-    if mat_named:
+    if mat_named := sum(1 for o in ordered if o.ok and MAT_NAMED_NOTE in o.note):
         lines.append(f"  {mat_named} record(s) have a header whose record line names the record NAME.mat (as the "
                      "CinC 2021 Georgia headers do); read as NAME")
     if duplicates:
@@ -857,8 +806,7 @@ def _print_summary(dest: Path, refs: Sequence[RecordRef], ordered: Sequence[Outc
         ]
         if classes is not None and not classes:
             lines.append(f"  warning: no record has a label of PTB-XL's {ptbxl_labels} task; finetune/ is empty")
-        empty = [name for name, n in counts.items() if n == 0]
-        if empty:
+        if empty := [name for name, n in counts.items() if n == 0]:
             lines.append(f"  warning: empty manifest(s): {', '.join(empty)}")
     lines += notices
     lines.append(f"  outputs in {dest}")

@@ -17,9 +17,9 @@ import hashlib
 import os
 import secrets
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -149,10 +149,6 @@ class EcgRecord:
     def num_samples(self) -> int:
         return int(self.signal.shape[1])
 
-    @property
-    def seconds(self) -> float:
-        return self.num_samples / self.sample_rate
-
 
 @dataclass
 class RawRecord:
@@ -225,10 +221,7 @@ def detect_layout(src: Path) -> str:
     if not found:
         raise LayoutError(f"{src}: no known archive layout recognised (known: {', '.join(layouts())}); "
                           "pass --layout NAME or check the folder")
-    chosen: list[str] = []
-    for name in found:  # one layout per kind of file: physionet2021, not also wfdb, for the same .hea
-        if not any(set(SOURCES[name].files) & set(SOURCES[other].files) for other in chosen):
-            chosen.append(name)
+    chosen = _one_per_kind_of_file(found)
     if len(chosen) > 1 and not all(SOURCES[name].one_file_one_record for name in chosen):
         raise LayoutError(f"{src}: holds files of several layouts ({_file_counts(Path(src), chosen)}); one "
                           "folder is read as one archive: put each in a folder of its own and pass the "
@@ -243,19 +236,22 @@ def unread_files(src: Path, layout: str) -> str:
     mine = {suffix for name in names for suffix in SOURCES[name].files}
     others = [n for n in layouts() if n not in names and SOURCES[n].files and not set(SOURCES[n].files) & mine
               and SOURCES[n].recognise(Path(src))]
-    kinds = []
-    for name in others:  # one entry per kind of file
-        if not any(set(SOURCES[name].files) & set(SOURCES[other].files) for other in kinds):
-            kinds.append(name)
+    kinds = _one_per_kind_of_file(others)
     return _file_counts(Path(src), kinds) if kinds else ""
 
 
-def _file_counts(src: Path, names: Sequence[str]) -> str:
-    counts = []
+def _one_per_kind_of_file(names: Sequence[str]) -> list[str]:
+    """The first of ``names`` for each kind of file: physionet2021, not also wfdb, for the same .hea."""
+    chosen: list[str] = []
     for name in names:
-        suffixes = SOURCES[name].files
-        counts.append(f"{name}: {sum(1 for _ in walk_files(src, suffixes))} {'/'.join(suffixes)}")
-    return ", ".join(counts)
+        if not any(set(SOURCES[name].files) & set(SOURCES[other].files) for other in chosen):
+            chosen.append(name)
+    return chosen
+
+
+def _file_counts(src: Path, names: Sequence[str]) -> str:
+    return ", ".join(f"{name}: {sum(1 for _ in walk_files(src, SOURCES[name].files))} {'/'.join(SOURCES[name].files)}"
+                     for name in names)
 
 
 def discover(src: Path, layout: str, labels_csv: Optional[Path] = None,
@@ -267,14 +263,8 @@ def discover(src: Path, layout: str, labels_csv: Optional[Path] = None,
     for name in names:
         source = get_source(name)
         for ref in source.discover(Path(src), Path(labels_csv) if labels_csv else None, use_folds):
-            refs.append(ref if ref.layout else _with_layout(ref, name))
+            refs.append(ref if ref.layout else replace(ref, layout=name))
     yield from (refs if len(names) == 1 else sorted(refs, key=lambda ref: ref.key))
-
-
-def _with_layout(ref: RecordRef, name: str) -> RecordRef:
-    from dataclasses import replace
-
-    return replace(ref, layout=name)
 
 
 class SaltError(LayoutError):
@@ -317,10 +307,8 @@ def _write_salt_file(path: Path, kind: str, value: str) -> tuple[str, str]:
             handle.write(f"{_SALT_HEADER}\n{kind} {value}\n")
             handle.flush()
             os.fsync(handle.fileno())
-        try:
+        with suppress(FileExistsError):
             os.link(tmp, path)  # never replaces a salt file another run wrote meanwhile
-        except FileExistsError:
-            pass
     finally:
         os.unlink(tmp)
     return _read_salt_file(path) or (kind, value)
@@ -380,12 +368,9 @@ def salted_patient(value: str) -> str:
     value = str(value).strip()
     if not value:
         return ""
-    if _salt_file is None:
-        salt = resolve_salt(None)
-    else:
-        if _salt_in_effect is None:
-            _salt_in_effect = resolve_salt(_salt_file, _salt_create)
-        salt = _salt_in_effect
+    if _salt_file is not None and _salt_in_effect is None:
+        _salt_in_effect = resolve_salt(_salt_file, _salt_create)
+    salt = resolve_salt(None) if _salt_file is None else _salt_in_effect
     encoded = f"{salt}\0{value}".encode("utf-8", "surrogateescape")
     return hashlib.sha256(encoded).hexdigest()[:16]
 
@@ -409,14 +394,15 @@ def _not_utf8(text: str) -> bool:
 TableRow = tuple[int, Optional[dict[str, str]], str]  # (line, stripped cells by column or None, problem)
 
 
-def read_table(path: Path, needs: str) -> tuple[list[str], list[TableRow]]:
+def read_table(path: Path, needs: str, required: Sequence[str] = (),
+               hint: str = "") -> tuple[list[str], list[TableRow]]:
     """A source's CSV table, read the way real exports need: UTF-8 with or without a byte-order
     mark (Excel writes one), each row kept with its line and its problem instead of a traceback:
     bytes that are not UTF-8 (``FILE line N: not valid UTF-8``), a field beyond the csv module's
     limit of 131,072 characters or a NUL byte (that row only: ``None``); blank lines are left out.
     Returns the header's column names (stripped) and the rows. ``needs``: what the layout needs,
     for the message when the file cannot be opened. Raises LayoutError when the header itself is
-    unreadable."""
+    unreadable or lacks a ``required`` column (the message ends with ``hint``)."""
     try:
         handle = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as error:
@@ -431,6 +417,8 @@ def read_table(path: Path, needs: str) -> tuple[list[str], list[TableRow]]:
         if any(_not_utf8(cell) for cell in header):
             raise LayoutError(f"{path} line 1: the header is not valid UTF-8; re-save the file as UTF-8")
         columns = [cell.strip() for cell in header]
+        if missing := [name for name in required if name not in columns]:
+            raise LayoutError(f"{path}: missing column(s) {', '.join(missing)}; {hint}")
         while True:
             try:
                 cells = next(reader)
@@ -490,16 +478,13 @@ def read_record(ref: RecordRef, min_seconds: float = DEFAULT_MIN_SECONDS, bounds
     source = get_source(ref.layout or "wfdb")
     token = _BOUNDS.set(bounds)
     try:
+        raw = source.read(ref)
+    except Exception as error:  # a hospital export's reason (an OSError's text too) must not name its path
         if not source.private:
-            raw = source.read(ref)
-        else:
-            try:
-                raw = source.read(ref)
-            except RecordError as error:
-                raise RecordError(_unnamed(error.reason, ref), error.kind) from None
-            except Exception as error:  # e.g. an OSError, whose text names the export's path
-                raise RecordError(_unnamed(f"unexpected error ({type(error).__name__}: {error})", ref),
-                                  "unexpected error") from None
+            raise
+        reason, kind = ((error.reason, error.kind) if isinstance(error, RecordError)
+                        else (f"unexpected error ({type(error).__name__}: {error})", "unexpected error"))
+        raise RecordError(_unnamed(reason, ref), kind) from None
     finally:
         _BOUNDS.reset(token)
     return canonical_record(raw, ref, min_seconds, bounds)
@@ -530,11 +515,9 @@ def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAUL
     if seconds < min_seconds:
         raise RecordError(f"too short: {seconds:.3g} s < {min_seconds:g} s minimum", "too short")
 
-    channels = signal.shape[0]
-    names = list(raw.names or [])[:channels]
-    names += [""] * (channels - len(names))
-    units = list(raw.units or [])[:channels]
-    units += [""] * (channels - len(units))
+    channels = signal.shape[0]  # names and units: one per channel, "" where the reader has none
+    names = (list(raw.names or []) + [""] * channels)[:channels]
+    units = (list(raw.units or []) + [""] * channels)[:channels]
     channel_of: dict[int, int] = {}
     unknown: list[str] = []
     for channel, name in enumerate(names):
@@ -573,13 +556,19 @@ def canonical_record(raw: RawRecord, ref: RecordRef, min_seconds: float = DEFAUL
     present = np.any(out != 0, axis=1)
     if not present.any():
         raise RecordError("all-zero signal (every lead is 0 mV throughout)", "all-zero")
-    return EcgRecord(
-        name=ref.name, signal=out, present=present, sample_rate=fs,
-        codes=ref.codes if ref.codes is not None else raw.header_codes, patient=ref.patient, key=ref.key,
-        header_codes=raw.header_codes,
-        notes=tuple(raw.notes) + tuple(f"{UNKNOWN_LEAD_NOTE} {n!r}" for n in unknown),
-        statement=ref.statement or raw.statement, derived=tuple(raw.derived),
-    )
+    return EcgRecord(name=ref.name, signal=out, present=present, sample_rate=fs, patient=ref.patient, key=ref.key,
+                     codes=ref.codes if ref.codes is not None else raw.header_codes, header_codes=raw.header_codes,
+                     notes=tuple(raw.notes) + tuple(f"{UNKNOWN_LEAD_NOTE} {n!r}" for n in unknown),
+                     statement=ref.statement or raw.statement, derived=tuple(raw.derived))
+
+
+def file_head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of ``path``, b"" when it cannot be read (for cheap recognition)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
 
 
 def walk_files(src: Path, suffixes: Sequence[str], limit: int = 0) -> Iterator[Path]:

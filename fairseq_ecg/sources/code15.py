@@ -77,10 +77,8 @@ def _exam_rows(table: Path) -> tuple[dict[int, tuple[int, dict, str]], list[Reco
     """``exams.csv`` as exam -> (line, row, problem) and a skipped ref for each row without a usable
     ``exam_id``. An exam on two lines that disagree is a problem (which labels are its?); two
     identical lines are one exam."""
-    fields, rows = read_table(table, f"the code15 layout needs {EXAMS_CSV}")
-    missing = {"exam_id", "patient_id", *CODE15_TO_SNOMED} - set(fields)
-    if missing:
-        raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this CODE-15%'s exams.csv?")
+    columns = sorted({"exam_id", "patient_id", *CODE15_TO_SNOMED})
+    _, rows = read_table(table, f"the code15 layout needs {EXAMS_CSV}", columns, "is this CODE-15%'s exams.csv?")
     exams: dict[int, tuple[int, dict, str]] = {}
     bad: list[RecordRef] = []
     for line, row, problem in rows:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..leads import UnknownLeadError, canonical_lead
 from .base import RawRecord, RecordError, RecordRef, Source, register_source, salted_patient, walk_files
-from .base import check_plausible
+from .base import check_plausible, file_head
 
 ECG_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG", "1.2.840.10008.5.1.4.1.1.9.1.2": "general ECG",
@@ -80,14 +80,6 @@ def _patient_id(path: Path) -> str:
         return ""
 
 
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
 @register_source
 class Dicom(Source):
     name = "dicom"
@@ -99,7 +91,7 @@ class Dicom(Source):
 
     def recognise(self, src: Path) -> bool:
         first = next(walk_files(src, (".dcm",), limit=1), None)
-        return first is not None and _is_dicom(first)
+        return first is not None and file_head(first, 132)[128:] == b"DICM"  # after the 128-byte preamble
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         refs = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .base import LayoutError, RawRecord, RecordRef, Source, read_table, register_source
-from .wfdb_folder import read_wfdb
+from .base import RecordRef, read_table, register_source
+from .wfdb_folder import WfdbFolder
 
 RECORD_LIST = "record_list.csv"
 MEASUREMENTS = "machine_measurements.csv"
@@ -33,11 +33,10 @@ def _reports(path: Path) -> dict[str, str]:
 
 
 @register_source
-class MimicIvEcg(Source):
+class MimicIvEcg(WfdbFolder):
     name = "mimic_iv_ecg"
     summary = "MIMIC-IV-ECG: record_list.csv + files/pNNNN/... WFDB; no labels (pretrain/identify), reports kept"
     priority = 15
-    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         return (src / RECORD_LIST).is_file() and (src / "files").is_dir()
@@ -45,10 +44,8 @@ class MimicIvEcg(Source):
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         table = Path(labels_csv) if labels_csv else src / RECORD_LIST
         reports = _reports(src / MEASUREMENTS)
-        fields, rows = read_table(table, f"the mimic_iv_ecg layout needs {RECORD_LIST}")
-        missing = {"subject_id", "study_id", "path"} - set(fields)
-        if missing:
-            raise LayoutError(f"{table}: missing column(s) {', '.join(sorted(missing))}; is this MIMIC-IV-ECG's {RECORD_LIST}?")
+        _, rows = read_table(table, f"the mimic_iv_ecg layout needs {RECORD_LIST}", ("path", "study_id", "subject_id"),
+                             f"is this MIMIC-IV-ECG's {RECORD_LIST}?")
         refs = []
         for line, row, problem in rows:
             if row is None or problem:  # unreadable: kept as a skipped record with the reason
@@ -61,6 +58,3 @@ class MimicIvEcg(Source):
             refs.append(RecordRef(path=src / key, name=Path(key).name, key=key, patient=row["subject_id"],
                                   codes=(), known=(), problem=problem, statement=reports.get(row["study_id"], "")))
         yield from sorted(refs, key=lambda ref: ref.key)
-
-    def read(self, ref: RecordRef) -> RawRecord:
-        return read_wfdb(ref.path)

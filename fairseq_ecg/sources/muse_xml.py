@@ -27,7 +27,7 @@ import numpy as np
 
 from ..leads import UnknownLeadError, canonical_lead
 from .base import RawRecord, RecordError, RecordRef, Source, register_source, salted_patient, walk_files
-from .base import check_plausible
+from .base import check_plausible, file_head
 
 UNITS = {"MICROVOLTS": "uV", "MILLIVOLTS": "mV"}
 LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
@@ -79,13 +79,7 @@ class MuseXml(Source):
 
     def recognise(self, src: Path) -> bool:
         first = next(walk_files(src, (".xml",), limit=1), None)
-        if first is None:
-            return False
-        try:
-            with open(first, "rb") as handle:
-                return b"<RestingECG" in handle.read(4096)
-        except OSError:
-            return False
+        return first is not None and b"<RestingECG" in file_head(first, 4096)
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         refs = []
@@ -135,16 +129,15 @@ class MuseXml(Source):
             except (binascii.Error, ValueError) as error:
                 raise RecordError(f"lead {lead_id}: WaveFormData is not base64 ({error})", "unreadable signal file") from None
             count = _text(lead, "LeadSampleCountTotal")
+            samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2")  # float64 only once the count is checked
             if count.isdigit():
                 check_plausible(rate, int(count))
-            samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.float64)
-            if count.isdigit():
                 if len(samples) < int(count):
                     raise RecordError(f"lead {lead_id}: {len(samples)} samples, LeadSampleCountTotal says {count}",
                                       "truncated signal file")
                 samples = samples[: int(count)]
             names.append(lead_id)
-            channels.append(samples * per_bit)
+            channels.append(samples.astype(np.float64) * per_bit)
             units.append(UNITS[unit])
         if not channels:
             raise RecordError("the Rhythm waveform holds no LeadData", "no samples")
@@ -160,7 +153,6 @@ class MuseXml(Source):
                 channels.append(signal)
                 units.append("mV")
             derived = LIMB_DERIVED
-        statements = [" ".join(t.strip() for t in (s.findtext("StmtText") or "",) if t.strip())
-                      for s in root.findall("Diagnosis/DiagnosisStatement")]
+        statements = [(s.findtext("StmtText") or "").strip() for s in root.findall("Diagnosis/DiagnosisStatement")]
         return RawRecord(signal=np.stack(channels), names=names, units=units, sample_rate=rate,
                          statement=" | ".join(s for s in statements if s), derived=derived)

@@ -78,10 +78,7 @@ class NumpyFolder(Source):
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         table = Path(labels_csv) if labels_csv else src / RECORDS_CSV
         fields, rows = read_table(table, f"the numpy layout needs {RECORDS_CSV} (columns {', '.join(REQUIRED)}, "
-                                         "patient, codes)")
-        missing = [c for c in REQUIRED if c not in fields]
-        if missing:
-            raise LayoutError(f"{table}: missing column(s) {', '.join(missing)}; needs {', '.join(REQUIRED)}")
+                                  "patient, codes)", REQUIRED, f"needs {', '.join(REQUIRED)}")
         refs = []
         for line, row, problem in rows:
             if row is None or problem:  # unreadable: kept as a skipped record with the reason

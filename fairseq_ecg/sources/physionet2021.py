@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .base import PATIENTS_CSV, RawRecord, RecordRef, Source, read_record_table, register_source, walk_files
-from .wfdb_folder import wfdb_refs, read_wfdb
+from .base import PATIENTS_CSV, RecordRef, read_record_table, register_source, walk_files
+from .wfdb_folder import WfdbFolder, wfdb_refs
 
 
 def ptbxl_ecg_id(ref: RecordRef) -> Optional[tuple[str, int]]:
@@ -24,11 +24,10 @@ def ptbxl_ecg_id(ref: RecordRef) -> Optional[tuple[str, int]]:
 
 
 @register_source
-class PhysioNet2021(Source):
+class PhysioNet2021(WfdbFolder):
     name = "physionet2021"
     summary = "PhysioNet/CinC 2021: tree of .hea + .mat (patients.csv at the root is used)"
     priority = 80
-    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         """A WFDB tree whose first header points at a ``.mat`` signal file."""
@@ -47,6 +46,3 @@ class PhysioNet2021(Source):
             labels_csv = src / PATIENTS_CSV
         table = read_record_table(labels_csv) if labels_csv else {}
         yield from wfdb_refs(src, table, patient_is_name=True)
-
-    def read(self, ref: RecordRef) -> RawRecord:
-        return read_wfdb(ref.path)

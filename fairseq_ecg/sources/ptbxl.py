@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..labels import PTBXL_SCP_TO_SNOMED, PTBXL_STATEMENTS, SNOMED_TASK, ptbxl_task_labels, read_scp_statements
-from .base import LayoutError, RawRecord, RecordRef, Source, read_table, register_source
-from .wfdb_folder import read_wfdb
+from .base import LayoutError, RecordRef, read_table, register_source
+from .wfdb_folder import WfdbFolder
 
 PTBXL_DATABASE = "ptbxl_database.csv"
 
@@ -51,11 +51,8 @@ def _ptbxl_refs(src: Path, database: Path, use_folds: bool = True, task: str = S
             raise LayoutError(str(error)) from None
         label = lambda scp: ptbxl_task_labels(scp, table, task)
     fields, rows = read_table(database, f"the ptbxl layout needs {PTBXL_DATABASE} in the source folder (or pass "
-                                        "it with --labels)")
-    missing = {"patient_id", "filename_hr", "scp_codes"} - set(fields)
-    if missing:
-        raise LayoutError(f"{database}: missing column(s) {', '.join(sorted(missing))}; "
-                          "is this a PTB-XL ptbxl_database.csv?")
+                              "it with --labels)", ("filename_hr", "patient_id", "scp_codes"),
+                              "is this a PTB-XL ptbxl_database.csv?")
     folds = use_folds and PTBXL_FOLD_COLUMN in fields
     refs = []
     split_of_patient: dict[str, tuple[str, int]] = {}
@@ -106,17 +103,13 @@ def ptbxl_task_refs(src: Path, labels_csv: Optional[Path] = None, use_folds: boo
 
 
 @register_source
-class PtbXl(Source):
+class PtbXl(WfdbFolder):
     name = "ptbxl"
     summary = "PTB-XL: ptbxl_database.csv + records500/ (strat_fold gives the recommended split)"
     priority = 10
-    files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
         return (src / PTBXL_DATABASE).is_file()
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         yield from _ptbxl_refs(src, labels_csv or src / PTBXL_DATABASE, use_folds)
-
-    def read(self, ref: RecordRef) -> RawRecord:
-        return read_wfdb(ref.path)

@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Sequence
 
 from .base import (
     RawRecord, RecordError, RecordRef, Source, check_plausible, read_record_table, register_source, split_codes,
+    file_head, walk_files,
 )
 
 # Bytes per sample of the WFDB formats whose file size follows from the header (to tell a
@@ -28,12 +29,8 @@ _BYTES_PER_SAMPLE = {"8": 1, "80": 1, "16": 2, "61": 2, "160": 2, "212": 1.5, "2
 
 
 def wfdb_refs(src: Path, table: dict, patient_is_name: bool) -> Iterator[RecordRef]:
-    found = []
-    for header in src.rglob("*.hea"):
-        if header.name.startswith(".") or not header.is_file():
-            continue
-        key = header.relative_to(src).with_suffix("").as_posix()
-        found.append((key, header.with_suffix("")))
+    found = [(header.relative_to(src).with_suffix("").as_posix(), header.with_suffix(""))
+             for header in src.rglob("*.hea") if not header.name.startswith(".") and header.is_file()]
     for key, path in sorted(found):
         name = path.name
         patient, codes = table.get(key) or table.get(name) or ("", None)
@@ -58,8 +55,7 @@ def _nth(values: Optional[Sequence], index: int, default: int) -> int:
 def _truncation(path: Path, info) -> Optional[RecordError]:
     """A signal file smaller than the header's samples need (frames of every channel in the file,
     each ``samps_per_frame`` samples, for ``sig_len`` plus the largest skew)."""
-    files = list(dict.fromkeys(info.file_name or []))
-    for file_name in files:
+    for file_name in dict.fromkeys(info.file_name or []):
         channels = [i for i, f in enumerate(info.file_name) if f == file_name]
         sizes = [_BYTES_PER_SAMPLE.get(str(info.fmt[i]).split("+")[0]) for i in channels]
         if None in sizes or not info.sig_len or not (path.parent / file_name).is_file():
@@ -87,13 +83,9 @@ def _mat_shape_problem(path: Path, info) -> Optional[RecordError]:
         if not file_name.endswith(".mat") or not (path.parent / file_name).is_file():
             continue
         channels = sum(1 for f in info.file_name if f == file_name)
-        try:
-            with open(path.parent / file_name, "rb") as handle:
-                head = handle.read(20)
-        except OSError:
-            continue  # left to wfdb's read, which reports it
+        head = file_head(path.parent / file_name, 20)
         if len(head) < 20:
-            continue  # truncated: _truncation says so
+            continue  # unreadable (wfdb's read reports it) or truncated (_truncation says so)
         for order in "<>":
             kind, rows, columns, imaginary, _ = struct.unpack(f"{order}5i", head)
             if 0 <= kind < 5000 and rows >= 0 and columns >= 0 and imaginary in (0, 1):
@@ -114,8 +106,6 @@ def _checked_header(path: Path):
     describes, signal files smaller than the claimed samples need; raises :class:`RecordError`
     for those. None when wfdb cannot parse it (left to ``wfdb.rdrecord`` and
     :func:`_diagnose_read_failure`) or for a multi-segment record."""
-    import wfdb
-
     header = path.with_name(path.name + ".hea")
     try:
         lines = header.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()  # a BOM is dropped harmlessly
@@ -126,11 +116,9 @@ def _checked_header(path: Path):
             raise RecordError(f"header {header.name} line {number} holds bytes outside ASCII, which wfdb drops "
                               "(a file or lead name changes, a unit µV becomes V); write it in ASCII (e.g. uV)",
                               "non-ASCII header")
-    problem = _header_field_problem(lines, header.name)
-    if problem:
+    if problem := _header_field_problem(lines, header.name):
         raise RecordError(problem, "bad header field")
-    written = _written_rate_and_length(lines)
-    if written:  # before wfdb allocates what the header claims
+    if written := _written_rate_and_length(lines):  # before wfdb allocates what the header claims
         check_plausible(*written)
     try:
         info = _rdheader(path, lines)
@@ -145,8 +133,7 @@ def _checked_header(path: Path):
     if info.n_sig != described:
         raise RecordError(f"header {header.name} claims {info.n_sig} signals but describes {described}",
                           "unreadable header")
-    problem = _truncation(path, info) or _mat_shape_problem(path, info)
-    if problem is not None:
+    if problem := _truncation(path, info) or _mat_shape_problem(path, info):
         raise problem
     return info
 
@@ -199,17 +186,18 @@ _WFDB_FORMATS = {"8", "16", "24", "32", "61", "80", "160", "212", "310", "311", 
 _SIGNAL_INTEGER_FIELDS = ("ADC resolution", "ADC zero", "initial value", "checksum", "block size")
 
 
-def _record_line(lines: Sequence[bytes]) -> tuple[int, list[str]]:
-    """(line number, fields) of the record line: the first that is neither blank nor a comment."""
-    return next(((number, line.decode("ascii", "replace").split()) for number, line in enumerate(lines, start=1)
-                 if line.strip() and not line.lstrip().startswith(b"#")), (0, []))
+def _header_rows(lines: Sequence[bytes]) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each line that is neither blank nor a comment: the record line first."""
+    return [(number, line.decode("ascii", "replace").split()) for number, line in enumerate(lines, start=1)
+            if line.strip() and not line.lstrip().startswith(b"#")]
 
 
 def _written_rate_and_length(lines: Sequence[bytes]) -> Optional[tuple[float, int]]:
     """The sampling frequency and number of samples as the record line writes them (wfdb reads
     ``1e-300`` as 1 Hz), for a header that :func:`_header_field_problem` passed; None for a
     multi-segment record."""
-    _, fields = _record_line(lines)
+    rows = _header_rows(lines)
+    fields = rows[0][1] if rows else []
     if len(fields) < 4 or "/" in fields[0]:
         return None
     return float(_FS_FIELD.fullmatch(fields[2])["fs"]), int(fields[3])
@@ -221,8 +209,7 @@ def _header_field_problem(lines: Sequence[bytes], header_name: str) -> str:
     length) or gain (200 per mV) with defaults, so a record could be played at the wrong speed or
     scale without a word; here each must be written and well formed. An absent baseline is fine:
     the WFDB specification makes it the ADC zero. A multi-segment record is left to wfdb."""
-    rows = [(number, line.decode("ascii", "replace").split())
-            for number, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith(b"#")]
+    rows = _header_rows(lines)
     if not rows:
         return f"unreadable header {header_name}: no record line"
     number, fields = rows[0]
@@ -299,8 +286,7 @@ def _diagnose_read_failure(path: Path, error: Exception, info=None) -> RecordErr
     except Exception as header_error:  # wfdb raises many types for a bad header
         return RecordError(f"unreadable header {header.name} ({type(header_error).__name__}: {header_error})",
                            "unreadable header")
-    files = list(dict.fromkeys(info.file_name or []))
-    for file_name in files:
+    for file_name in dict.fromkeys(info.file_name or []):
         if not (path.parent / file_name).is_file():
             return RecordError(f"signal file {file_name} is missing", "missing signal file")
     return _truncation(path, info) or RecordError(f"unreadable signal ({type(error).__name__}: {error})",
@@ -327,22 +313,17 @@ def read_wfdb(path: Path) -> RawRecord:
                      notes=(MAT_NAMED_NOTE,) if getattr(header, "mat_named", False) else ())
 
 
-def has_header(src: Path) -> bool:
-    """Whether a WFDB header lies below ``src`` (stops at the first)."""
-    from .base import walk_files
-
-    return next(walk_files(src, (".hea",), limit=1), None) is not None
-
-
 @register_source
 class WfdbFolder(Source):
+    """Any folder of WFDB records; the archives of WFDB records (PTB-XL, ...) inherit its files and reader."""
+
     name = "wfdb"
     summary = "any folder of WFDB records (.hea + signal files); --labels CSV: record[,patient][,codes]"
     priority = 90
     files = (".hea",)
 
     def recognise(self, src: Path) -> bool:
-        return has_header(src)
+        return next(walk_files(src, (".hea",), limit=1), None) is not None
 
     def discover(self, src: Path, labels_csv: Optional[Path] = None, use_folds: bool = True) -> Iterator[RecordRef]:
         table = read_record_table(labels_csv) if labels_csv else {}
