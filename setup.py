@@ -46,6 +46,8 @@ setup(
         "pydicom",
         "scikit-learn",
         "matplotlib",
+        # integrated gradients for fairseq-ecg-predict --explain (pure Python, on torch)
+        "captum",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={

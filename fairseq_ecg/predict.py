@@ -16,6 +16,12 @@ checks that leads the model uses fail, e.g. ``flat:V4;noisy:II``: :mod:`fairseq_
 and abbreviation, e.g. ``426783006 SNR``), and ``labels``, the classes at or above their threshold
 joined by ``;``.
 
+Explanations (``--explain DIR``): per record and per class it predicts (or ``--explain-classes``),
+``DIR/RECORD__CLASS.npy``, the integrated-gradients attribution [12 leads, 0.1 s bins], and
+``DIR/RECORD__CLASS.png``, the record in the clinical layout with the attribution shaded
+(:mod:`fairseq_ecg.explain`); ``DIR/explanations.tsv`` lists them with probability, threshold,
+the baseline's probability and the integration gap.
+
 Calibration: ``valid`` (default) passes each record's probabilities through the calibration fitted
 on the validation patients and saved in the checkpoint (``task.calibration``; a checkpoint without
 one gives its probabilities as trained, said in one line); ``none`` gives them as trained.
@@ -47,6 +53,7 @@ import numpy as np
 import torch
 
 from .errors import EcgError
+from .explain import STEPS, explained_classes, file_stem, write_explanations
 from .checkpoints import CheckpointError, is_probability
 from .data.model_input import ModelInput
 from .inference import (RecordBatcher, check_program_outputs, iter_records, program_parser, record_file_layout,
@@ -205,10 +212,13 @@ def read_thresholds(spec: str, predictor: Predictor, log=print) -> np.ndarray:
 def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarray, leads=None,
             batch_size: int = 32, layout: str = SOURCE_AUTO, device: Optional[torch.device] = None,
             progress_seconds: float = 10.0, log=print, input_rate: Optional[float] = None,
-            withhold_poor_quality: bool = False) -> tuple[int, list[tuple[str, str]]]:
+            withhold_poor_quality: bool = False, explain: Optional[Path] = None,
+            explain_classes: Optional[Sequence[str]] = None,
+            explain_steps: int = STEPS) -> tuple[int, list[tuple[str, str]]]:
     """Write the predictions CSV (and ``OUT.skipped.tsv``); returns (records written, skipped).
     A record whose signal quality fails a check (:mod:`fairseq_ecg.signal_quality`) gets no labels
-    with ``withhold_poor_quality``; its probabilities are written either way."""
+    with ``withhold_poor_quality``; its probabilities are written either way. ``explain``: the
+    folder for the explanations of each record's labels (or of ``explain_classes``)."""
     device = device or torch.device("cpu")
     predictor.model.to(device)
     fed = leads if leads is not None else predictor.leads
@@ -217,6 +227,7 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
     predicted_leads: list[np.ndarray] = []
     flagged: Counter = Counter()  # check -> records failing it
     poor = 0
+    explained: list[list] = []
     with atomic_output(out, newline="", clean_stale=True) as handle:
         writer = csv_writer(handle)
         writer.writerow(["record", "segments", "leads", "quality", *predictor.columns, "labels"])
@@ -226,13 +237,25 @@ def predict(predictor: Predictor, inputs: Path, out: Path, thresholds: np.ndarra
                 skipped.append((record.name, probs))
                 continue
             flags = record_flags(record.wave, predictor.sample_rate, record.present, fed)
-            flagged.update(flags)
+            flagged.update(list(flags))  # one count per record and check
             poor += bool(flags)
             labels = "" if flags and withhold_poor_quality else \
                 ";".join(c for c, p, t in zip(predictor.columns, probs, thresholds) if p >= t)
             predicted_leads.append(record.present)
             writer.writerow([record.name, count, lead_list(record.present), quality_text(flags),
                              *(f"{p:.6f}" for p in probs), labels])
+            chosen = explained_classes(probs, thresholds, predictor.columns, explain_classes) if explain else []
+            if chosen and not (flags and withhold_poor_quality and not explain_classes):
+                for found in write_explanations(explain, predictor, record.name, record.wave, chosen, thresholds,
+                                                leads, explain_steps):
+                    explained.append([found.record, found.column, f"{found.probability:.6f}", f"{found.threshold:.6f}",
+                                      f"{found.baseline:.6f}", f"{found.gap:.3g}", file_stem(found.record, found.column)])
+    if explain:
+        with atomic_output(explain / "explanations.tsv", newline="") as handle:
+            writer = csv_writer(handle, delimiter="\t")
+            writer.writerow(["record", "class", "probability", "threshold", "baseline_probability", "gap", "files"])
+            writer.writerows(explained)
+        log(f"{len(explained)} explanations -> {explain} (RECORD__CLASS.npy and .png; explanations.tsv lists them)")
     lacking = missing_leads_summary(predicted_leads, fed, "predicted records")
     if lacking:
         log(f"{lacking} (the CSV's leads column names each record's)")
@@ -267,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", default="valid",
                         help="valid (tuned on validation, saved in the checkpoint; else 0.5), a number, or a file "
                              "with one threshold per class")
+    parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                        help="write per record and predicted class an integrated-gradients attribution (.npy) and "
+                             "the ECG in the clinical layout with it shaded (.png) into DIR")
+    parser.add_argument("--explain-classes", default=None, metavar="CLASSES",
+                        help="with --explain: these classes (comma-separated codes or column names) for every record, "
+                             "instead of each record's predicted ones")
+    parser.add_argument("--explain-steps", type=int, default=STEPS, help="integration steps of the explanations")
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="valid",
                         help="valid: the calibration fitted on validation and saved in the checkpoint (where it has "
                              "one); none: the probabilities as trained")
@@ -281,7 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _command(args: argparse.Namespace, say) -> int:
-    check_program_outputs([args.out, args.out.with_suffix(".skipped.tsv")],
+    check_program_outputs([args.out, args.out.with_suffix(".skipped.tsv"),
+                           *([args.explain / "explanations.tsv"] if args.explain else [])],
                           [args.inputs, args.checkpoint, *(p for p in [Path(args.thresholds or "")] if p.is_file())],
                           args.salt_from)
     if args.leads is not None:
@@ -294,12 +325,20 @@ def _command(args: argparse.Namespace, say) -> int:
     if change:
         say(f"{change} (--leads)")
     thresholds = read_thresholds(args.thresholds, predictor, log=say)
+    wanted = [c.strip() for c in args.explain_classes.split(",") if c.strip()] if args.explain_classes else None
+    unknown = [c for c in wanted or [] if not explained_classes([], [], predictor.columns, [c])]
+    if unknown:
+        raise EcgError(f"--explain-classes: {unknown[0]!r} is not a class of the checkpoint (its columns: "
+                       f"{', '.join(predictor.columns[:4])} ...; a code or a whole column name)")
+    if wanted and not args.explain:
+        raise EcgError("--explain-classes needs --explain DIR")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     started = time.monotonic()
     with output_salt(args.salt_from, args.out):
         written, skipped = predict(predictor, args.inputs, args.out, thresholds, args.leads, args.batch_size,
                                    args.layout, device, args.progress_seconds, log=say, input_rate=args.sample_rate,
-                                   withhold_poor_quality=args.withhold_poor_quality)
+                                   withhold_poor_quality=args.withhold_poor_quality, explain=args.explain,
+                                   explain_classes=wanted, explain_steps=args.explain_steps)
     seconds = time.monotonic() - started
     if written and record_file_layout(args.inputs) is not None:  # one ECG: its row on the terminal too
         print(record_summary(args.out, predictor, thresholds))

@@ -403,7 +403,7 @@ def test_a_record_the_model_fails_on_is_skipped_and_the_batch_scored_without_it(
     assert skipped == [("b", "the model failed on it (RuntimeError: injected failure of one record)")]
 
 
-def test_the_quality_column_names_failed_checks_and_labels_can_be_withheld(imported, tmp_path):
+def test_the_quality_column_names_failed_checks_and_labels_can_be_withheld(imported, tmp_path, capsys):
     """Signal quality before the model speaks (issue 22 item 3): a record with mains noise on V2 is
     flagged in the quality column and the closing line; with --withhold-poor-quality it gets no
     labels (its probabilities stay), a clean record keeps them."""
@@ -428,6 +428,7 @@ def test_the_quality_column_names_failed_checks_and_labels_can_be_withheld(impor
         args = ["--checkpoint", str(imported["classifier"]), str(folder / "test.tsv"), "--out", str(out), "--cpu",
                 "--thresholds", "0", *(["--withhold-poor-quality"] if withhold else [])]
         assert predict_main(args) == 0
+        assert "1 of 2 records fail a signal-quality check (noisy 1;" in capsys.readouterr().err  # records, not leads
         by_name = {row["record"]: row for row in _read_csv(out)}
         assert by_name["clean"]["quality"] == "ok" and by_name["mains"]["quality"] == "noisy:V2"
         assert len(by_name["clean"]["labels"].split(";")) == 26

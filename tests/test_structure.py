@@ -20,7 +20,7 @@ LAYERS = [
     ("checkpoints",),
     ("models", "criterions"),
     ("tasks", "patches"),
-    ("inference",),
+    ("inference", "explain"),
     ("predict", "embed", "importer", "experiments", "demo", "__init__"),
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
