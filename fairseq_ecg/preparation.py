@@ -3,7 +3,7 @@
     fairseq-ecg-manifest SRC [SRC ...] --dest DIR [--layout auto|NAME] [--labels CSV]
         [--workers N] [--sample-rate 500] [--split-by auto|strat-fold|patient-hash]
         [--valid-percent 10] [--test-percent 10] [--seed S]
-        [--min-seconds 5] [--finetune-train-limit N] [--ptbxl-labels TASK] [--force]
+        [--min-seconds 5] [--finetune-train-limit N] [--ptbxl-labels TASK] [--skip-poor-quality] [--force]
 
 Records stream through a process pool one at a time (memory stays bounded whatever the archive
 size): each is read (:mod:`fairseq_ecg.sources`), resampled with an anti-aliasing polyphase
@@ -44,6 +44,7 @@ import numpy as np
 
 from .labels import PTBXL_TASKS, SNOMED_TASK, LabelSet, scored_labels
 from .leads import NUM_LEADS, mask_to_string
+from .signal_quality import FLAGS, GOOD, quality_text, record_flags
 from .manifest import (
     CLASSES_FILE, EXIT_MACHINE_ERROR, LABEL_SUFFIX, MachineError, ManifestError, ManifestRow, atomic_save_npy,
     atomic_write_text, label_path, machine_error, read_manifest, write_classes, write_labels, write_manifest,
@@ -60,8 +61,8 @@ from .sources.ptbxl import ptbxl_task_refs
 PROG = "fairseq-ecg-manifest"
 JOURNAL_MARK = f"# {PROG} journal"  # how a journal's first line starts: a folder holding one is prepared
 JOURNAL_COLUMNS = ("key", "status", "num_samples", "lead_mask", "source_rate", "record", "dx", "derived",
-                   "statement", "sha256", "note")
-DIGEST = JOURNAL_COLUMNS.index("sha256")
+                   "statement", "sha256", "quality", "note")
+DIGEST, QUALITY = JOURNAL_COLUMNS.index("sha256"), JOURNAL_COLUMNS.index("quality")
 SPLIT_BY = ("auto", "strat-fold", "patient-hash")
 
 
@@ -99,6 +100,7 @@ class Outcome:
     derived: str = ""  # leads the source computed from others (MUSE: III,aVR,aVL,aVF)
     statement: str = ""  # free text kept in statements.tsv (machine report, diagnosis statements)
     digest: str = ""  # sha256 of the prepared waveform (see waveform_digest): finds recordings present twice
+    quality: str = ""  # the signal-quality checks its present leads fail (fairseq_ecg.signal_quality), or "ok"
 
     @property
     def ok(self) -> bool:
@@ -107,7 +109,7 @@ class Outcome:
     def journal_line(self) -> str:
         return "\t".join([_field(self.key), "ok" if self.ok else "skipped", str(self.num_samples), self.lead_mask,
                           f"{self.source_rate:g}", _field(self.record), ",".join(self.dx), self.derived,
-                          _one_line(self.statement), self.digest, _one_line(self.note)])
+                          _one_line(self.statement), self.digest, self.quality, _one_line(self.note)])
 
     @classmethod
     def from_journal(cls, line: str) -> Optional["Outcome"]:
@@ -124,7 +126,7 @@ class Outcome:
             return None
         dx = tuple(code for code in fields[6].split(",") if code)
         return cls(fields[0], "reused", num_samples, fields[3], rate, fields[5], dx, fields[-1],
-                   derived=fields[7], statement=fields[8], digest=fields[DIGEST])
+                   derived=fields[7], statement=fields[8], digest=fields[DIGEST], quality=fields[QUALITY])
 
 
 def _one_line(text: str) -> str:
@@ -198,7 +200,8 @@ def process_record(settings: Settings, task: tuple[RecordRef, Optional[Outcome]]
         return Outcome(ref.key, "written", int(signal.shape[1]), mask_to_string(record.present),
                        record.sample_rate, record.name, record.header_codes, "; ".join(record.notes),
                        derived=",".join(record.derived), statement=record.statement,
-                       digest=waveform_digest(signal))
+                       digest=waveform_digest(signal),
+                       quality=quality_text(record_flags(signal, settings.sample_rate, np.asarray(record.present, bool))))
     except RecordError as error:
         return Outcome(ref.key, "skipped", record=ref.name, note=error.reason, kind=error.kind)
     except MachineError:  # the disk, not the record: the run stops (main)
@@ -533,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "classes; all, diagnostic, subdiagnostic, superdiagnostic, form, rhythm: the PTB-XL "
                              "benchmark task (Strodthoff et al. 2021) from the archive's scp_statements.csv, split by "
                              "its folds; records without a label in the task are left out of finetune/")
+    parser.add_argument("--skip-poor-quality", action="store_true",
+                        help="leave out of every manifest the records whose present leads fail a signal-quality check "
+                             "(flat, clipped, noisy, wander: fairseq_ecg/signal_quality.py); without it they are kept "
+                             "and counted; records.tsv's quality column names the leads either way")
     parser.add_argument("--force", action="store_true", help="recompute every record (ignore records.tsv)")
     return parser
 
@@ -698,7 +705,12 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
 
     ordered = [outcomes[ref.key] for ref in refs]
     atomic_write_text(journal_path, journal_text(settings, ordered))
-    atomic_write_text(dest / SKIPPED, "".join(f"{_field(o.key)}\t{_one_line(o.note)}\n" for o in ordered if not o.ok))
+    poor = {o.key: o.quality for o in ordered if o.ok and o.quality not in ("", GOOD)}
+    left_out = poor if args.skip_poor_quality else {}
+    atomic_write_text(dest / SKIPPED, "".join(
+        f"{_field(o.key)}\t{_one_line(o.note)}\n" if not o.ok else
+        f"{_field(o.key)}\tsignal quality: {left_out[o.key]} (--skip-poor-quality)\n"
+        for o in ordered if not o.ok or o.key in left_out))
     duplicates = find_duplicates(refs, ordered)  # before the split: one copy of each recording goes on
     atomic_write_text(dest / DUPLICATES, "".join(f"{_field(key)}\t{_field(kept)}\t{how}\n"
                                                  for key, (kept, how) in duplicates.items()))
@@ -707,7 +719,7 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
         atomic_write_text(dest / STATEMENTS, "".join(f"{_field(o.key)}\t{_one_line(o.statement)}\n" for o in stated))
     goods = []
     for ref, outcome in zip(refs, ordered):
-        if not outcome.ok or ref.key in duplicates:
+        if not outcome.ok or ref.key in duplicates or ref.key in left_out:
             continue
         patient = _one_line(ref.patient) or ref.key
         row = ManifestRow(wave_relative_path(ref.key), outcome.num_samples, outcome.lead_mask, patient,
@@ -724,9 +736,21 @@ def _prepare(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     classes = None if args.ptbxl_labels == SNOMED_TASK else task_classes(goods)
     counts = write_outputs(dest, goods, args.finetune_train_limit, args.seed, classes)
-    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs), duplicates,
-                   args.ptbxl_labels, classes)
+    _print_summary(dest, refs, ordered, goods, counts, elapsed, _notices(args, refs) + _quality_lines(args, poor),
+                   duplicates, args.ptbxl_labels, classes)
     return 0
+
+
+def _quality_lines(args: argparse.Namespace, poor: dict[str, str]) -> list[str]:
+    """The summary's count of the records that fail a signal-quality check, by check."""
+    if not poor:
+        return []
+    checks = Counter(check.split(":")[0] for quality in poor.values() for check in quality.split(";"))
+    what = ", ".join(f"{flag} {checks[flag]}" for flag in FLAGS if checks[flag])
+    fate = (f"left out of every manifest (--skip-poor-quality; listed in {SKIPPED})" if args.skip_poor_quality
+            else "kept (--skip-poor-quality leaves them out)")
+    return [f"  signal quality: {len(poor)} record(s) fail a check ({what}; {JOURNAL}'s quality column names the "
+            f"leads), {fate}"]
 
 
 def _notices(args: argparse.Namespace, refs: Sequence[RecordRef] = ()) -> list[str]:

@@ -67,3 +67,52 @@ def test_the_synthetic_archives_pass(tmp_path, layout):
         record = read_record(ref)
         flags = record_flags(record.signal, record.sample_rate, np.asarray(record.present, bool))
         assert flags == {}, (layout, ref.key, record.sample_rate, flags)
+
+
+def test_preparation_writes_the_flags_and_can_leave_poor_records_out(tmp_path):
+    """fairseq-ecg-manifest checks every record's present leads: records.tsv's quality column names
+    the failed checks (the clean records read ok), the summary counts them, and
+    --skip-poor-quality leaves them out of every manifest, listed in skipped.tsv, recomputing nothing."""
+    import csv
+
+    from conftest import run_cli
+    from fairseq_ecg.manifest import read_manifest
+
+    archive = tmp_path / "archive"
+    synthesize_archive(archive, records=8, patients=8, seed=3, layout="numpy")
+    refs = sorted(discover(archive, "numpy"), key=lambda r: r.key)
+    planted = {refs[1].key: ("flat", "V4"), refs[4].key: ("noisy", "II")}
+    for ref in refs:
+        if ref.key in planted:
+            flag, name = planted[ref.key]
+            path = next(archive.rglob(f"{ref.key}.npy"))
+            signal = np.load(path)
+            rows_first = signal.shape[0] == 12
+            signal = signal if rows_first else signal.T
+            lead = LEADS.index(name)
+            if flag == "flat":
+                signal[lead] = 0.2
+            else:
+                signal[lead] += 0.5 * np.ptp(signal[lead]) * np.sin(2 * np.pi * 50 * np.arange(signal.shape[1]) / RATE)
+            np.save(path, signal if rows_first else signal.T)
+    dest = tmp_path / "prepared"
+    for skip in (False, True):
+        result = run_cli("fairseq-ecg-manifest", str(archive), "--dest", str(dest), "--layout", "numpy",
+                         "--workers", "1", *(["--skip-poor-quality"] if skip else []))
+        with open(dest / "records.tsv", newline="") as handle:
+            journal = list(csv.reader(handle, delimiter="\t"))[1:]
+        header, body = journal[0], journal[1:]
+        quality = {row[0]: row[header.index("quality")] for row in body}
+        assert quality == {ref.key: (f"{planted[ref.key][0]}:{planted[ref.key][1]}" if ref.key in planted else GOOD)
+                           for ref in refs}
+        assert "signal quality: 2 record(s) fail a check (flat 1, noisy 1;" in result.stdout
+        listed = {row.record for split in ("train", "valid") for row in read_manifest(dest / "pretrain" / f"{split}.tsv").rows}
+        listed |= {row.record for row in read_manifest(dest / "finetune" / "test.tsv").rows}
+        skipped = (dest / "skipped.tsv").read_text()
+        poor = {ref.name for ref in refs if ref.key in planted}
+        if skip:
+            assert "8 records found, 0 written, 8 reused" in result.stdout  # the option recomputes nothing
+            assert not listed & poor and len(listed) == 6
+            assert f"{refs[4].key}\tsignal quality: noisy:II (--skip-poor-quality)" in skipped
+        else:
+            assert poor <= listed and len(listed) == 8 and skipped == ""
