@@ -8,6 +8,7 @@ one variant (W2V+CMSC pretrained without RLM, fine-tuned on each lead set), and 
 Every step resumes: run it again after an interruption and finished work is kept.
 """
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,6 @@ def main(argv=None) -> int:
     if not (archive / "patients.csv").exists():
         print(f"[demo] synthesising {args.records} records of {args.patients} patients into {archive}", flush=True)
         if archive.exists():  # an interrupted synthesis: start it again
-            import shutil
-
             shutil.rmtree(archive)
         synthesize_archive(archive, records=args.records, patients=args.patients, seed=0)
     print(f"[demo] preparing manifests in {data}", flush=True)
@@ -39,9 +38,8 @@ def main(argv=None) -> int:
                              "--finetune-train-limit", str(args.labeled)])
     if code:
         return code
-    command = ["--data", str(data), "--out", str(results), "--preset", "demo", "--jobs", str(args.jobs)]
-    if args.seeds:
-        command += ["--seeds", str(args.seeds)]
+    command = ["--data", str(data), "--out", str(results), "--preset", "demo", "--jobs", str(args.jobs),
+               *(["--seeds", str(args.seeds)] if args.seeds else [])]
     print(f"[demo] fairseq-ecg-experiments {' '.join(command)}", flush=True)
     code = experiments.main(command)
     print(f"[demo] finished in {(time.time() - start) / 60:.1f} min; report: {results / 'report.md'}; "

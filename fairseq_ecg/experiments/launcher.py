@@ -13,6 +13,7 @@ not survive a fork); importing does not run one, and each child sets its own thr
 """
 import multiprocessing
 import os
+import subprocess
 import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -36,8 +37,7 @@ def as_a_fresh_interpreter() -> None:
 
 def console_script(name: str) -> Optional[EntryPoint]:
     """The installed console script ``name`` (e.g. ``fairseq-validate``), not yet imported, or None."""
-    found = [ep for ep in entry_points(group="console_scripts") if ep.name == name]
-    return found[0] if found else None
+    return next(iter(entry_points(group="console_scripts", name=name)), None)
 
 
 def _run_in_child(command: list[str], log: str, env: dict[str, str]) -> None:
@@ -49,13 +49,12 @@ def _run_in_child(command: list[str], log: str, env: dict[str, str]) -> None:
     os.dup2(handle, 2)
     os.close(handle)
     os.environ.update(env)
-    threads = env.get("OMP_NUM_THREADS")
-    if threads:
+    if threads := env.get("OMP_NUM_THREADS"):
         import torch
 
         torch.set_num_threads(int(threads))
     entry = console_script(command[0]).load()
-    sys.argv = [command[0], *command[1:]]
+    sys.argv = list(command)
     try:
         sys.exit(entry())  # as the console script does: None is 0, a message is printed and is 1
     except Exception:  # as an interpreter does with an uncaught exception (multiprocessing would not)
@@ -85,8 +84,6 @@ class PreloadedLauncher:
 
 def subprocess_launcher(command: list[str], log: Path, env: dict[str, str]) -> int:
     """The plain way: a new interpreter per command (``--launch subprocess``)."""
-    import subprocess
-
     program = Path(sys.executable).parent / command[0]
     argv = [str(program) if program.exists() else command[0], *command[1:]]
     with open(log, "a") as handle:

@@ -15,6 +15,7 @@ and fine-tune on the same reduced lead set; 3 = each variant with and without RL
 the RLM probability. ``random_init`` (same architecture, fresh weights) is the baseline row.
 """
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ import re
 import shlex
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,10 +95,13 @@ PRESETS = {
 }
 CHECKPOINT = "checkpoint_best.pt"  # what a fine-tuning or evaluation reads from the run before it
 METRICS_FILE = "metrics.json"  # what the report reads from an evaluation
-FINETUNE_CONFIG = {"classification": "classification", "identification": "identification"}
+DONE = "done"  # a finished run's marker (mark_done)
+METRIC_PATTERN = re.compile(r"\| ([a-z0-9_]+) ([-+]?[0-9.]+(?:e[-+]?\d+)?)")  # fairseq-validate's "| auroc 0.81"
+# Rough seconds per training update on a 2-core CPU, by model size, for --dry-run's estimate: the
+# tiny size from the demo (17.7 minutes for about 9,050 updates, runs forked by the launcher,
+# evaluations included), the paper's size from a measured ~2 minutes per update (batch 64, CMSC pairs).
+SECONDS_PER_UPDATE_CPU = {"tiny": 0.12, "paper": 120.0}
 FINETUNE_DATA = {task: TASK_FOLDERS[f"ecg_{task}"] for task in ("classification", "identification")}
-# reported figures come from the test patients; valid (other patients) chose checkpoint_best
-VALID_SUBSET = {"classification": "test", "identification": "test"}
 
 
 @dataclass
@@ -147,15 +152,11 @@ class Settings:
 def _pretrain_run(s: Settings, variant: str, leads: str, seed: int, rlm_prob: Optional[float] = None) -> Run:
     tag = variant if rlm_prob is None else f"{variant}_p{rlm_prob:g}"
     name = f"pretrain/{tag}_L{lead_set_name(leads)}_s{seed}"
-    folder = s.out / "runs" / name
     command = [
         "fairseq-hydra-train", "--config-dir", str(s.config_root / "pretrain"), "--config-name", variant,
         f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / PRETRAIN}", f"task.leads={leads}",
-        f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset]["pretrain"],
-        *s.pretrain_args,
-    ]
-    if rlm_prob is not None:
-        command.append(f"model.rlm_prob={rlm_prob}")
+        f"checkpoint.save_dir={s.out / 'runs' / name}", f"common.seed={seed + 1}", *PRESETS[s.preset]["pretrain"],
+        *s.pretrain_args, *([] if rlm_prob is None else [f"model.rlm_prob={rlm_prob}"])]
     return with_checkpoint_schedule(Run(name, command, outputs=(CHECKPOINT,)))
 
 
@@ -166,11 +167,10 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], varian
     mode = f"{task}_linear_probe" if linear else task
     name = f"{mode}/{variant}_P{lead_set_name(pretrain_leads)}_F{lead_set_name(leads)}_s{seed}"
     folder = s.out / "runs" / name
-    if checkpoint is None:
-        checkpoint = s.out / "runs" / pretrain.name / CHECKPOINT
+    checkpoint = checkpoint or s.out / "runs" / pretrain.name / CHECKPOINT
     init = "random" if variant == BASELINE else "pretrained"  # a random CNN trains, a pretrained one stays frozen
     train = [
-        "fairseq-hydra-train", "--config-dir", str(s.config_root / "finetune"), "--config-name", FINETUNE_CONFIG[task],
+        "fairseq-hydra-train", "--config-dir", str(s.config_root / "finetune"), "--config-name", task,
         f"common.user_dir={PACKAGE_DIR}", f"task.data={s.data / FINETUNE_DATA[task]}", f"task.leads={leads}",
         f"model.model_path={checkpoint}", f"model.init={init}", f"model.feature_grad_mult={FEATURE_GRAD_MULT_BY_INIT[init]}",
         f"checkpoint.save_dir={folder}", f"common.seed={seed + 1}", *PRESETS[s.preset][task],
@@ -181,8 +181,9 @@ def _finetune_runs(s: Settings, experiment: int, pretrain: Optional[Run], varian
     evaluate = [
         "fairseq-validate", str(s.data / FINETUNE_DATA[task]), "--user-dir", str(PACKAGE_DIR),
         "--task", f"ecg_{task}", "--path", str(folder / CHECKPOINT),
-        "--valid-subset", VALID_SUBSET[task], "--batch-size", "16",
-        "--per-record-results", str(s.out / "runs" / name / "evaluate"),  # the report's intervals read them
+        # reported figures come from the test patients; valid (other patients) chose checkpoint_best
+        "--valid-subset", "test", "--batch-size", "16",
+        "--per-record-results", str(folder / "evaluate"),  # the report's intervals read them
     ]
     labels = dict(experiment=experiment, variant=variant, pretrain_leads=lead_set_name(pretrain_leads),
                   finetune_leads=lead_set_name(leads), task=mode, seed=seed)
@@ -201,63 +202,44 @@ def plan(s: Settings) -> list[Run]:
             known.also.append(run.labels)
         return known
 
+    mode_leads = dict(s.mode_leads)
     for seed in range(s.seeds):
         for experiment in s.experiments:
             rlm = experiment == 3
             variants = (s.rlm_variants or s.variants) if rlm else s.variants
             tasks = [t for t in s.tasks if not rlm or not s.rlm_tasks or t in s.rlm_tasks]
             modes = [False] + ([True] if s.linear_probe and (s.rlm_linear_probe or not rlm) else [])
+            lead_pairs = [(leads if experiment == 2 else "12", leads) for leads in s.leads]
+            cells = []  # (pretraining run or None, row label, pretraining leads, leads, checkpoint)
             for variant in (BASELINE,) + variants:
                 source = variants[0] if variant == BASELINE else variant
-                if experiment == 3 and variant != BASELINE:
-                    others = {source, source.replace("_rlm", "") if source.endswith("_rlm") else f"{source}_rlm"}
-                    pairs = [(v, None) for v in sorted(others)]
-                    if source.endswith("_rlm"):
-                        pairs += [(source, p) for p in s.rlm_probs]
-                else:
-                    pairs = [(source, None)]
+                pairs = [(source, None)]
+                if rlm and variant != BASELINE:  # with and without RLM, and the sweep of its probability
+                    other = source.replace("_rlm", "") if source.endswith("_rlm") else f"{source}_rlm"
+                    pairs = [(v, None) for v in sorted({source, other})]
+                    pairs += [(source, p) for p in s.rlm_probs if source.endswith("_rlm")]
                 for pretrain_variant, prob in pairs:
                     label = variant if variant == BASELINE else (
                         pretrain_variant if prob is None else f"{pretrain_variant}_p{prob:g}")
-                    lead_pairs = ([("12", leads) for leads in s.leads] if experiment != 2
-                                  else [(leads, leads) for leads in s.leads])
                     for pretrain_leads, leads in lead_pairs:
-                        pretrain = add(_pretrain_run(s, pretrain_variant, pretrain_leads,
-                                                     seed % s.pretrain_seeds, prob))
-                        for task in tasks:
-                            for linear in modes if task == "classification" else [False]:
-                                mode = f"{task}_linear_probe" if linear else task
-                                if leads not in dict(s.mode_leads).get(mode, (leads,)):
-                                    continue
-                                for run in _finetune_runs(s, experiment, pretrain, label, pretrain_leads,
-                                                          leads, seed, task, linear):
-                                    add(run)
+                        pretrain = add(_pretrain_run(s, pretrain_variant, pretrain_leads, seed % s.pretrain_seeds, prob))
+                        cells.append((pretrain, label, pretrain_leads, leads, None))
             if experiment == 1:  # outside pretrained models (12 leads): rows fine-tuned like the others
-                for label, checkpoint in s.pretrained:
-                    for leads in s.leads:
-                        for task in s.tasks:
-                            for linear in modes if task == "classification" else [False]:
-                                mode = f"{task}_linear_probe" if linear else task
-                                if leads not in dict(s.mode_leads).get(mode, (leads,)):
-                                    continue
-                                for run in _finetune_runs(s, 1, None, label, "12", leads, seed, task, linear,
-                                                          checkpoint):
-                                    add(run)
+                cells += [(None, label, "12", leads, path) for label, path in s.pretrained for leads in s.leads]
+            for pretrain, label, pretrain_leads, leads, checkpoint in cells:
+                for task in tasks:
+                    for linear in modes if task == "classification" else [False]:
+                        if leads in mode_leads.get(f"{task}_linear_probe" if linear else task, (leads,)):
+                            for run in _finetune_runs(s, experiment, pretrain, label, pretrain_leads, leads, seed,
+                                                      task, linear, checkpoint):
+                                add(run)
     return sorted(runs.values(), key=lambda r: (not r.name.startswith("pretrain/"), r.labels is not None))
-
-
-METRIC_PATTERN = re.compile(r"\| ([a-z0-9_]+) ([-+]?[0-9.]+(?:e[-+]?\d+)?)")
 
 
 def parse_metrics(log: str) -> dict[str, float]:
     """Metrics of the last "valid on ... subset" line that fairseq-validate prints."""
     lines = [line for line in log.splitlines() if "valid on" in line]
-    if not lines:
-        return {}
-    return {key: float(value) for key, value in METRIC_PATTERN.findall(lines[-1])}
-
-
-DONE = "done"
+    return {key: float(value) for key, value in METRIC_PATTERN.findall(lines[-1])} if lines else {}
 
 
 class ChangedRuns(Exception):
@@ -279,65 +261,41 @@ def mark_done(run: Run, out: Path) -> None:
     os.replace(partial, marker)
 
 
-def _done_record(marker: Path) -> Optional[dict]:
-    """The marker's record; None for a marker of an earlier version (a time only): it is trusted
-    when its ``command.sh`` matches."""
-    try:
-        record = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _changed_arguments(before: str, now: list[str]) -> str:
-    old = shlex.split(before)
-    added, removed = [a for a in now if a not in old], [a for a in old if a not in now]
-    return f"now {shlex.join(added) or '(nothing added)'}, was {shlex.join(removed) or '(nothing)'}"
-
-
 def run_states(runs: list[Run], out: Path) -> dict[str, tuple[str, str]]:
     """Each run's state in ``out`` and why: ``done`` (finished with this command, its outputs there,
     built on the runs as they are now), ``missing`` (never finished: it runs, resuming from its
     checkpoint), ``stale`` (built on a run that runs again or ran since: it runs afresh) or
     ``changed`` (its folder holds a run of another command)."""
     by_name = {run.name: run for run in runs}
-    states: dict[str, tuple[str, str]] = {}
 
-    def state(run: Run) -> tuple[str, str]:
-        if run.name in states:
-            return states[run.name]
+    @functools.cache
+    def state(name: str) -> tuple[str, str]:
+        run = by_name[name]
         folder = run.folder(out)
-        saved = folder / "command.sh"
-        before = [by_name[name] for name in run.after if state(by_name[name])[0] != "done"]
-        record = _done_record(folder / DONE) if (folder / DONE).is_file() else None
-        missing = [name for name in run.outputs if not (folder / name).is_file()]
-        if saved.is_file() and shlex.split(saved.read_text()) != run.command:
-            result = ("changed", _changed_arguments(saved.read_text(), run.command))
-        elif before and ((folder / DONE).is_file() or any(folder.glob("checkpoint*.pt"))):
-            result = ("stale", f"built on {before[0].name}, which runs again")
-        elif before:
-            result = ("missing", f"waits on {before[0].name}")
-        elif not (folder / DONE).is_file():
-            result = ("missing", "not finished")
-        elif missing:
-            result = ("missing", f"{missing[0]} is gone")
-        elif record is not None and any(record.get("after", {}).get(name) != _digest(out / "runs" / name / DONE)
-                                        for name in run.after):
-            result = ("stale", f"built on an earlier run of {run.after[0]}")
-        else:
-            result = ("done", "")
-        states[run.name] = result
-        return result
+        saved, marker = folder / "command.sh", folder / DONE
+        before = [after for after in run.after if state(after)[0] != "done"]
+        missing = [output for output in run.outputs if not (folder / output).is_file()]
+        if saved.is_file() and (old := shlex.split(saved.read_text())) != run.command:
+            added, removed = [a for a in run.command if a not in old], [a for a in old if a not in run.command]
+            return "changed", f"now {shlex.join(added) or '(nothing added)'}, was {shlex.join(removed) or '(nothing)'}"
+        if before and (marker.is_file() or any(folder.glob("checkpoint*.pt"))):
+            return "stale", f"built on {before[0]}, which runs again"
+        if before:
+            return "missing", f"waits on {before[0]}"
+        if not marker.is_file():
+            return "missing", "not finished"
+        if missing:
+            return "missing", f"{missing[0]} is gone"
+        try:
+            record = json.loads(marker.read_text())
+        except (ValueError, UnicodeDecodeError):
+            record = None  # a marker of an earlier version (a time only): trusted when its command.sh matches
+        if isinstance(record, dict) and any(record.get("after", {}).get(after) != _digest(out / "runs" / after / DONE)
+                                            for after in run.after):
+            return "stale", f"built on an earlier run of {run.after[0]}"
+        return "done", ""
 
-    for run in runs:
-        state(run)
-    return states
-
-
-def _clear_outputs(folder: Path) -> None:
-    """What a run afresh must not resume from or leave standing: its checkpoints and markers."""
-    for path in [*folder.glob("checkpoint*.pt"), folder / DONE, folder / METRICS_FILE]:
-        path.unlink(missing_ok=True)
+    return {run.name: state(run.name) for run in runs}
 
 
 def execute(run: Run, out: Path, threads: int, launch: Callable = subprocess_launcher,
@@ -346,8 +304,9 @@ def execute(run: Run, out: Path, threads: int, launch: Callable = subprocess_lau
     None when it succeeded and wrote its outputs, else why not."""
     folder = run.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
-    if afresh:
-        _clear_outputs(folder)
+    if afresh:  # what it must not resume from or leave standing: its checkpoints and markers
+        for path in [*folder.glob("checkpoint*.pt"), folder / DONE, folder / METRICS_FILE]:
+            path.unlink(missing_ok=True)
     (folder / "command.sh").write_text(shlex.join(run.command) + "\n")
     # the cores are shared out between the runs, unless the user chose the threads
     env = {key: os.environ.get(key, str(threads)) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -390,11 +349,9 @@ def run_matrix(runs: list[Run], out: Path, jobs: int, launch: Callable = subproc
                           "them again with the new one, with the runs built on them (their outputs are replaced), "
                           "or choose another --out")
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    order = {"pretrain": 0, "evaluate": 1, "train": 2}
     finished = {name for name, (status, _) in states.items() if status == "done"}  # from an earlier call
-    pending = sorted((run for run in runs if run.name not in finished),
-                     key=lambda r: order["pretrain" if r.name.startswith("pretrain/")
-                                         else "evaluate" if r.labels is not None else "train"])
+    pending = sorted((run for run in runs if run.name not in finished),  # pretrainings, evaluations, the rest
+                     key=lambda r: 0 if r.name.startswith("pretrain/") else 1 if r.labels is not None else 2)
     failed: dict[str, str] = {}
     running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -402,8 +359,7 @@ def run_matrix(runs: list[Run], out: Path, jobs: int, launch: Callable = subproc
             while blocked := [r for r in pending if any(name in failed for name in r.after)]:
                 for run in blocked:  # a failure blocks what needs it, and what needs that
                     pending.remove(run)
-                    cause = next(name for name in run.after if name in failed)
-                    failed[run.name] = f"not run: it needs {cause}, which failed"
+                    failed[run.name] = f"not run: it needs {next(n for n in run.after if n in failed)}, which failed"
             for run in [r for r in pending if all(name in finished for name in r.after)]:
                 if len(running) >= jobs:
                     break
@@ -416,8 +372,7 @@ def run_matrix(runs: list[Run], out: Path, jobs: int, launch: Callable = subproc
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 run = running.pop(future)
-                reason = future.result()
-                if reason is None:
+                if (reason := future.result()) is None:
                     finished.add(run.name)
                 else:
                     failed[run.name] = reason
@@ -436,16 +391,12 @@ def missing_cells(runs: list[Run], out: Path, failed: dict[str, str]) -> list[tu
 def collect(runs: list[Run], out: Path) -> list[dict]:
     rows = []
     for run in runs:
-        metrics_file = run.folder(out) / METRICS_FILE
-        if run.labels is None or not metrics_file.exists():
+        if run.labels is None or not (run.folder(out) / METRICS_FILE).exists():
             continue
-        metrics = json.loads(metrics_file.read_text())
+        metrics = json.loads((run.folder(out) / METRICS_FILE).read_text())
         task = "identification" if run.labels["task"].startswith("identification") else "classification"
-        for labels in [run.labels, *run.also]:
-            for metric in METRICS[task]:
-                if metric in metrics:
-                    rows.append({**labels, "metric": metric, "value": metrics[metric],
-                                 "results": str(run.folder(out))})
+        rows += [{**labels, "metric": metric, "value": metrics[metric], "results": str(run.folder(out))}
+                 for labels in [run.labels, *run.also] for metric in METRICS[task] if metric in metrics]
     return rows
 
 
@@ -463,19 +414,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, type=Path, help="folder written by fairseq-ecg-manifest")
     parser.add_argument("--out", required=True, type=Path, help="results folder (runs/, results.csv, report.md)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    parser.add_argument("--experiments", default=None, help="comma-separated: 1, 2, 3 (default: the preset's)")
-    parser.add_argument("--leads", default=None, help="lead sets, e.g. 12,6,3,2,1 (default: the preset's)")
-    parser.add_argument("--variants", default=None, help="pretraining variants (YAML names); default: the preset's")
+    parser.add_argument("--experiments", help="comma-separated: 1, 2, 3 (default: the preset's)")
+    parser.add_argument("--leads", help="lead sets, e.g. 12,6,3,2,1 (default: the preset's)")
+    parser.add_argument("--variants", help="pretraining variants (YAML names); default: the preset's")
     parser.add_argument("--rlm-probs", default="", help="experiment 3: RLM probabilities to sweep, e.g. 0.25,0.5,0.75")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's)")
-    parser.add_argument("--pretrain-seeds", type=int, default=None,
-                        help="pretraining seeds, shared round-robin by the fine-tuning seeds "
-                             "(default: the preset's; paper: as many as --seeds)")
-    parser.add_argument("--tasks", default=None, help="classification,identification (default: the preset's)")
+    parser.add_argument("--seeds", type=int, help="seeds per cell (default: the preset's)")
+    parser.add_argument("--pretrain-seeds", type=int, help="pretraining seeds, shared round-robin by the fine-tuning "
+                        "seeds (default: the preset's; paper: as many as --seeds)")
+    parser.add_argument("--tasks", help="classification,identification (default: the preset's)")
     parser.add_argument("--no-linear-probe", action="store_true", help="skip the frozen-encoder evaluation")
-    parser.add_argument("--pretrain-args", default="", metavar="OVERRIDES",
-                        help="extra hydra overrides for every pretraining run, after the preset's, e.g. "
-                             "'optimization.max_update=50 dataset.batch_size=8'")
+    parser.add_argument("--pretrain-args", default="", metavar="OVERRIDES", help="extra hydra overrides for every "
+                        "pretraining run, after the preset's, e.g. 'optimization.max_update=50 dataset.batch_size=8'")
     parser.add_argument("--finetune-args", default="", metavar="OVERRIDES",
                         help="extra hydra overrides for every fine-tuning run, e.g. 'optimization.max_epoch=2'")
     parser.add_argument("--pretrained", action="append", default=[], metavar="NAME=CHECKPOINT",
@@ -483,9 +432,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "ECG-FM's, converted with fairseq-ecg-import) like the pretrained variants; repeatable")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (the cores are shared out between them unless OMP_NUM_THREADS is set)")
     parser.add_argument("--launch", choices=("preloaded", "subprocess"), default="preloaded",
-                        help="preloaded (default): fork each run from a process that has imported fairseq once "
-                             "(saves 3.5-5 s per run; the same argv as its command.sh); subprocess: a new "
-                             "interpreter per run")
+                        help="preloaded (default): fork each run from a process that has imported fairseq once (saves "
+                             "3.5-5 s per run; the same argv as its command.sh); subprocess: a new interpreter per run")
     parser.add_argument("--config-root", type=Path, default=EXAMPLES_DIR, help="folder holding pretrain/ and finetune/ YAMLs")
     parser.add_argument("--rerun-changed", action="store_true",
                         help="run again, afresh, the runs in --out whose command changed (other settings or "
@@ -510,8 +458,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise SystemExit(f"fairseq-ecg-experiments: no pretraining config {variant}.yaml in "
                              f"{args.config_root / 'pretrain'}; choose from the YAML names there")
     tasks = tuple(t for t in args.tasks.split(",") if t) if args.tasks else tuple(preset["tasks"])
-    unknown = set(tasks) - set(METRICS)
-    if unknown:
+    if unknown := set(tasks) - set(METRICS):
         raise SystemExit(f"fairseq-ecg-experiments: unknown task {sorted(unknown)[0]!r}; use {', '.join(METRICS)}")
     pretrained = []
     for item in args.pretrained:
@@ -528,16 +475,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     rlm = preset.get("experiment3", {})
     experiments = args.experiments or ",".join(str(e) for e in preset.get("experiments", [1]))
     return Settings(
-        pretrained=tuple(pretrained),
-        data=args.data.resolve(), out=args.out.resolve(), preset=args.preset,
+        pretrained=tuple(pretrained), data=args.data.resolve(), out=args.out.resolve(), preset=args.preset,
         experiments=tuple(int(e) for e in experiments.split(",")), variants=variants, leads=leads,
         rlm_probs=tuple(float(p) for p in args.rlm_probs.split(",") if p), seeds=args.seeds or preset["seeds"],
         pretrain_seeds=max(1, min(args.pretrain_seeds or preset["pretrain_seeds"], args.seeds or preset["seeds"])),
         tasks=tasks, linear_probe=not args.no_linear_probe, config_root=args.config_root.resolve(),
         pretrain_args=tuple(shlex.split(args.pretrain_args)), finetune_args=tuple(shlex.split(args.finetune_args)),
         rlm_variants=() if args.variants else tuple(rlm.get("variants", ())),
-        rlm_tasks=() if args.tasks else tuple(rlm.get("tasks", ())),
-        rlm_linear_probe=rlm.get("linear_probe", True),
+        rlm_tasks=() if args.tasks else tuple(rlm.get("tasks", ())), rlm_linear_probe=rlm.get("linear_probe", True),
         mode_leads=() if args.leads else tuple((mode, tuple(sets)) for mode, sets in preset.get("mode_leads", {}).items()),
     )
 
@@ -562,16 +507,9 @@ def without_empty_tasks(s: Settings) -> Settings:
     return replace(s, tasks=tuple(kept))
 
 
-# Rough seconds per training update on a 2-core CPU, by model size, for --dry-run's estimate: the
-# tiny size from the demo (17.7 minutes for about 9,050 updates, runs forked by the launcher,
-# evaluations included), the paper's size from a measured ~2 minutes per update (batch 64, CMSC pairs).
-SECONDS_PER_UPDATE_CPU = {"tiny": 0.12, "paper": 120.0}
-
-
 def _override(command: list[str], key: str) -> Optional[str]:
     """The value of the last ``key=VALUE`` override in a command line, if any."""
-    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"{key}=")]
-    return values[-1] if values else None
+    return next((arg.split("=", 1)[1] for arg in reversed(command) if arg.startswith(f"{key}=")), None)
 
 
 def training_config(command: list[str]):
@@ -580,12 +518,9 @@ def training_config(command: list[str]):
     command's own overrides first."""
     config_dir = Path(command[command.index("--config-dir") + 1])
     name = command[command.index("--config-name") + 1]
-    cfg = OmegaConf.create()
-    for path in (config_dir / "base.yaml", config_dir / f"{name}.yaml"):
-        if path.is_file():
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    if "+size=tiny" in command and (config_dir / "size" / "tiny.yaml").is_file():
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_dir / "size" / "tiny.yaml"))
+    paths = [config_dir / "base.yaml", config_dir / f"{name}.yaml"]
+    paths += [config_dir / "size" / "tiny.yaml"] if "+size=tiny" in command else []
+    cfg = OmegaConf.merge(OmegaConf.create(), *(OmegaConf.load(path) for path in paths if path.is_file()))
 
     def value(key: str, default: int) -> int:
         given = _override(command, key)
@@ -613,35 +548,26 @@ def with_checkpoint_schedule(run: Run) -> Run:
     return replace(run, command=command, notice=notice)
 
 
-def run_length(run: Run) -> tuple[str, int, int, int, Optional[int]]:
-    """(size, max_epoch, max_update, batch size, training records or None) of a training run, from
-    its settings (``training_config``); 0 means no limit, as in fairseq."""
-    command = run.command
-    value = training_config(command)
-    records = None
-    data = _override(command, "task.data")
+def run_length(run: Run) -> tuple[str, int, int, Optional[int]]:
+    """(size, max_epoch, max_update, training updates) of a training run, from its settings
+    (``training_config``; 0 means no limit, as in fairseq); the updates are None when its epochs
+    cannot be counted (no manifest yet)."""
+    value, data = training_config(run.command), _override(run.command, "task.data")
+    epochs, updates = value("optimization.max_epoch", 0), value("optimization.max_update", 0)
+    batch, records = value("dataset.batch_size", 1), None
     try:
         if data and (Path(data) / "train.tsv").is_file():
             records = len(read_manifest(Path(data) / "train.tsv").rows)
     except ManifestError:
-        records = None
-    return ("tiny" if "+size=tiny" in command else "paper", value("optimization.max_epoch", 0),
-            value("optimization.max_update", 0), value("dataset.batch_size", 1), records)
-
-
-def updates_of(run: Run) -> Optional[int]:
-    """Training updates of a run (None when its epochs cannot be counted: no manifest yet)."""
-    _, epochs, updates, batch, records = run_length(run)
+        pass  # counted as unknown, as without a manifest
     by_epochs = epochs * math.ceil(records / max(batch, 1)) if epochs and records is not None else None
-    if updates and by_epochs is not None:
-        return min(updates, by_epochs)
-    return updates or by_epochs
+    count = min(updates, by_epochs) if updates and by_epochs is not None else updates or by_epochs
+    return "tiny" if "+size=tiny" in run.command else "paper", epochs, updates, count
 
 
 def kind_of(run: Run) -> str:
-    if run.labels is not None:
-        return "evaluation"
-    return "pretraining" if run.name.startswith("pretrain/") else run.name.split("/", 1)[0].replace("_", " ")
+    return ("evaluation" if run.labels is not None else "pretraining" if run.name.startswith("pretrain/")
+            else run.name.split("/", 1)[0].replace("_", " "))
 
 
 def _duration(seconds: float) -> str:
@@ -661,13 +587,13 @@ def plan_summary(runs: list[Run]) -> list[str]:
         if kind == "evaluation":
             lines.append(f"{len(members)} evaluations (fairseq-validate, one pass over the test split each)")
             continue
-        counts = [updates_of(run) for run in members]
-        known = [c for c in counts if c is not None]
-        unknown += len(counts) - len(known)
-        for run, count in zip(members, counts):
+        lengths = [run_length(run) for run in members]
+        known = [count for *_, count in lengths if count is not None]
+        unknown += len(lengths) - len(known)
+        for size, _, _, count in lengths:
             if count is not None:
-                seconds += count * SECONDS_PER_UPDATE_CPU[run_length(run)[0]]
-        size, epochs, updates, _, _ = run_length(members[0])
+                seconds += count * SECONDS_PER_UPDATE_CPU[size]
+        size, epochs, updates, _ = lengths[0]
         length = (f"about {sum(known) // max(len(known), 1):,} updates each" if known
                   else f"{epochs} epochs each" if epochs else f"{updates} updates each")
         lines.append(f"{len(members)} {kind} runs ({size} size, {length})")
@@ -684,22 +610,19 @@ def test_leads_notes(s: Settings) -> list[str]:
     """For the report: the leads the test records of each task really have, when not all have the
     12 (a column's lead set is what the model is fed; a lead a record lacks goes in as zeros), so
     that results on 2-lead records do not read as 12-lead ones."""
-    notes = []
+    notes, full = [], lead_list([True] * 12)
     for task in s.tasks:
         folder = s.data / FINETUNE_DATA[task]
         names = ["test.tsv"] if task == "classification" else [f"{held_out('test', role)}.tsv" for role in (GALLERY, PROBE)]
-        patterns: dict[str, int] = {}
+        seen: Counter = Counter()
         for name in names:
             try:
                 rows = read_manifest(folder / name).rows if (folder / name).is_file() else []
             except ManifestError:
                 rows = []
-            for row in rows:
-                key = lead_list(row.present_leads)
-                patterns[key] = patterns.get(key, 0) + 1
-        if set(patterns) - {lead_list([True] * 12)}:
-            counts = "; ".join(f"{n} have {'all 12 leads' if key == lead_list([True] * 12) else key}"
-                               for key, n in sorted(patterns.items(), key=lambda item: -item[1]))
+            seen.update(lead_list(row.present_leads) for row in rows)
+        if set(seen) - {full}:
+            counts = "; ".join(f"{n} have {'all 12 leads' if key == full else key}" for key, n in seen.most_common())
             notes.append(f"The {task} test records do not all have 12 leads: {counts}. A column names the leads "
                          "the model is fed; a lead a record lacks goes in as zeros.")
     return notes
@@ -719,11 +642,8 @@ def main(argv=None) -> int:
                          "prepare the archive first with fairseq-ecg-manifest SRC --dest DIR")
     s = without_empty_tasks(s)
     runs = plan(s)
-    if args.dry_run:
-        for run in runs:
-            print(shlex.join(run.command))
-        for line in plan_summary(runs):  # comments: the output stays a runnable script
-            print(f"# {line}")
+    if args.dry_run:  # the summary as comments: the output stays a runnable script
+        print(*(shlex.join(run.command) for run in runs), *(f"# {line}" for line in plan_summary(runs)), sep="\n")
         return 0
     s.out.mkdir(parents=True, exist_ok=True)
     for notice in dict.fromkeys(run.notice for run in runs if run.notice):

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import EcgError
 from ..labels import scored_labels
 from .layouts import WRITERS
-from .signals import EXTRA_NAMES, CLASSES, LAYOUTS, SynthRecord, assign_patients, make_patient, write_wfdb_archive
+from .signals import EXTRA_NAMES, CLASSES, LAYOUTS, SynthRecord, assign_patients, make_patient
 
 
 def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed: int = 0,
@@ -32,9 +32,7 @@ def synthesize_archive(out: Union[Path, str], records: int, patients: int, seed:
         raise FileExistsError(f"{out} already exists and is not an empty folder")
     owner = assign_patients(records, patients, np.random.default_rng([seed, 0]))
     people = [make_patient(seed, p, layout) for p in range(patients)]
-    if layout in ("physionet2021", "ptbxl"):
-        return write_wfdb_archive(out, people, owner.tolist(), seed, layout)
-    out.mkdir(parents=True, exist_ok=True)  # the formats of fairseq_ecg.sources' other readers
+    out.mkdir(parents=True, exist_ok=True)
     return WRITERS[layout](out, people, owner.tolist(), seed)
 
 
@@ -49,8 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.WARNING)  # importing fairseq sets the root logger to DEBUG (h5py's lines)
     patients = args.patients if args.patients is not None else max(1, args.records // 3)
-    for flag, value, least in (("--records", args.records, 1), ("--patients", patients, 1),
-                               ("--seed", args.seed, 0)):
+    for flag, value, least in (("--records", args.records, 1), ("--patients", patients, 1), ("--seed", args.seed, 0)):
         if value < least:
             parser.error(f"{flag} must be at least {least} (got {value})")
     if patients > args.records:

@@ -20,14 +20,16 @@ XML elements or DICOM attributes, so that every reader can be tried without the 
 """
 from __future__ import annotations
 
-import csv
+import base64
+import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..leads import LEADS
-from .signals import SynthRecord, plan_record, render, write_header
+from .signals import SynthRecord, records_of, write_csv, write_wfdb16, write_wfdb_archive
 
 CODE15_COLUMNS = ["exam_id", "age", "is_male", "nn_predicted_age", "1dAVb", "RBBB", "LBBB", "SB", "ST", "AF",
                   "patient_id", "death", "timey", "normal_ecg", "trace_file"]
@@ -37,39 +39,23 @@ MUSE_UV_PER_BIT = 4.88
 MUSE_STORED = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
-def _records(people, owner: Sequence[int], seed: int, layout: str):
-    """(index, patient, plan, float signal in mV (12, T)) of every record, in order."""
-    for index, p in enumerate(owner):
-        patient = people[p]
-        plan = plan_record(seed, index, patient)
-        yield index, p, patient, plan, render(seed, index, patient, plan, noise=True)
-
-
-def _csv(path: Path, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def write_numpy(out: Path, people, owner, seed: int) -> list[SynthRecord]:
     written, rows = [], []
     (out / "arrays").mkdir()
-    for index, p, patient, plan, signal in _records(people, owner, seed, "numpy"):
+    for index, p, patient, plan, signal in records_of(people, owner, seed):
         name = f"{index + 1:05d}"
         samples_first = index % 2 == 1
         array = (signal.T if samples_first else signal).astype(np.float32)
+        path = out / "arrays" / f"{name}.{'npz' if index % 3 == 2 else 'npy'}"
         if index % 3 == 2:
-            path = out / "arrays" / f"{name}.npz"
             np.savez(path, signal=array)
         else:
-            path = out / "arrays" / f"{name}.npy"
             np.save(path, array)
         rows.append([path.relative_to(out).as_posix(), plan.fs, ",".join(LEADS),
                      "samples-first" if samples_first else "leads-first", f"N{p + 1:04d}", ";".join(plan.codes)])
         written.append(SynthRecord(name, path, f"N{p + 1:04d}", plan.fs, plan.num_samples, plan.codes,
                                    "numpy", "numpy", seed, index, p))
-    _csv(out / "records.csv", ["record", "sample_rate", "leads", "axis", "patient", "codes"], rows)
+    write_csv(out / "records.csv", ["record", "sample_rate", "leads", "axis", "patient", "codes"], rows)
     return written
 
 
@@ -89,25 +75,20 @@ def write_code15(out: Path, people, owner, seed: int, parts: int = 2) -> list[Sy
         with h5py.File(out / name, "w") as h5:
             tracings = h5.create_dataset("tracings", (len(members) + 1, CODE15_SAMPLES, 12), dtype="float32",
                                          chunks=(1, CODE15_SAMPLES, 12))
-            ids = np.zeros(len(members) + 1, dtype=np.int64)  # the last row pads the file: exam id 0
-            for row, index in enumerate(members):
-                p = owner[index]
-                patient = people[p]
-                plan = plan_record(seed, index, patient)
-                signal = render(seed, index, patient, plan, noise=True).astype(np.float32)
+            for row, (index, p, patient, plan, signal) in enumerate(records_of(people, owner, seed, members)):
                 pad = (CODE15_SAMPLES - signal.shape[1]) // 2
                 block = np.zeros((CODE15_SAMPLES, 12), np.float32)
                 block[pad:pad + signal.shape[1]] = signal.T
                 tracings[row] = block
-                ids[row] = exam_ids[index]
                 labels = {column: code in plan.codes for column, code in flags.items()}
                 rows.append([int(exam_ids[index]), patient.age, patient.sex == "Male", patient.age, *labels.values(),
                              10_000 + p, False, 100.0, set(plan.codes) <= {"426783006"}, name])
                 codes = tuple(CODE15_TO_SNOMED[c] for c, flag in labels.items() if flag)
                 written.append(SynthRecord(str(exam_ids[index]), out / name, str(10_000 + p), plan.fs,
                                            plan.num_samples, codes, "code15", "code15", seed, index, p))
-            h5.create_dataset("exam_id", data=ids)
-    _csv(out / "exams.csv", CODE15_COLUMNS, sorted(rows))
+            # the last row pads the file: exam id 0
+            h5.create_dataset("exam_id", data=np.append(exam_ids[members], 0).astype(np.int64))
+    write_csv(out / "exams.csv", CODE15_COLUMNS, sorted(rows))
     return sorted(written, key=lambda r: r.index)
 
 
@@ -116,75 +97,60 @@ def write_mimic(out: Path, people, owner, seed: int) -> list[SynthRecord]:
     studies = rng.choice(np.arange(40_000_000, 50_000_000), size=len(owner), replace=False)
     listing, reports, written = [], [], []
     order = [LEADS.index(name) for name in MIMIC_ORDER]
-    for index, p, patient, plan, signal in _records(people, owner, seed, "mimic_iv_ecg"):
+    for index, p, patient, plan, signal in records_of(people, owner, seed):
         subject, study = 10_000_000 + p, int(studies[index])
         relative = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
         path = out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
         val = np.clip(np.rint(signal[order] * MIMIC_GAIN), -32767, 32767).astype(np.int16)
-        path.with_suffix(".dat").write_bytes(np.ascontiguousarray(val.T).astype("<i2").tobytes())
-        write_header(path.with_suffix(".hea"), f"{study} 12 {plan.fs} {val.shape[1]} 08:45:00 26/05/2180",
-                      f"{study}.dat", "16", f"{MIMIC_GAIN}.0(0)/mV", val, MIMIC_ORDER, [])
+        write_wfdb16(path, val, plan.fs, MIMIC_ORDER, MIMIC_GAIN, " 08:45:00 26/05/2180")
         time = f"2180-05-26 08:{index % 60:02d}:00"
         listing.append([subject, study, f"mimic-iv-ecg-demo/{relative}", time, relative])
         text = ["Sinus rhythm" if "426783006" in plan.codes else "Abnormal rhythm", "Normal ECG", ""]
         reports.append([subject, study, 6848296, time, *text, 150, "60 Hz notch", 800, 40, 150, 200, 300, 600, 50, 40, 30])
         written.append(SynthRecord(str(study), path, str(subject), plan.fs, plan.num_samples, (), "mimic_iv_ecg",
                                    "mimic_iv_ecg", seed, index, p))
-    _csv(out / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"], listing)
-    _csv(out / "machine_measurements.csv",
-         ["subject_id", "study_id", "cart_id", "ecg_time", "report_0", "report_1", "report_2", "bandwidth",
-          "filtering", "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis", "qrs_axis",
-          "t_axis"], reports)
+    write_csv(out / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"], listing)
+    write_csv(out / "machine_measurements.csv",
+              ["subject_id", "study_id", "cart_id", "ecg_time", "report_0", "report_1", "report_2", "bandwidth",
+               "filtering", "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis", "qrs_axis",
+               "t_axis"], reports)
     return written
 
 
-def _muse_leads(element, leads: dict, fs: int, count: int) -> None:
-    import base64
-    import xml.etree.ElementTree as ET
-
-    for name, values in leads.items():
-        data = ET.SubElement(element, "LeadData")
-        digital = np.clip(np.rint(values * 1000 / MUSE_UV_PER_BIT), -32767, 32767).astype("<i2")
-        for tag, text in (("LeadByteCountTotal", 2 * count), ("LeadTimeOffset", 0), ("LeadSampleCountTotal", count),
-                          ("LeadAmplitudeUnitsPerBit", MUSE_UV_PER_BIT), ("LeadAmplitudeUnits", "MICROVOLTS"),
-                          ("LeadHighLimit", 32767), ("LeadLowLimit", -32768), ("LeadID", name),
-                          ("LeadOffsetFirstSample", 0), ("FirstSampleBaseline", 0), ("LeadSampleSize", 2),
-                          ("LeadOff", "FALSE"), ("BaselineSway", "FALSE"),
-                          ("WaveFormData", base64.b64encode(digital.tobytes()).decode())):
-            ET.SubElement(data, tag).text = str(text)
+def _subelements(parent: ET.Element, children) -> None:
+    for tag, text in children:
+        ET.SubElement(parent, tag).text = str(text)
 
 
 def muse_document(signal: np.ndarray, fs: int, patient_id: str, name: tuple[str, str], birth: str,
                   statements: Sequence[str]) -> bytes:
     """A GE MUSE ``RestingECG`` export of ``signal`` (12, T) in mV: a 600 ms median beat, then
     the rhythm, each with the 8 leads MUSE stores."""
-    import xml.etree.ElementTree as ET
-
     root = ET.Element("RestingECG")
     ET.SubElement(ET.SubElement(root, "MuseInfo"), "MuseVersion").text = "9.0.9.18167"
-    demographics = ET.SubElement(root, "PatientDemographics")
-    for tag, text in (("PatientID", patient_id), ("PatientLastName", name[0]), ("PatientFirstName", name[1]),
-                      ("DateofBirth", birth), ("Gender", "FEMALE")):
-        ET.SubElement(demographics, tag).text = text
-    test = ET.SubElement(root, "TestDemographics")
-    ET.SubElement(test, "AcquisitionDate").text = "03-14-2019"
-    ET.SubElement(test, "AcquisitionTime").text = "10:21:07"
+    _subelements(ET.SubElement(root, "PatientDemographics"), (
+        ("PatientID", patient_id), ("PatientLastName", name[0]), ("PatientFirstName", name[1]), ("DateofBirth", birth),
+        ("Gender", "FEMALE")))
+    _subelements(ET.SubElement(root, "TestDemographics"), (("AcquisitionDate", "03-14-2019"),
+                                                           ("AcquisitionTime", "10:21:07")))
     diagnosis = ET.SubElement(root, "Diagnosis")
     ET.SubElement(diagnosis, "Modality").text = "RESTING"
     for text in statements:
-        statement = ET.SubElement(diagnosis, "DiagnosisStatement")
-        ET.SubElement(statement, "StmtFlag").text = "ENDSLINE"
-        ET.SubElement(statement, "StmtText").text = text
-    stored = {lead: signal[LEADS.index(lead)] for lead in MUSE_STORED}
+        _subelements(ET.SubElement(diagnosis, "DiagnosisStatement"), (("StmtFlag", "ENDSLINE"), ("StmtText", text)))
     for kind, length in (("Median", int(0.6 * fs)), ("Rhythm", signal.shape[1])):
         wave = ET.SubElement(root, "Waveform")
-        for tag, text in (("WaveformType", kind), ("WaveformStartTime", 0), ("NumberofLeads", len(stored)),
-                          ("SampleType", "CONTINUOUS_SAMPLES"), ("SampleBase", fs), ("SampleExponent", 0),
-                          ("HighPassFilter", 16), ("LowPassFilter", 150), ("ACFilter", 60)):
-            ET.SubElement(wave, tag).text = str(text)
-        part = {lead: values[:length] for lead, values in stored.items()}
-        _muse_leads(wave, part, fs, length)
+        _subelements(wave, (("WaveformType", kind), ("WaveformStartTime", 0), ("NumberofLeads", len(MUSE_STORED)),
+                            ("SampleType", "CONTINUOUS_SAMPLES"), ("SampleBase", fs), ("SampleExponent", 0),
+                            ("HighPassFilter", 16), ("LowPassFilter", 150), ("ACFilter", 60)))
+        for lead in MUSE_STORED:
+            values = signal[LEADS.index(lead), :length]
+            digital = np.clip(np.rint(values * 1000 / MUSE_UV_PER_BIT), -32767, 32767).astype("<i2")
+            _subelements(ET.SubElement(wave, "LeadData"), (
+                ("LeadByteCountTotal", 2 * length), ("LeadTimeOffset", 0), ("LeadSampleCountTotal", length),
+                ("LeadAmplitudeUnitsPerBit", MUSE_UV_PER_BIT), ("LeadAmplitudeUnits", "MICROVOLTS"),
+                ("LeadHighLimit", 32767), ("LeadLowLimit", -32768), ("LeadID", lead), ("LeadOffsetFirstSample", 0),
+                ("FirstSampleBaseline", 0), ("LeadSampleSize", 2), ("LeadOff", "FALSE"), ("BaselineSway", "FALSE"),
+                ("WaveFormData", base64.b64encode(digital.tobytes()).decode())))
     body = ET.tostring(root, encoding="unicode")
     return ('<?xml version="1.0" encoding="ISO-8859-1"?>\n<!DOCTYPE RestingECG SYSTEM "restecg.dtd">\n'
             + body).encode("latin-1")
@@ -193,55 +159,34 @@ def muse_document(signal: np.ndarray, fs: int, patient_id: str, name: tuple[str,
 SURNAMES = ("Müller", "Smith", "García", "Nguyen", "Kowalski", "Okafor")
 
 
-def write_muse(out: Path, people, owner, seed: int) -> list[SynthRecord]:
-    written = []
-    for index, p, patient, plan, signal in _records(people, owner, seed, "muse_xml"):
-        patient_id = f"MRN{700000 + p}"
-        name = (SURNAMES[p % len(SURNAMES)], f"Pat{p}")
-        statements = ["Sinus rhythm" if "426783006" in plan.codes else "Abnormal rhythm", "Otherwise normal ECG"]
-        # hospital exports name files after the record number: it must not reach any output
-        path = out / f"{patient_id}_{index + 1:05d}.xml"
-        path.write_bytes(muse_document(signal, plan.fs, patient_id, name, f"0{p % 9 + 1}-11-1950", statements))
-        written.append(SynthRecord(path.stem, path, patient_id, plan.fs, plan.num_samples, (), "muse_xml",
-                                   "muse_xml", seed, index, p))
-    return written
-
-
 DICOM_UV_PER_BIT = 2.5
 
 
-def _dicom_group(signal: np.ndarray, fs: int, label: str, originality: str):
+def _dataset(**attributes):
     from pydicom.dataset import Dataset
 
+    dataset = Dataset()
+    dataset.update(attributes)
+    return dataset
+
+
+def _dicom_group(signal: np.ndarray, fs: int, label: str, originality: str):
     from ..sources.dicom import MDC_LEADS
 
     code_of = {lead: code for code, lead in MDC_LEADS.items()}
-    group = Dataset()
-    group.MultiplexGroupTimeOffset = "0.0"
-    group.WaveformOriginality = originality
-    group.NumberOfWaveformChannels = signal.shape[0]
-    group.NumberOfWaveformSamples = signal.shape[1]
-    group.SamplingFrequency = str(fs)
-    group.MultiplexGroupLabel = label
-    definitions = []
-    for lead in LEADS:
-        channel, source, unit = Dataset(), Dataset(), Dataset()
-        source.CodeValue, source.CodingSchemeDesignator, source.CodeMeaning = code_of[lead], "MDC", f"Lead {lead}"
-        unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "uV", "UCUM", "microvolt"
-        channel.ChannelSourceSequence = [source]
-        channel.ChannelSensitivity = str(DICOM_UV_PER_BIT)
-        channel.ChannelSensitivityUnitsSequence = [unit]
-        channel.ChannelSensitivityCorrectionFactor = "1"
-        channel.ChannelBaseline = "0"
-        channel.ChannelSampleSkew = "0"
-        channel.WaveformBitsStored = 16
-        definitions.append(channel)
-    group.ChannelDefinitionSequence = definitions
-    group.WaveformBitsAllocated = 16
-    group.WaveformSampleInterpretation = "SS"
+    channels = [_dataset(
+        ChannelSourceSequence=[_dataset(CodeValue=code_of[lead], CodingSchemeDesignator="MDC",
+                                        CodeMeaning=f"Lead {lead}")],
+        ChannelSensitivity=str(DICOM_UV_PER_BIT), ChannelSensitivityUnitsSequence=[
+            _dataset(CodeValue="uV", CodingSchemeDesignator="UCUM", CodeMeaning="microvolt")],
+        ChannelSensitivityCorrectionFactor="1", ChannelBaseline="0", ChannelSampleSkew="0", WaveformBitsStored=16,
+    ) for lead in LEADS]
     digital = np.clip(np.rint(signal * 1000 / DICOM_UV_PER_BIT), -32767, 32767).astype("<i2")
-    group.WaveformData = np.ascontiguousarray(digital.T).tobytes()  # interleaved: sample by sample
-    return group
+    return _dataset(MultiplexGroupTimeOffset="0.0", WaveformOriginality=originality,
+                    NumberOfWaveformChannels=signal.shape[0], NumberOfWaveformSamples=signal.shape[1],
+                    SamplingFrequency=str(fs), MultiplexGroupLabel=label, ChannelDefinitionSequence=channels,
+                    WaveformBitsAllocated=16, WaveformSampleInterpretation="SS",
+                    WaveformData=np.ascontiguousarray(digital.T).tobytes())  # interleaved: sample by sample
 
 
 def dicom_dataset(signal: np.ndarray, fs: int, patient_id: str, name: str, birth: str):
@@ -265,17 +210,26 @@ def dicom_dataset(signal: np.ndarray, fs: int, patient_id: str, name: str, birth
     return ds
 
 
-def write_dicom(out: Path, people, owner, seed: int) -> list[SynthRecord]:
+def write_exports(out: Path, people, owner, seed: int, layout: str) -> list[SynthRecord]:
+    """The ``muse_xml`` or ``dicom`` layout: a file per record, named as hospital exports name
+    them, after the patient's record number (which must not reach any output)."""
     written = []
-    for index, p, patient, plan, signal in _records(people, owner, seed, "dicom"):
-        patient_id = f"MRN{700000 + p}"
-        ds = dicom_dataset(signal, plan.fs, patient_id, f"{SURNAMES[p % len(SURNAMES)]}^Pat{p}", f"19500{p % 9 + 1}11")
-        path = out / f"{patient_id}_{index + 1:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        written.append(SynthRecord(path.stem, path, patient_id, plan.fs, plan.num_samples, (), "dicom", "dicom",
-                                   seed, index, p))
+    for index, p, patient, plan, signal in records_of(people, owner, seed):
+        patient_id, surname = f"MRN{700000 + p}", SURNAMES[p % len(SURNAMES)]
+        path = out / f"{patient_id}_{index + 1:05d}.{'xml' if layout == 'muse_xml' else 'dcm'}"
+        if layout == "muse_xml":
+            statements = ["Sinus rhythm" if "426783006" in plan.codes else "Abnormal rhythm", "Otherwise normal ECG"]
+            path.write_bytes(muse_document(signal, plan.fs, patient_id, (surname, f"Pat{p}"), f"0{p % 9 + 1}-11-1950",
+                                           statements))
+        else:
+            dicom_dataset(signal, plan.fs, patient_id, f"{surname}^Pat{p}", f"19500{p % 9 + 1}11").save_as(
+                path, enforce_file_format=True)
+        written.append(SynthRecord(path.stem, path, patient_id, plan.fs, plan.num_samples, (), layout, layout, seed,
+                                   index, p))
     return written
 
 
-WRITERS: dict[str, Callable[..., list]] = {"numpy": write_numpy, "code15": write_code15, "mimic_iv_ecg": write_mimic,
-                                           "muse_xml": write_muse, "dicom": write_dicom}
+WRITERS: dict[str, Callable[..., list]] = {  # every layout's writer: (out, people, owner, seed) -> written
+    "numpy": write_numpy, "code15": write_code15, "mimic_iv_ecg": write_mimic,
+    **{layout: partial(write_wfdb_archive, layout=layout) for layout in ("physionet2021", "ptbxl")},
+    **{layout: partial(write_exports, layout=layout) for layout in ("muse_xml", "dicom")}}

@@ -12,7 +12,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import scipy.io
@@ -179,13 +179,6 @@ def _frontal_axis(net: np.ndarray) -> np.ndarray:
     return np.rad2deg(np.arctan2(net @ (DOWER[1] - DOWER[0] / 2), net @ DOWER[0]))
 
 
-def _template_leads(vectors: np.ndarray, offsets: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """One beat of the given waves at 500 Hz as (12, T), to measure voltages."""
-    t = np.arange(-0.2, 0.2, 0.002)
-    g = np.exp(-0.5 * ((t[None, :] - offsets[:, None]) / widths[:, None]) ** 2)
-    return vcg_to_leads(vectors.T @ g)
-
-
 def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patient:
     """Draw patient ``index`` of the archive with ``seed``; the same arguments give the same
     patient, so records of a patient share morphology (what patient identification relies on)."""
@@ -196,12 +189,8 @@ def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patien
     age, sex = int(rng.integers(18, 91)), ("Male", "Female")[int(rng.integers(2))]
     u_axis, u_cond, u_tinv, u_low, u_avb, u_af = rng.random(6)
     clbbb, crbbb = u_cond < 0.07, 0.07 <= u_cond < 0.17
-    if u_axis < 0.13:
-        target = rng.uniform(-75, -45)
-    elif u_axis < 0.22 and not clbbb:
-        target = rng.uniform(105, 150)
-    else:
-        target = rng.uniform(0, 75)
+    target = (rng.uniform(-75, -45) if u_axis < 0.13 else rng.uniform(105, 150) if u_axis < 0.22 and not clbbb
+              else rng.uniform(0, 75))
     # QRS: septal Q, main R, terminal S (or the broad notched R of a left bundle branch block)
     if clbbb:
         base = [_direction(rng, 20, 0.9) * rng.uniform(1.0, 1.5)] * 2
@@ -227,24 +216,20 @@ def make_patient(seed: int, index: int, layout: str = "physionet2021") -> Patien
     qrs_off, qrs_w = np.array(base_off + extra_off), np.array(base_w + extra_w)
     axis = float(_frontal_axis((qrs * qrs_w[:, None]).sum(0)))
     # voltage: low-voltage patients under 0.5 mV peak-to-peak in every limb lead, others well above
-    p2p = np.ptp(_template_leads(qrs, qrs_off, qrs_w), axis=1)
-    if u_low < 0.08:
-        scale = rng.uniform(0.25, 0.42) / p2p[:6].max()
-    else:
-        scale = min(max(1.0, rng.uniform(0.9, 1.3) / p2p[:6].max()), 3.2 / p2p.max())
+    t = np.arange(-0.2, 0.2, 0.002)  # one beat at 500 Hz
+    p2p = np.ptp(vcg_to_leads(qrs.T @ np.exp(-0.5 * ((t[None, :] - qrs_off[:, None]) / qrs_w[:, None]) ** 2)), axis=1)
+    scale = (rng.uniform(0.25, 0.42) / p2p[:6].max() if u_low < 0.08
+             else min(max(1.0, rng.uniform(0.9, 1.3) / p2p[:6].max()), 3.2 / p2p.max()))
     qrs *= scale
     low = bool(p2p[:6].max() * scale < 0.5)  # the label follows the measured voltage
-    if clbbb:  # discordant repolarisation
-        t_dir = -_unit(qrs.sum(0))
-    else:
-        t_dir = _direction(rng, rng.uniform(20, 60), rng.uniform(-0.5, -0.1))
+    # discordant repolarisation in a left bundle branch block
+    t_dir = -_unit(qrs.sum(0)) if clbbb else _direction(rng, rng.uniform(20, 60), rng.uniform(-0.5, -0.1))
     tinv = u_tinv < 0.1 and not clbbb
     t_vec = t_dir * rng.uniform(0.3, 0.55) * (-1 if tinv else 1) * (0.6 if low else 1)
     p_vec = _direction(rng, rng.uniform(40, 70), rng.uniform(-0.2, 0.2)) * rng.uniform(0.12, 0.25)
     iavb = u_avb < 0.1
     pr = rng.uniform(0.26, 0.34) if iavb else rng.uniform(0.13, 0.18)
-    codes = {CRBBB: crbbb, CLBBB: clbbb, LAD: axis < -30, RAD: axis > 90, TINV: tinv,
-             LQRSV: low, IAVB: iavb}
+    codes = {CRBBB: crbbb, CLBBB: clbbb, LAD: axis < -30, RAD: axis > 90, TINV: tinv, LQRSV: low, IAVB: iavb}
     return Patient(
         index=index, source=source, age=age, sex=sex,
         vectors=np.concatenate([p_vec[None], qrs, t_vec[None]]),
@@ -303,8 +288,7 @@ def plan_record(seed: int, index: int, patient: Patient) -> RecordPlan:
     day, month, year = rng.integers(1, 29), _MONTHS[rng.integers(12)], rng.integers(2010, 2021)
     hms = rng.integers(0, 60, 3)
     stamp = f"{day:02d}-{month}-{year} {hms[0] % 24:02d}:{hms[1]:02d}:{hms[2]:02d}"
-    return RecordPlan(src.fs, duration * src.fs, rhythm, beats, pvc,
-                 tuple(c for c in CLASSES if c in has), stamp)
+    return RecordPlan(src.fs, duration * src.fs, rhythm, beats, pvc, tuple(c for c in CLASSES if c in has), stamp)
 
 
 def render(seed: int, index: int, patient: Patient, plan: RecordPlan, noise: bool) -> np.ndarray:
@@ -327,8 +311,7 @@ def render(seed: int, index: int, patient: Patient, plan: RecordPlan, noise: boo
     widths = [np.broadcast_to(wid, (len(normal), len(wid))).ravel()]
     vectors = [(gain[:, :, None] * vec[None]).reshape(-1, 3)]
     if pvc.any():  # wide bizarre QRS without P, discordant T
-        b = beats[pvc]
-        v = patient.pvc_vector
+        b, v = beats[pvc], patient.pvc_vector
         centers.append(np.concatenate([b - 0.01, b + 0.04, b + 0.33]))
         widths.append(np.repeat([0.032, 0.028, 0.07], len(b)))
         vectors.append(np.repeat([v, -0.35 * v, -0.25 * v], len(b), axis=0))
@@ -348,8 +331,8 @@ def render(seed: int, index: int, patient: Patient, plan: RecordPlan, noise: boo
     eight = DOWER @ vcg
     if noise:
         nrng = np.random.default_rng([seed, 4, index])
-        wander = [nrng.uniform(low, high, (8, 2, 1)) for low, high in ((0.05, 0.4), (0.02, 0.15), (0, 6.3))]
-        freq, amp, ph = wander  # two slow sinusoids per independent lead
+        # baseline wander: two slow sinusoids per independent lead
+        freq, amp, ph = [nrng.uniform(low, high, (8, 2, 1)) for low, high in ((0.05, 0.4), (0.02, 0.15), (0, 6.3))]
         eight += (amp * np.sin(2 * np.pi * freq * t + ph)).sum(1)
         eight += nrng.uniform(0.005, 0.025) * nrng.standard_normal((8, n))
         if nrng.random() < 0.3:
@@ -385,6 +368,15 @@ def assign_patients(records: int, patients: int, rng: np.random.Generator) -> np
     return rng.permutation(np.concatenate(order))
 
 
+def records_of(people: list, owner: Sequence[int], seed: int, indices: Optional[Sequence[int]] = None):
+    """(index, patient index, patient, plan, float signal in mV (12, T)) of every record (or those
+    of ``indices``), in order; record i belongs to ``people[owner[i]]``."""
+    for index in range(len(owner)) if indices is None else indices:
+        patient = people[owner[index]]
+        plan = plan_record(seed, index, patient)
+        yield index, owner[index], patient, plan, render(seed, index, patient, plan, noise=True)
+
+
 def write_header(path: Path, first: str, file_name: str, fmt: str, gain: str, val: np.ndarray,
                   names: Sequence[str], comments: Sequence[str]) -> None:
     checksums = (val.astype(np.int64).sum(1) + 32768) % 65536 - 32768  # WFDB 16-bit checksum
@@ -393,21 +385,17 @@ def write_header(path: Path, first: str, file_name: str, fmt: str, gain: str, va
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_wfdb16(path: Path, val: np.ndarray, fs: int) -> None:
+def write_wfdb16(path: Path, val: np.ndarray, fs: int, names: Sequence[str] = tuple(lead.upper() for lead in LEADS),
+                 gain: int = GAIN, when: str = "") -> None:
+    """A WFDB format-16 record (interleaved little-endian int16 ``.dat`` and its ``.hea``; by
+    default with PTB-XL's lead names AVR, AVL, AVF) at ``gain`` ADC units per mV."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".dat").write_bytes(np.ascontiguousarray(val.T).astype("<i2").tobytes())
-    names = [lead.upper() for lead in LEADS]  # PTB-XL writes AVR, AVL, AVF
-    write_header(path.with_suffix(".hea"), f"{path.name} 12 {fs} {val.shape[1]}", f"{path.name}.dat",
-                  "16", f"{GAIN}.0(0)/mV", val, names, [])
+    write_header(path.with_suffix(".hea"), f"{path.name} 12 {fs} {val.shape[1]}{when}", f"{path.name}.dat",
+                 "16", f"{gain}.0(0)/mV", val, names, [])
 
 
-def _scp_codes(codes: Sequence[str]) -> dict[str, float]:
-    """PTB-XL ``scp_codes``: diagnostic statements carry a likelihood, form and rhythm ones 0."""
-    scp = {CLASSES[c][1]: (100.0 if SCP_STATEMENTS[CLASSES[c][1]][1] else 0.0) for c in codes}
-    return {"NORM": 100.0, **scp} if set(codes) <= {NSR} else scp
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
@@ -423,32 +411,16 @@ def _write_challenge(out: Path, patient: Patient, plan: RecordPlan, val: np.ndar
     comments = [f"Age: {patient.age}", f"Sex: {patient.sex}", f"Dx: {','.join(plan.codes)}",
                 "Rx: Unknown", "Hx: Unknown", "Sx: Unknown"]
     write_header(path.with_suffix(".hea"), f"{name} 12 {plan.fs} {plan.num_samples} {plan.stamp}",
-                  f"{name}.mat", "16+24", f"{GAIN}/mV", val, LEADS, comments)
+                 f"{name}.mat", "16+24", f"{GAIN}/mV", val, LEADS, comments)
     return path
-
-
-def _write_ptbxl_tables(out: Path, rows: list, patients: int, seed: int) -> None:
-    """``ptbxl_database.csv`` with folds 1-10 drawn per patient, and ``scp_statements.csv``."""
-    folds = np.empty(patients, dtype=int)
-    folds[np.random.default_rng([seed, 5]).permutation(patients)] = np.arange(patients) % 10 + 1
-    _write_csv(out / "ptbxl_database.csv",
-               ["ecg_id", "patient_id", "age", "sex", "recording_date", "scp_codes", "heart_axis",
-                "strat_fold", "filename_lr", "filename_hr"],
-               [head + [int(folds[p])] + tail for p, head, tail in rows])
-    _write_csv(out / "scp_statements.csv", SCP_STATEMENT_COLUMNS,
-               [[statement, *row] for statement, row in SCP_STATEMENTS.items()])
 
 
 def write_wfdb_archive(out: Path, people: list, owner: list[int], seed: int, layout: str) -> list[SynthRecord]:
     """The ``physionet2021`` or ``ptbxl`` archive of ``people`` (record i belongs to
     ``people[owner[i]]``) under ``out``; returns what was written, in record order."""
-    written: list[SynthRecord] = []
-    per_source: Counter = Counter()
-    table = []
-    for index, p in enumerate(owner):
-        patient = people[p]
-        plan = plan_record(seed, index, patient)
-        val = quantise(render(seed, index, patient, plan, noise=True))
+    written, table, per_source = [], [], Counter()
+    for index, p, patient, plan, signal in records_of(people, owner, seed):
+        val = quantise(signal)
         if layout == "physionet2021":
             per_source[patient.source.name] += 1
             path = _write_challenge(out, patient, plan, val, per_source[patient.source.name])
@@ -457,23 +429,27 @@ def write_wfdb_archive(out: Path, people: list, owner: list[int], seed: int, lay
             ecg_id = index + 1
             folder = f"{ecg_id // 1000 * 1000:05d}"
             hr, lr = f"records500/{folder}/{ecg_id:05d}_hr", f"records100/{folder}/{ecg_id:05d}_lr"
-            _write_wfdb16(out / hr, val, plan.fs)
+            write_wfdb16(out / hr, val, plan.fs)
             low = scipy.signal.resample_poly(val.astype(np.float64) / GAIN, 1, 5, axis=1)
-            _write_wfdb16(out / lr, quantise(low), plan.fs // 5)
-            scp = _scp_codes(plan.codes)
+            write_wfdb16(out / lr, quantise(low), plan.fs // 5)
+            # scp_codes: diagnostic statements carry a likelihood, form and rhythm ones 0
+            scp = {CLASSES[c][1]: (100.0 if SCP_STATEMENTS[CLASSES[c][1]][1] else 0.0) for c in plan.codes}
+            scp = {"NORM": 100.0, **scp} if set(plan.codes) <= {NSR} else scp
             codes = tuple(dict.fromkeys(SCP[s] for s in scp if s in SCP))
             path, pid = out / hr, str(p + 1)
             axis = "LAD" if LAD in plan.codes else "RAD" if RAD in plan.codes else "MID"
             sex = int(patient.sex == "Female")  # PTB-XL: 0 male, 1 female
-            head = [ecg_id, f"{p + 1}.0", patient.age, sex, plan.stamp, repr(scp), axis]
-            table.append((p, head, [lr, hr]))
+            table.append((p, [ecg_id, f"{p + 1}.0", patient.age, sex, plan.stamp, repr(scp), axis], [lr, hr]))
         written.append(SynthRecord(path.name, path, pid, plan.fs, plan.num_samples, codes,
                                    patient.source.name, layout, seed, index, p))
     if layout == "physionet2021":
-        rows = sorted([r.name, r.patient] for r in written)
-        _write_csv(out / "patients.csv", ["record", "patient"], rows)
-    else:
-        _write_ptbxl_tables(out, table, len(people), seed)
+        write_csv(out / "patients.csv", ["record", "patient"], sorted([r.name, r.patient] for r in written))
+        return written
+    folds = np.empty(len(people), dtype=int)  # ptbxl_database.csv's strat_fold, 1-10 drawn per patient
+    folds[np.random.default_rng([seed, 5]).permutation(len(people))] = np.arange(len(people)) % 10 + 1
+    write_csv(out / "ptbxl_database.csv",
+              ["ecg_id", "patient_id", "age", "sex", "recording_date", "scp_codes", "heart_axis", "strat_fold",
+               "filename_lr", "filename_hr"], [head + [int(folds[p])] + tail for p, head, tail in table])
+    write_csv(out / "scp_statements.csv", SCP_STATEMENT_COLUMNS,
+              [[statement, *row] for statement, row in SCP_STATEMENTS.items()])
     return written
-
-
