@@ -4,9 +4,10 @@ Writes a classifier checkpoint of that architecture (random weights: speed does 
 them) and a manifest of synthetic 10 s records (two 5 s segments each), then runs the same code
 as ``fairseq-ecg-predict`` (record reading, record normalisation, batching, CSV writing) and
 reports records/s and segments/s, with the threads given (2 by default, as the machine of the
-project's figures).
+project's figures). ``--explain``: the same records again with ``--explain`` of one class per
+record (integrated gradients at the default steps, the .npy and the PNG), and the ratio.
 
-    python benchmarks/bench_predict.py [--records 48] [--threads 2] [--batch-size 32] [--size base|tiny]
+    python benchmarks/bench_predict.py [--records 48] [--threads 2] [--batch-size 32] [--size base|tiny] [--explain]
 """
 import argparse
 import sys
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", choices=tuple(SIZES), default="base")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--explain", action="store_true", help="also time predict --explain (one class per record)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
@@ -79,10 +81,19 @@ def main() -> None:
         written, skipped = predict(predictor, manifest, root / "night.csv", thresholds, batch_size=args.batch_size,
                                    device=torch.device(args.device), log=lambda _: None)
         seconds = time.perf_counter() - started
+        if args.explain:
+            started = time.perf_counter()
+            predict(predictor, manifest, root / "explained.csv", thresholds, batch_size=args.batch_size,
+                    device=torch.device(args.device), log=lambda _: None, explain=root / "explain",
+                    explain_classes=[predictor.columns[0]])
+            explained = time.perf_counter() - started
     assert written == args.records and not skipped
     print(f"size {args.size} ({parameters / 1e6:.1f}M parameters), {args.threads} threads, batch {args.batch_size}: "
           f"{written} records of 10 s ({2 * written} segments of 5 s) in {seconds:.1f} s = "
           f"{written / seconds:.2f} records/s, {2 * written / seconds:.2f} segments/s")
+    if args.explain:
+        print(f"with --explain (one class per record): {explained:.1f} s = {written / explained:.3f} records/s, "
+              f"{explained / seconds:.1f}x the time without")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
     fairseq-ecg-import SRC.pt --out DST.pt [--kind auto|pretrained|classifier] [--labels FILE]
                        [--normalize record|segment|none]
 
+SRC is a file or a Hugging Face hub reference, ``hf://OWNER/REPO[@REVISION]/PATH/IN/REPO`` (ECG-FM's:
+``hf://wanglab/ecg-fm/mimic_iv_ecg_physionet_pretrained.pt``), downloaded once into the hub's own cache
+(``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads it from there without network); needs the
+``hub`` extra (``pip install 'fairseq_ecg[hub]'``).
+
 - a pretraining checkpoint (``wav2vec2``, ``wav2vec2_cmsc``; ECG-FM's pretrained file) becomes an
   ``ecg_wav2vec2`` checkpoint for ``model.model_path=``, ``fairseq-ecg-embed`` and the runner;
 - a fine-tuned ``ecg_transformer_classifier`` becomes an ``ecg_wav2vec2_classifier`` checkpoint for
@@ -32,12 +37,15 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 import pickle
+import re
 import sys
 import warnings
 from argparse import Namespace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
+from urllib.parse import unquote
 
 import numpy as np
 import torch
@@ -51,10 +59,56 @@ from .normalization import MODES, normalize_mode
 PRETRAINED_MODELS = ("wav2vec2", "wav2vec2_cmsc")
 CLASSIFIER_MODELS = ("ecg_transformer_classifier",)
 CLASSIFIER_MODEL = "ecg_wav2vec2_classifier"
+HUB_SCHEME = "hf://"
+HUB_FORM = "hf://OWNER/REPO/PATH/IN/REPO or hf://OWNER/REPO@REVISION/PATH/IN/REPO"
 
 
 class ConversionError(CheckpointError):
     """A source checkpoint that does not fit the conversion; one line naming file and key."""
+
+
+class HubReferenceError(ConversionError):
+    """An ``hf://`` source that cannot be resolved to a file; one line naming the reference and the fix."""
+
+
+def resolve_hub(reference: str) -> tuple[Path, Optional[str]]:
+    """The cached file of an ``hf://`` reference and its commit hash (None if the cache path shows none),
+    through ``hf_hub_download``: the hub's own cache, token and offline mode, nothing of ours."""
+    match = re.fullmatch(r"hf://([\w.-]+)/([\w.-]+)(?:@([^/]+))?/(.+)", reference)
+    if not match or match[4].endswith("/"):
+        raise HubReferenceError(f"{reference}: not a hub reference; expected {HUB_FORM} (revision: a branch, "
+                                "tag or commit hash), e.g. hf://wanglab/ecg-fm/mimic_iv_ecg_physionet_pretrained.pt")
+    repo, revision, filename = f"{match[1]}/{match[2]}", unquote(match[3]) if match[3] else None, match[4]
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants, utils
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:
+        raise HubReferenceError(f"{reference}: reading a hub reference needs huggingface_hub, which is not installed; "
+                                "pip install 'fairseq_ecg[hub]', or download the file and give its path") from None
+    if not os.environ.get("HF_HUB_VERBOSITY"):  # its retry warnings, twice with fairseq's root handler: one line
+        hub_logging.set_verbosity_error()
+    try:
+        local = Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=filename, revision=revision))
+    except Exception as error:  # huggingface_hub's, or its HTTP library's: any of them is one line
+        at = f"revision {revision or 'main'!r}"
+        if isinstance(error, utils.RepositoryNotFoundError):  # also private or gated without a token
+            fix = f"no repository {repo} readable here; check OWNER/REPO (HF_TOKEN for a private or gated one)"
+        elif isinstance(error, utils.RevisionNotFoundError):
+            fix = f"{repo} has no {at}; give a branch, tag or commit hash it has"
+        elif isinstance(error, (utils.LocalEntryNotFoundError, utils.OfflineModeIsEnabled, ConnectionError)):
+            fix = (f"not in the hub cache {constants.HF_HUB_CACHE} and "
+                   + ("HF_HUB_OFFLINE=1 forbids downloading; download it once with network (HF_HUB_OFFLINE unset)"
+                      if constants.HF_HUB_OFFLINE else "the hub cannot be reached; check the network and retry")
+                   + ", or set HF_HUB_CACHE to a cache that holds it")
+        elif isinstance(error, utils.EntryNotFoundError):
+            fix = f"{repo} has no file {filename} at {at}; check the path against the repository's files"
+        else:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            fix = f"download failed ({type(error).__name__}: {first}); check the reference and the network, and retry"
+        raise HubReferenceError(f"{reference}: {fix}") from None
+    commit = local.parts[-len(filename.split("/")) - 1]
+    return local, commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
 def _allowed_globals() -> list:
@@ -78,25 +132,27 @@ def _blocked(error: Exception) -> str:
     return refusal_reason(error)
 
 
-def load_source(path: Path) -> dict:
-    """Unpickle a fairseq-signals checkpoint without running anything in it."""
+def load_source(path: Path, name: Optional[str] = None) -> dict:
+    """Unpickle a fairseq-signals checkpoint without running anything in it; messages name ``name``
+    (a hub reference) if given, else the path."""
+    name = name or str(path)
     if not path.is_file():
-        raise ConversionError(f"{path}: checkpoint not found")
+        raise ConversionError(f"{name}: checkpoint not found")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic[:2] != b"PK" and magic[:1] != b"\x80":
-        raise ConversionError(f"{path}: not a checkpoint (neither a torch zip file nor a pickle)")
+        raise ConversionError(f"{name}: not a checkpoint (neither a torch zip file nor a pickle)")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ConversionError(f"{path}: refused, the file holds more than weights, plain containers and numpy "
+        raise ConversionError(f"{name}: refused, the file holds more than weights, plain containers and numpy "
                               f"scalars ({_blocked(error)}); nothing in it was run") from None
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ConversionError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first})") from None
+        raise ConversionError(f"{name}: not a readable checkpoint ({type(error).__name__}: {first})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise ConversionError(f"{path}: not a fairseq-signals checkpoint (no 'model' state dict)")
+        raise ConversionError(f"{name}: not a fairseq-signals checkpoint (no 'model' state dict)")
     return state
 
 
@@ -310,13 +366,20 @@ def save_checkpoint(state: dict, out: Path) -> None:
         handle.write(serialised.getbuffer())
 
 
-def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = None,
+def convert(src: Union[Path, str], out: Path, kind: str = "auto", labels: Optional[Path] = None,
             normalize: Optional[str] = None, log=print) -> Report:
-    """Convert ``src`` and write ``out``; returns what was done. Raises ``ConversionError``."""
+    """Convert ``src`` (a file or an ``hf://`` reference) and write ``out``; returns what was done.
+    Raises ``ConversionError``."""
     from .models.ecg_classifier import EcgClassifierConfig, EcgClassifierModel
     from .models.ecg_wav2vec2 import EcgWav2Vec2Config, EcgWav2Vec2Model
 
-    state = load_source(src)
+    if str(src).startswith(HUB_SCHEME):  # recorded as the reference and its commit, not its place in the cache
+        local, commit = resolve_hub(str(src))
+        origin = {"imported_from": str(src), "imported_revision": commit}
+        state = load_source(local, str(src))
+    else:
+        origin = {"imported_from": str(Path(src))}
+        state = load_source(Path(src))
     model_cfg = source_config(state, "model")
     if model_cfg is None:
         raise ConversionError(f"{src}: the checkpoint records no model config (cfg.model or args)")
@@ -388,7 +451,7 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
         "args": None, "cfg": cfg, "model": converted, "criterion": None,
         "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {},
                                "num_updates": 0}],
-        "task_state": expected.task_state(), "extra_state": {"imported_from": str(src), "source_model": name},
+        "task_state": expected.task_state(), "extra_state": {**origin, "source_model": name},
         "last_optimizer_state": None,
     }
     save_checkpoint(out_state, out)
@@ -397,7 +460,8 @@ def convert(src: Path, out: Path, kind: str = "auto", labels: Optional[Path] = N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-ecg-import", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="a fairseq-signals checkpoint (.pt)")
+    parser.add_argument("source", help=f"a fairseq-signals checkpoint (.pt), or one on the Hugging Face hub: "
+                                       f"{HUB_FORM}")
     parser.add_argument("--out", type=Path, required=True, help="the converted checkpoint to write (.pt)")
     parser.add_argument("--kind", default="auto", choices=("auto", "pretrained", "classifier"),
                         help="what the source must be (default: read from its config)")

@@ -101,7 +101,8 @@ def test_thresholds_given_by_the_user_are_probabilities(classifier, records, tmp
     for spec in ("nan", "1.5", str(thresholds)):
         assert predict.main(["--checkpoint", str(classifier), str(records), "--out", str(tmp_path / "p.csv"),
                              "--thresholds", spec, "--cpu"]) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fairseq-ecg-predict")]
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("fairseq-ecg-predict") and "no calibration saved" not in line]  # a notice, not an error
     assert len(lines) == 3 and all("probability" in line for line in lines), lines
     assert f"{thresholds}:2" in lines[2]
 

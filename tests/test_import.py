@@ -2,6 +2,7 @@
 classifier) converted and checked against fairseq-signals' own order of operations; refusals."""
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from fairseq_ecg.models.downstream import EcgEncoderConfig, EcgEncoderModel
 from fairseq_ecg.data.model_input import ModelInput
 from fairseq_ecg.models.loading import load_model
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from signals_reference import reference_forward, signals_checkpoint
 
 STORAGES = ("weight_g", "parametrizations")
@@ -215,3 +216,64 @@ def test_a_one_column_label_csv_and_an_out_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"fairseq-ecg-import: error: --out {folder} is a folder; name the file to write, e.g. "
                    f"{folder / 'converted.pt'}\n") and list(folder.iterdir()) == []
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _hub_cache(tmp_path, source, repo="wanglab/ecg-fm", filename="weights/pretrained.pt"):
+    """A hub cache laid out as huggingface_hub lays it out (``constants.HF_HUB_CACHE``, file_download.py):
+    ``models--OWNER--REPO/blobs/ETAG``, ``snapshots/COMMIT/PATH`` a relative link to the blob, and
+    ``refs/main`` holding the commit; the env that points the program at it, offline."""
+    cache = tmp_path / "hub"
+    storage = cache / ("models--" + repo.replace("/", "--"))
+    blob = storage / "blobs" / "b1d0c9e7"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(source.read_bytes())
+    pointer = storage / "snapshots" / HUB_COMMIT / filename
+    pointer.parent.mkdir(parents=True)
+    pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(HUB_COMMIT)
+    return {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+
+def test_import_from_the_hub_offline(tmp_path, capsys):
+    """Issue 22 item 5: hf://OWNER/REPO[@REVISION]/PATH read through huggingface_hub's cache, offline;
+    the output records the reference and its commit, and equals the import of the same local file."""
+    pytest.importorskip("huggingface_hub")
+    source = tmp_path / "signals.pt"
+    signals_checkpoint(source, "pretrained", "parametrizations", seed=4)
+    local = tmp_path / "local.pt"
+    assert importer.main([str(source), "--out", str(local)]) == 0
+    capsys.readouterr()
+    env = _hub_cache(tmp_path, source)
+    want = load_checkpoint(local)
+    for ref in ("hf://wanglab/ecg-fm/weights/pretrained.pt", f"hf://wanglab/ecg-fm@{HUB_COMMIT}/weights/pretrained.pt"):
+        out = tmp_path / "hub.pt"
+        result = run_cli("fairseq-ecg-import", ref, "--out", str(out), env=env)
+        assert f"wrote {out}" in result.stdout
+        got = load_checkpoint(out)
+        assert got["extra_state"]["imported_from"] == ref and got["extra_state"]["imported_revision"] == HUB_COMMIT
+        assert "/snapshots/" not in str(got["extra_state"])
+        assert set(got["model"]) == set(want["model"])
+        assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+        assert got["cfg"] == want["cfg"] and got["task_state"] == want["task_state"]
+    assert want["extra_state"]["imported_from"] == str(source) and "imported_revision" not in want["extra_state"]
+
+    # offline, a file the cache lacks: one line naming the reference and the fix
+    missing = "hf://wanglab/ecg-fm/mimic_iv_ecg_physionet_pretrained.pt"
+    result = run_cli("fairseq-ecg-import", missing, "--out", str(tmp_path / "m.pt"), env=env, check=False)
+    line = one_line_error(result, missing)
+    assert result.returncode == 2 and "HF_HUB_OFFLINE=1" in line and env["HF_HUB_CACHE"] in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_hub_reference_refusals(tmp_path, capsys, monkeypatch):
+    for ref in ("hf://only-owner", "hf://owner/repo", "hf://owner/repo/", "hf://owner/repo@/file.pt"):
+        err = _fails(capsys, ref, "--out", tmp_path / "o.pt")
+        assert err.startswith(f"fairseq-ecg-import: error: {ref}: not a hub reference") and "hf://OWNER/REPO" in err
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # the hub extra not installed
+    err = _fails(capsys, "hf://wanglab/ecg-fm/x.pt", "--out", tmp_path / "o.pt")
+    assert "hf://wanglab/ecg-fm/x.pt" in err and "pip install 'fairseq_ecg[hub]'" in err
+    assert not (tmp_path / "o.pt").exists()

@@ -47,7 +47,8 @@ EXAMPLES_PLACES = (PACKAGE_DIR / "examples", PACKAGE_DIR.parent / "examples")
 EXAMPLES_DIR = next((place for place in EXAMPLES_PLACES if place.is_dir()), EXAMPLES_PLACES[0])
 RESULT_COLUMNS = ("experiment", "variant", "pretrain_leads", "finetune_leads", "task", "metric", "value", "seed")
 BASELINE = "random_init"
-METRICS = {"classification": ("challenge_metric", "auroc", "f1"), "identification": ("top1_accuracy", "eer")}
+METRICS = {"classification": ("challenge_metric", "auroc", "f1", "ece", "ece_uncalibrated", "brier", "brier_uncalibrated"),
+           "identification": ("top1_accuracy", "eer")}
 
 # What each preset adds to the YAMLs' own settings. "demo" trains tiny models in minutes on a CPU.
 PRESETS = {
