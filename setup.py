@@ -49,7 +49,10 @@ setup(
         # integrated gradients for fairseq-ecg-predict --explain (pure Python, on torch)
         "captum",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # hub: fairseq-ecg-import hf://OWNER/REPO/PATH (ECG-FM's weights from the Hugging Face hub)
+    # export: fairseq-ecg-export --format onnx (the exporter's metadata and its check run on onnxruntime)
+    extras_require={"test": ["pytest", "hypothesis", "huggingface_hub", "onnx", "onnxruntime"],
+                    "hub": ["huggingface_hub"], "export": ["onnx", "onnxruntime"]},
     entry_points={
         "console_scripts": [
             "fairseq-ecg-synth=fairseq_ecg.synth:main",
@@ -59,6 +62,7 @@ setup(
             "fairseq-ecg-predict=fairseq_ecg.predict:main",
             "fairseq-ecg-experiments=fairseq_ecg.experiments:main",
             "fairseq-ecg-demo=fairseq_ecg.demo:main",
+            "fairseq-ecg-export=fairseq_ecg.export:main",
             "fairseq-ecg-userdir=fairseq_ecg:print_user_dir",
         ]
     },

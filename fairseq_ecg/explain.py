@@ -39,6 +39,7 @@ import torch
 from .data.ecg_dataset import collate_segments
 from .leads import LEADS, parse_leads
 from .manifest import atomic_output
+from .models.ecg_classifier import RecordProbabilities
 
 STEPS = 64  # integration steps (Gauss-Legendre): the completeness gap stays within 1% in the tests
 BIN_SECONDS = 0.1  # attribution is summed per lead over bins of this length
@@ -94,22 +95,13 @@ def record_attributions(predictor, segments: Sequence[torch.Tensor], classes: Se
     net_input = {k: v.to(device) for k, v in collate_segments(list(segments)).items()}
     source, padding = net_input["source"], net_input.get("padding_mask")
     count = source.shape[0]
-    slopes = offsets = None
-    if predictor.calibration is not None:
-        slopes, offsets = (torch.tensor(v, dtype=torch.float32, device=device)
-                           for v in (predictor.calibration.slopes, predictor.calibration.offsets))
+    record = RecordProbabilities(predictor.input.aggregate, predictor.calibration, len(predictor.columns)).to(device)
 
     def probability(batch: torch.Tensor) -> torch.Tensor:  # [k, S, 12, T] -> [k, classes]
         k = batch.shape[0]
         mask = None if padding is None else padding.repeat(k, 1)
         probs = torch.sigmoid(model(source=batch.reshape(k * count, *batch.shape[2:]), padding_mask=mask)["logits"].float())
-        probs = probs.view(k, count, -1)
-        record = probs.amax(dim=1) if predictor.input.aggregate == "max" else probs.mean(dim=1)
-        if slopes is None:
-            return record
-        fitted = (slopes != 1) | (offsets != 0)
-        clipped = record.clamp(1e-6, 1 - 1e-6)
-        return torch.where(fitted, torch.sigmoid(slopes * torch.logit(clipped) + offsets), record)
+        return record(probs.view(k, count, -1))
 
     explainer = IntegratedGradients(probability)
     inputs, baseline = source.unsqueeze(0), blurred(source, padding, predictor.sample_rate).unsqueeze(0)

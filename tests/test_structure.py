@@ -21,7 +21,7 @@ LAYERS = [
     ("models", "criterions"),
     ("tasks", "patches"),
     ("inference", "explain"),
-    ("predict", "embed", "importer", "experiments", "demo", "__init__"),
+    ("predict", "embed", "importer", "export", "experiments", "demo", "__init__"),
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

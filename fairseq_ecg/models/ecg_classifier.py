@@ -14,6 +14,7 @@ from torch import nn
 from fairseq.models import register_model
 
 from ..errors import EcgError
+from ..metrics.calibration import EDGE, PlattCalibration
 from ..precision import full_precision
 from .downstream import EcgEncoderConfig, EcgEncoderModel
 
@@ -61,3 +62,31 @@ class EcgClassifierModel(EcgEncoderModel):
         pooled = self.embed(source, padding_mask)
         with full_precision(pooled):
             return {"logits": self.head(pooled.float())}
+
+
+class RecordProbabilities(nn.Module):
+    """A record's class probabilities from its segments' as validation and predict give them:
+    combined by ``aggregate`` (mean or max), then the calibration where a class is fitted
+    (:class:`fairseq_ecg.metrics.calibration.PlattCalibration`), in float64. The torch form of
+    the metrics' numpy path, for the graphs that need one: explanations (gradients) and export."""
+
+    def __init__(self, aggregate: str, calibration: Optional[PlattCalibration], num_classes: int) -> None:
+        super().__init__()
+        self.aggregate = aggregate
+        slopes, offsets = (calibration.slopes, calibration.offsets) if calibration else ((1.0,) * num_classes,
+                                                                                        (0.0,) * num_classes)
+        self.register_buffer("slopes", torch.tensor(slopes, dtype=torch.float64))
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float64))
+        self.register_buffer("fitted", (self.slopes != 1.0) | (self.offsets != 0.0))
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        """Args:
+            probs: [..., segments, classes], each segment's sigmoid.
+        Returns:
+            [..., classes] float64, the records' probabilities.
+        """
+        wide = probs.double()
+        record = wide.amax(dim=-2) if self.aggregate == "max" else wide.mean(dim=-2)
+        clipped = record.clamp(EDGE, 1 - EDGE)
+        calibrated = torch.sigmoid(self.slopes * torch.log(clipped / (1 - clipped)) + self.offsets)
+        return torch.where(self.fitted, calibrated, record)
