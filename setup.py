@@ -62,7 +62,7 @@ setup(
             "fairseq-ecg-predict=fairseq_ecg.predict:main",
             "fairseq-ecg-experiments=fairseq_ecg.experiments:main",
             "fairseq-ecg-demo=fairseq_ecg.demo:main",
-            "fairseq-ecg-export=fairseq_ecg.export:main",
+            "fairseq-ecg-export=fairseq_ecg.deploy.export:main",
             "fairseq-ecg-userdir=fairseq_ecg:print_user_dir",
         ]
     },

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import SIZES, write_checkpoint  # noqa: E402
-from fairseq_ecg.export import ExportedClassifier, example_segments, export  # noqa: E402
+from fairseq_ecg.deploy.export import ExportedClassifier, example_segments, export  # noqa: E402
 from fairseq_ecg.models.loading import load_model  # noqa: E402
 
 

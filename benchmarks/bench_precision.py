@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretraining import SIZES, bench_loader, make_runs, step  # noqa: E402
 
-from fairseq_ecg.precision import AutocastForward, cpu_bf16_flags, native_bf16  # noqa: E402
+from fairseq_ecg.models.precision import AutocastForward, cpu_bf16_flags, native_bf16  # noqa: E402
 
 FAIRSEQ, W2V, FULL = "c fairseq wav2vec 2.0 (1 channel)", "b plugin W2V", "a plugin W2V+CMSC+RLM"
 ROWS = {FAIRSEQ: "fairseq wav2vec 2.0", W2V: "plugin W2V", FULL: "plugin W2V+CMSC+RLM"}

@@ -38,13 +38,13 @@ from .manifest import atomic_save_npy, atomic_write_text
 from .models.ecg_wav2vec2 import EcgWav2Vec2Model
 from .models.loading import load_model
 from .normalization import resolve_normalization
-from .precision import PRECISIONS, autocast_context, check_bf16_convolutions
+from .models.precision import PRECISIONS, autocast_context, check_bf16_convolutions
 from .preparation import output_salt
 
 
 def encoder_batcher(encoder: EcgWav2Vec2Model, batch_size: int, device: torch.device,
                     precision: str = "fp32") -> RecordBatcher:
-    """The encoder's global vectors [segments, dim], at ``precision`` (fairseq_ecg.precision),
+    """The encoder's global vectors [segments, dim], at ``precision`` (fairseq_ecg.models.precision),
     averaged per record in float64."""
     encoder.to(device)
     if precision == "bf16":

@@ -19,7 +19,7 @@ joined by ``;``.
 Explanations (``--explain DIR``): per record and per class it predicts (or ``--explain-classes``),
 ``DIR/RECORD__CLASS.npy``, the integrated-gradients attribution [12 leads, 0.1 s bins], and
 ``DIR/RECORD__CLASS.png``, the record in the clinical layout with the attribution shaded
-(:mod:`fairseq_ecg.explain`); ``DIR/explanations.tsv`` lists them with probability, threshold,
+(:mod:`fairseq_ecg.deploy.explain`); ``DIR/explanations.tsv`` lists them with probability, threshold,
 the baseline's probability and the integration gap.
 
 Calibration: ``valid`` (default) passes each record's probabilities through the calibration fitted
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from .errors import EcgError
-from .explain import STEPS, explained_classes, file_stem, write_explanations
+from .deploy.explain import STEPS, explained_classes, file_stem, write_explanations
 from .checkpoints import CheckpointError, is_probability
 from .data.model_input import ModelInput
 from .inference import (RecordBatcher, check_program_outputs, iter_records, program_parser, record_file_layout,

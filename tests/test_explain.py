@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import one_line_error, run_cli
-from fairseq_ecg.explain import BIN_SECONDS, STEPS, explain_record, shown_window
+from fairseq_ecg.deploy.explain import BIN_SECONDS, STEPS, explain_record, shown_window
 from fairseq_ecg.labels import SCORED_CLASSES
 from fairseq_ecg.leads import LEADS
 from fairseq_ecg.metrics.calibration import PlattCalibration

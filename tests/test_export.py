@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO, run_cli
 from fairseq_ecg.data.ecg_dataset import consecutive_starts
-from fairseq_ecg.export import export, main as export_main, read_metadata
+from fairseq_ecg.deploy.export import export, main as export_main, read_metadata
 from fairseq_ecg.importer import convert
 from fairseq_ecg.labels import SCORED_CLASSES
 from fairseq_ecg.metrics.calibration import PlattCalibration

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
-from fairseq_ecg import embed, precision
+from fairseq_ecg import embed
+from fairseq_ecg.models import precision
 from fairseq_ecg.criterions.arcface import ArcFaceCriterion
 from fairseq_ecg.criterions.ecg_bce import EcgBceCriterion
 from fairseq_ecg.criterions.wav2vec2_cmsc import Wav2Vec2CmscCriterion
@@ -216,12 +217,12 @@ def test_cpu_flags_and_the_one_line_notice(tmp_path, monkeypatch, caplog):
     # works, and says once, in one line, that it will be slow.
     monkeypatch.setattr(precision, "native_bf16", lambda device_type: False)
     monkeypatch.setattr(precision, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="fairseq_ecg.precision"):
+    with caplog.at_level(logging.WARNING, logger="fairseq_ecg.models.precision"):
         for _ in range(2):
             with precision.autocast_context("bf16", "cpu"):
                 product = torch.randn(4, 4) @ torch.randn(4, 4)
     assert product.dtype == torch.bfloat16
-    notices = [r.getMessage() for r in caplog.records if r.name == "fairseq_ecg.precision"]
+    notices = [r.getMessage() for r in caplog.records if r.name == "fairseq_ecg.models.precision"]
     assert len(notices) == 1 and "\n" not in notices[0] and "slow" in notices[0] and "fp32" in notices[0]
     with precision.autocast_context("fp32", "cpu"):
         assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.float32

@@ -14,14 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fairseq_ecg"
 # the programs.
 LAYERS = [
     ("errors", "spreadsheet"),
-    ("leads", "labels", "normalization", "precision", "signal_quality"),
+    ("leads", "labels", "normalization", "signal_quality"),
     ("sources", "manifest"),
     ("prepared", "preparation", "synth", "data", "metrics"),
     ("checkpoints",),
     ("models", "criterions"),
     ("tasks", "patches"),
-    ("inference", "explain"),
-    ("predict", "embed", "importer", "export", "experiments", "demo", "__init__"),
+    ("inference",),
+    ("predict", "embed", "importer", "deploy", "experiments", "demo", "__init__"),
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

@@ -15,7 +15,7 @@ from fairseq.models import register_model
 
 from ..errors import EcgError
 from ..metrics.calibration import EDGE, PlattCalibration
-from ..precision import full_precision
+from .precision import full_precision
 from .downstream import EcgEncoderConfig, EcgEncoderModel
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from fairseq.models import register_model
 
 from ..errors import EcgError
-from ..precision import full_precision
+from .precision import full_precision
 from .downstream import EcgEncoderConfig, EcgEncoderModel
 
 

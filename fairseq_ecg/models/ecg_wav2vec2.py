@@ -26,7 +26,7 @@ from fairseq.utils import index_put
 
 from ..checkpoints import register_upgrade
 from ..errors import EcgError
-from ..precision import full_precision
+from .precision import full_precision
 
 RLM_MODES = ("independent", "redraw_silent")
 RLM_MODE_CHOICES = ChoiceEnum(list(RLM_MODES))

@@ -17,7 +17,7 @@ from ..data.model_input import CURRENT_FORMAT, FORMAT_VERSION, NORMALIZE, TRAINE
 from ..leads import lead_change, lead_set_name, missing_leads_summary, parse_leads
 from ..manifest import Manifest, ManifestError, check_waveforms, read_manifest
 from ..normalization import AUTO, normalize_mode, resolve_normalization
-from ..precision import PRECISION_CHOICES, AutocastForward
+from ..models.precision import PRECISION_CHOICES, AutocastForward
 from ..prepared import TASK_FOLDERS
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class EcgTaskConfig(FairseqDataclass):
         default="fp32",
         metadata={"help": "fp32, or bf16: the model's forward pass (training and validation) under bf16 autocast, "
                   "on CPU or CUDA; weights, optimizer state, losses, metrics and checkpoints stay fp32 (see "
-                  "fairseq_ecg/precision.py). Not fairseq's common.bf16 or common.amp: leave those off"},
+                  "fairseq_ecg/models/precision.py). Not fairseq's common.bf16 or common.amp: leave those off"},
     )
 
 

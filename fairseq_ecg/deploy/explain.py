@@ -36,10 +36,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .data.ecg_dataset import collate_segments
-from .leads import LEADS, parse_leads
-from .manifest import atomic_output
-from .models.ecg_classifier import RecordProbabilities
+from ..data.ecg_dataset import collate_segments
+from ..leads import LEADS, parse_leads
+from ..manifest import atomic_output
+from ..models.ecg_classifier import RecordProbabilities
 
 STEPS = 64  # integration steps (Gauss-Legendre): the completeness gap stays within 1% in the tests
 BIN_SECONDS = 0.1  # attribution is summed per lead over bins of this length

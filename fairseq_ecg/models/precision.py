@@ -23,7 +23,7 @@ import torch
 
 from fairseq.dataclass import ChoiceEnum
 
-from .errors import EcgError
+from ..errors import EcgError
 
 logger = logging.getLogger(__name__)
 

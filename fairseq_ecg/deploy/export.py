@@ -60,16 +60,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, load_checkpoint, model_name
-from .data.model_input import ModelInput
-from .errors import EcgError
-from .inference import run_program
-from .leads import LEADS, NUM_LEADS, lead_mask, parse_leads
-from .manifest import atomic_output
-from .models.ecg_classifier import RecordProbabilities
-from .models.loading import CLASSIFIER, load_model
-from .normalization import normalize_segment
-from .preparation import check_outputs
+from ..checkpoints import CheckpointError, load_checkpoint, model_name
+from ..data.model_input import ModelInput
+from ..errors import EcgError
+from ..inference import run_program
+from ..leads import LEADS, NUM_LEADS, lead_mask, parse_leads
+from ..manifest import atomic_output
+from ..models.ecg_classifier import RecordProbabilities
+from ..models.loading import CLASSIFIER, load_model
+from ..normalization import normalize_segment
+from ..preparation import check_outputs
 
 PROGRAM = "fairseq-ecg-export"
 FORMATS = ("onnx", "torchscript")
