@@ -233,13 +233,14 @@ def _values(text: str, subset: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_classifier(classify_data, tiny_pretrained, tmp_path_factory) -> Path:
-    """A one-epoch tiny fine-tuning run with thresholds tuned on valid. It trains on a copy of the
+    """A one-epoch tiny fine-tuning run with calibration and thresholds fitted on valid. It trains on a copy of the
     data that is deleted afterwards: fairseq-validate must read the folder named on its command line."""
     work = tmp_path_factory.mktemp("ckpt_classify")
     data = Path(shutil.copytree(classify_data, work / "data"))
     result = run_cli("fairseq-hydra-train", "--config-dir", "examples/finetune", "--config-name", "classification",
                      "+size=tiny", f"task.data={data}", f"model.model_path={tiny_pretrained}",
-                     f"checkpoint.save_dir={work}", "optimization.max_epoch=1", "task.tune_thresholds=true")
+                     f"checkpoint.save_dir={work}", "optimization.max_epoch=1", "task.tune_thresholds=true",
+                     "task.calibration=valid")
     values = _values(result.stdout + result.stderr, "valid")
     assert -2 <= values["challenge_metric"] <= 1 and 0 <= values["auroc"] <= 1
     shutil.rmtree(data)

@@ -505,7 +505,9 @@ def test_experiments_runner_killed_mid_matrix_redoes_only_unfinished_runs(scenar
     assert outcome["after"] == finished  # done and log.txt of the finished runs untouched: not run again
     assert len(outcome["done"]) == 5 and outcome["started"] <= set(outcome["done"])
     cells = sorted((r["variant"], r["finetune_leads"], r["metric"]) for r in outcome["rows"])
-    assert cells == sorted((v, "12", m) for v in ("random_init", "w2v") for m in ("challenge_metric", "auroc", "f1"))
+    from fairseq_ecg.experiments.runner import METRICS  # with the calibration's ece/brier before and after
+
+    assert cells == sorted((v, "12", m) for v in ("random_init", "w2v") for m in METRICS["classification"])
 
 
 # "Connection closed by peer" or "Read error ...: Connection reset by peer", then "This is typically

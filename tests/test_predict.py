@@ -269,7 +269,7 @@ def test_predict_applies_the_checkpoints_calibration_as_validate_scores(imported
     torch.save(state, tmp_path / "calibrated.pt")
     result = run_cli("fairseq-validate", str(data), "--user-dir", "fairseq_ecg", "--task", "ecg_classification",
                      "--path", str(tmp_path / "calibrated.pt"), "--valid-subset", "test", "--batch-size", "4",
-                     "--per-record-results", str(tmp_path / "results"))
+                     "--per-record-results", str(tmp_path / "results"), "--calibration", "valid")
     assert "ece_uncalibrated" in result.stdout + result.stderr
     saved = read_classification_results(tmp_path / "results" / "test.results.csv")
     np.testing.assert_allclose(saved.probs, calibration.apply(saved.uncalibrated), atol=1e-12)

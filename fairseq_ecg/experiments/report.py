@@ -239,8 +239,9 @@ def plot_reliability(rows: list[dict], out: Path) -> list[Path]:
                                  (None if any(s.uncalibrated is None for s in saved)
                                   else np.concatenate([s.uncalibrated for s in saved]), "--")):
                 if probs is not None:
-                    confidence, frequency, _ = reliability_curve(targets, probs, known)
-                    axes.plot(confidence, frequency, style, marker="o", markersize=3, color=colour,
+                    confidence, frequency, counts = reliability_curve(targets, probs, known)
+                    filled = counts > 0  # the bins with pairs in them, joined
+                    axes.plot(confidence[filled], frequency[filled], style, marker="o", markersize=3, color=colour,
                               label=variant if style == "-" else None)
         axes.plot([0, 1], [0, 1], ":", color="grey")
         axes.set_title(_lead_header(lead), fontsize=9)
